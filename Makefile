@@ -1,0 +1,35 @@
+# The first two targets are the README's two commands. Each one creates .venv
+# and installs requirements.txt when missing, so a fresh machine needs nothing else.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SAMPLES := $(abspath ../shared/data/imagenet-samples)
+ifneq ($(wildcard $(SAMPLES)),)
+export APEM_DATA ?= $(SAMPLES)
+endif
+PARAMS ?= default
+
+.PHONY: book test smoke-book clean
+
+## book: execute every chapter on the offline default parameters and build the HTML (_build/html)
+book: $(STAMP)
+	$(PY) -m apem book --params $(PARAMS)
+
+## test: run the test suite
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## smoke-book: the book on the tiny CI parameters
+smoke-book: $(STAMP)
+	$(PY) -m apem book --params smoke
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+clean:
+	rm -rf _build book/chapters

@@ -1,0 +1,3 @@
+from apem.cli import main
+
+raise SystemExit(main())

