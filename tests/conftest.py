@@ -1,0 +1,42 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
+
+
+def samples_dir() -> Path | None:
+    env = os.environ.get("APEM_DATA")
+    if env and Path(env).is_dir():
+        return Path(env)
+    return SAMPLES if SAMPLES.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def sample_dir():
+    d = samples_dir()
+    if d is None:
+        pytest.skip("the ImageNet sample set is not here (set APEM_DATA)")
+    return d
+
+
+@pytest.fixture
+def few_samples(tmp_path, sample_dir):
+    """A tmp copy of 4 sample images."""
+    out = tmp_path / "few"
+    out.mkdir()
+    for p in sorted(sample_dir.iterdir())[:4]:
+        shutil.copy(p, out / p.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def effnet():
+    from apem.models import load_model
+
+    return load_model("efficientnet_lite0", device="cpu")
