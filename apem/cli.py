@@ -64,22 +64,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="folder to put the images in")
     p.set_defaults(func=cmd_download_samples)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("run", help="compute (or resume) a configuration's results and print the summary table")
+    p.add_argument("config", help="a YAML file or the name of a parameter set in params/")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="override a configuration field (VALUE is read as YAML)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("table", help="print the summary table of a configuration (computing it if needed)")
+    p.add_argument("config")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    p.set_defaults(func=cmd_table, no_progress=False)
+
+    from apem.book import register as register_book
+
+    register_book(sub)
     return parser
 
 
-# Later modules (runner, book) append a function(subparsers) here.
-_EXTRA_COMMANDS: list = []
+def _config(args):
+    from apem.config import load_config, parse_value
+
+    return load_config(args.config, **{k: parse_value(v) for k, v in args.param})
+
+
+def _print_summary(cfg, res) -> None:
+    import pandas as pd
+
+    from apem.run import summary
+
+    with pd.option_context("display.width", 140, "display.max_columns", 20, "display.precision", 2):
+        print(f"configuration {cfg.name} ({cfg.digest()}): {res.store.dir}")
+        for group, t in res.table.groupby("group", sort=False):
+            print(f"\nAPEM per method and stage, {group} images ({t.image_id.nunique()} images):")
+            print(summary(t).to_string())
+
+
+def cmd_run(args) -> int:
+    from apem.run import Results, run
+
+    cfg = _config(args)
+    t0 = time.perf_counter()
+    store = run(cfg, progress=not args.no_progress)
+    _print_summary(cfg, Results(cfg, store))
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from apem.run import results
+
+    cfg = _config(args)
+    _print_summary(cfg, results(cfg))
+    return 0
 
 
 def main(argv=None) -> int:
+    from apem.config import ConfigError
     from apem.data import DataError
     from apem.models import WeightsError
+    from apem.store import StoreError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, WeightsError, ValueError) as e:
+    except (ConfigError, DataError, WeightsError, StoreError, ValueError) as e:
         print(f"apem: error: {e}", file=sys.stderr)
         return 2

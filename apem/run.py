@@ -1,0 +1,370 @@
+"""The experiment runner: images -> maps -> epsilons, once per configuration.
+
+``results(cfg)`` is the call every chapter makes: it runs what is missing
+(resuming a killed run chunk by chunk) or reuses what the store holds, and
+returns a :class:`Results` with the tidy table, the selected images, and the
+cached maps.
+
+Pipeline for one configuration:
+
+1. classify the image pool once (cached per model/preset/data, shared by
+   every configuration that uses them);
+2. draw ``n_correct`` correctly classified and ``n_misclassified``
+   misclassified images at random (seeded), with ground truth, prediction,
+   confidence (top softmax probability) and cross-entropy loss against the
+   ground truth;
+3. per chunk of ``chunk_size`` images: loss gradient at the prediction, every
+   method's attribution, every stage's map, and eps-minus / eps-plus (and the
+   shuffled baseline) for all of the chunk's maps in one batched search;
+   the chunk is written atomically;
+4. the chunks' rows are gathered into ``results.parquet``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from apem.config import Config, load_config
+from apem.store import Store
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def item_seed(*parts) -> int:
+    """A 63-bit seed from the parts' text: the same item gets the same seed in any batch."""
+    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def _load(cfg: Config):
+    from apem.data import load_image_set
+    from apem.models import load_model
+
+    lm = load_model(cfg.model, cfg.preset, None if cfg.weights == "none" else cfg.weights, cfg.device)
+    images = load_image_set(cfg.data, cfg.ground_truth)
+    if cfg.pool:
+        images = images.subset(range(min(cfg.pool, len(images))))
+    return lm, images
+
+
+@torch.no_grad()
+def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = True) -> pd.DataFrame:
+    """The model's answer on every pool image, cached under ``_predictions/``."""
+    from tqdm.auto import tqdm
+
+    from apem.data import iter_batches
+    from apem.store import atomic_write_bytes, _parquet_bytes
+
+    key = hashlib.sha256(repr(sorted(cfg.classification_key().items())).encode()).hexdigest()[:12]
+    path = Path(store_root) / "_predictions" / f"{cfg.model}-{cfg.preset}-{key}.parquet"
+    if path.exists():
+        try:
+            return pd.read_parquet(path)
+        except Exception:
+            path.unlink(missing_ok=True)
+    ids = images.ids()
+    rows = []
+    with tqdm(total=len(images), desc="classify pool", unit="img", disable=not progress) as bar:
+        for idx, x, y in iter_batches(images, lm.transform, cfg.batch_size):
+            logits = lm.model(x.to(lm.device)).float()
+            p = logits.softmax(1)
+            conf, pred = p.max(1)
+            loss = F.cross_entropy(logits, y.to(lm.device), reduction="none")
+            for j, i in enumerate(idx):
+                rows.append((i, ids[i], int(y[j]), int(pred[j]), float(conf[j]), float(loss[j])))
+            bar.update(len(idx))
+    df = pd.DataFrame(rows, columns=["set_index", "image_id", "label", "pred", "confidence", "loss"])
+    df["correct"] = df.label == df.pred
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, _parquet_bytes(df))
+    return df
+
+
+def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
+    """``n_correct`` correct and ``n_misclassified`` misclassified images, drawn at random (seeded)."""
+    from apem.data import class_name
+
+    rng = np.random.default_rng(cfg.seed)
+    parts = []
+    for group, want, mask in (("correct", cfg.n_correct, preds.correct), ("misclassified", cfg.n_misclassified, ~preds.correct)):
+        pool = preds[mask]
+        if want > len(pool):
+            raise ValueError(f"asked for {want} {group} images but the pool has only {len(pool)}")
+        pick = pool.iloc[np.sort(rng.permutation(len(pool))[:want])].copy()
+        pick["group"] = group
+        parts.append(pick)
+    sel = pd.concat(parts, ignore_index=True)
+    sel["label_name"] = [class_name(i) for i in sel.label]
+    sel["pred_name"] = [class_name(i) for i in sel.pred]
+    return sel
+
+
+# ----------------------------------------------------------------------------- one chunk
+
+
+def _method_call(name: str, params: dict, cfg: Config, chunk: int):
+    from apem import explain
+
+    defaults = explain.method_params(name)
+    p = dict(params)
+    if "seed" in defaults and "seed" not in p:
+        p["seed"] = item_seed(cfg.seed, name, "chunk", chunk)
+    if "batch_size" in defaults and "batch_size" not in p:
+        p["batch_size"] = cfg.batch_size
+    if name == "gradcam" and p.get("layer") in (None, ""):
+        p["layer"] = None  # resolved by the method against the model
+    return explain.get_method(name, **p)
+
+
+def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: int):
+    """Maps and epsilons for one chunk of images: (rows DataFrame, maps arrays)."""
+    from apem import maps as M
+    from apem import metric
+    from apem.grad import loss_gradient
+
+    dev = lm.device
+    x = x.to(dev)
+    if lm.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.as_tensor(sel.pred.to_numpy(), device=dev).long()
+    grad, _, _ = loss_gradient(lm.model, x, target)
+    n = len(sel)
+    blocks, keys = [], []
+    for name, params in cfg.methods.items():
+        A = _method_call(name, params, cfg, chunk)(lm.model, x, target)
+        stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize)
+        for s in cfg.stages:
+            blocks.append(stage[s].expand(-1, 3, -1, -1) if stage[s].shape[1] == 1 else stage[s])
+            keys.append((name, s, stage[s].detach().cpu()))
+    maps_all = torch.cat(blocks)  # (n * methods * stages, 3, H, W), block-major
+    image_index = torch.arange(n, device=dev).repeat(len(blocks))
+    seeds = torch.tensor(
+        [item_seed(cfg.seed, iid, name, s) for name, s, _ in keys for iid in sel.image_id], dtype=torch.long
+    )
+    out = metric.evaluate_maps(
+        lm.model, x, maps_all, target, image_index=image_index, grad=grad, mode=cfg.search_mode,
+        bound=cfg.search_bound, shuffles=cfg.shuffles, shuffle_mode=cfg.shuffle_mode, seeds=seeds,
+        clip=cfg.clip, batch_size=cfg.batch_size,
+    )
+    rows = []
+    arrays: dict[str, np.ndarray] = {}
+    facts = sel.drop(columns=["set_index"]).to_dict("records")
+    for b, (name, s, m) in enumerate(keys):
+        arr_name = f"{name}__s{s}"
+        arrays[arr_name] = _to_storage(m, cfg.quantize)
+        for j in range(n):
+            k = b * n + j
+            r = dict(facts[j])
+            r.update(method=name, stage=s, chunk=chunk, map_array=arr_name, map_row=j)
+            for key, v in out.items():
+                r[key] = v[k].item()
+            rows.append(r)
+    df = pd.DataFrame(rows)
+    return _finish_rows(df, cfg), arrays
+
+
+def _to_storage(m: torch.Tensor, quantized: bool) -> np.ndarray:
+    """Maps in [0, 1] -> uint8 (exact for 256-level maps) or float16."""
+    if quantized:
+        return torch.round(m.float() * 255).to(torch.uint8).numpy()
+    return m.float().numpy().astype(np.float16)
+
+
+def _finish_rows(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """APEM per row (NaN when an epsilon is undefined) and a readable reason."""
+    undefined = df.undefined_minus | df.undefined_plus
+    df["apem"] = (df.eps_plus - df.eps_minus).where(~undefined).astype(float)
+    reasons = np.full(len(df), "", dtype=object)
+    reasons[df.undefined_minus.to_numpy()] = "relevance map is all zero: no direction"
+    reasons[df.undefined_plus.to_numpy()] = "irrelevance map (1 - R) is all zero: no direction"
+    cens = (df.censored_minus | df.censored_plus).to_numpy() & ~undefined.to_numpy()
+    reasons[cens] = f"no change up to the bound {cfg.search_bound - 1}: censored"
+    df["reason"] = reasons
+    if "eps_shuffle_minus" in df:
+        df["apem_shuffle"] = (df.eps_shuffle_plus - df.eps_shuffle_minus).where(~undefined).astype(float)
+        df["apem_norm_term"] = (df.eps_plus / df.eps_shuffle_plus - df.eps_minus / df.eps_shuffle_minus).where(~undefined)
+    return df
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class _Interrupt(RuntimeError):
+    """Raised by tests to stop a run after k chunks."""
+
+
+def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, fail_after_chunks: int | None = None) -> Store:
+    """Compute whatever the store of ``cfg`` lacks; return the store."""
+    from tqdm.auto import tqdm
+
+    from apem.data import load_tensors
+
+    torch.manual_seed(cfg.seed)
+    store = Store(cfg, root).open()
+    done = store.read_frame("results.parquet")
+    if done is not None and (cfg.filter_images == 0 or store.read_frame("filter.parquet") is not None):
+        return store
+    lm, images = _load(cfg)
+    sel = store.read_frame("images.parquet")
+    if sel is None:
+        preds = classify_pool(cfg, lm, images, store.root, progress)
+        sel = select_images(cfg, preds)
+        store.write_frame("images.parquet", sel)
+    starts = list(range(0, len(sel), cfg.chunk_size))
+    todo = [c for c in range(len(starts)) if not store.chunk_ok(c)]
+    written = 0
+    if todo:
+        with tqdm(total=len(sel), desc=f"APEM {cfg.name}", unit="img", disable=not progress) as bar:
+            bar.update(sum(min(cfg.chunk_size, len(sel) - starts[c]) for c in range(len(starts)) if c not in todo))
+            for c in todo:
+                part = sel.iloc[starts[c] : starts[c] + cfg.chunk_size]
+                sub = images.subset(part.set_index.to_numpy())
+                _, x, _ = load_tensors(sub, lm.transform)
+                rows, arrays = compute_chunk(cfg, lm, x, part.reset_index(drop=True), c)
+                store.write_chunk(c, rows, arrays)
+                written += 1
+                bar.update(len(part))
+                if fail_after_chunks is not None and written >= fail_after_chunks:
+                    raise _Interrupt(f"stopped after {written} chunk(s) on request")
+    table = pd.concat([store.read_rows(c) for c in range(len(starts))], ignore_index=True)
+    store.write_frame("results.parquet", table)
+    if cfg.filter_images:
+        run_filter(cfg, lm, images, store, table, progress)
+    return store
+
+
+def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progress: bool = True) -> None:
+    """Thesis Algorithm 2 on the first ``filter_images`` correct images, every method and stage."""
+    from apem import filtering
+    from apem.data import load_tensors
+    from apem.grad import loss_gradient
+
+    sel = store.read_frame("images.parquet")
+    pick = sel[sel.group == "correct"].head(cfg.filter_images).reset_index(drop=True)
+    _, x, _ = load_tensors(images.subset(pick.set_index.to_numpy()), lm.transform)
+    x = x.to(lm.device)
+    target = torch.as_tensor(pick.pred.to_numpy(), device=lm.device).long()
+    grad, _, _ = loss_gradient(lm.model, x, target)
+    res = Results(cfg, store)
+    rows, arrays = [], {}
+    for name in cfg.methods:
+        for s in cfg.stages:
+            m = torch.stack([res.map(iid, name, s) for iid in pick.image_id]).to(lm.device)
+            t0 = time.perf_counter()
+            fr = filtering.explanation_filter(
+                lm.model, x, m, target, grad=grad, mode=cfg.search_mode, bound=cfg.search_bound,
+                fast_k=cfg.filter_fast_k, batch_size=cfg.batch_size,
+            )
+            dt = time.perf_counter() - t0
+            arrays[f"{name}__s{s}"] = _to_storage(fr.maps.detach().cpu(), cfg.quantize)
+            for j, iid in enumerate(pick.image_id):
+                rows.append(dict(
+                    image_id=iid, method=name, stage=s, map_row=j,
+                    apem_before=float(fr.apem_before[j]), apem_after=float(fr.apem_after[j]),
+                    steps=int(fr.steps[j]), removed_fraction=float(fr.removed_fraction[j]),
+                    seconds=dt / len(pick),
+                ))
+    store.write_arrays("filter_maps.npz", arrays)
+    store.write_frame("filter.parquet", pd.DataFrame(rows))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Results:
+    """What a chapter reads: the tidy table, the images, the cached maps."""
+
+    cfg: Config
+    store: Store
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        return self.store.read_frame("results.parquet")
+
+    @cached_property
+    def images(self) -> pd.DataFrame:
+        return self.store.read_frame("images.parquet")
+
+    @cached_property
+    def filter_table(self) -> pd.DataFrame | None:
+        return self.store.read_frame("filter.parquet")
+
+    @cached_property
+    def _loaded(self):
+        return _load(self.cfg)
+
+    @property
+    def model(self):
+        """The LoadedModel (loaded on first use)."""
+        return self._loaded[0]
+
+    def image_tensors(self, image_ids) -> torch.Tensor:
+        """The preprocessed images (N, 3, H, W) in [0, 1]."""
+        from apem.data import load_tensors
+
+        lm, images = self._loaded
+        pos = self.images.set_index("image_id").loc[list(image_ids), "set_index"].to_numpy()
+        return load_tensors(images.subset(pos), lm.transform)[1]
+
+    _map_cache: dict = None
+
+    def _chunk_maps(self, chunk: int) -> dict:
+        if self._map_cache is None:
+            self._map_cache = {}
+        if chunk not in self._map_cache:
+            self._map_cache[chunk] = self.store.read_maps(chunk)
+        return self._map_cache[chunk]
+
+    def map(self, image_id: str, method: str, stage: int) -> torch.Tensor:
+        """A cached stage map (C, H, W) in [0, 1]."""
+        t = self.table
+        r = t[(t.image_id == image_id) & (t.method == method) & (t.stage == stage)]
+        if r.empty:
+            raise KeyError(f"no map for image {image_id!r}, method {method!r}, stage {stage}")
+        r = r.iloc[0]
+        return _from_storage(self._chunk_maps(int(r.chunk))[r.map_array][int(r.map_row)])
+
+    def filtered_map(self, image_id: str, method: str, stage: int) -> torch.Tensor:
+        ft = self.filter_table
+        if ft is None:
+            raise KeyError("this configuration ran no filter (filter_images = 0)")
+        r = ft[(ft.image_id == image_id) & (ft.method == method) & (ft.stage == stage)].iloc[0]
+        arrays = self.store.read_arrays("filter_maps.npz")
+        return _from_storage(arrays[f"{method}__s{stage}"][int(r.map_row)])
+
+
+def _from_storage(a: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.asarray(a))
+    return t.float() / 255 if t.dtype == torch.uint8 else t.float()
+
+
+def results(params: str | Path | Config = "default", *, progress: bool = True, root=None, **overrides) -> Results:
+    """Run or reuse the configuration ``params`` (+ overrides) and return its results."""
+    cfg = load_config(params, **overrides)
+    store = run(cfg, progress=progress, root=root)
+    return Results(cfg, store)
+
+
+def summary(table: pd.DataFrame, by=("method", "stage")) -> pd.DataFrame:
+    """Mean and median APEM per method and stage (thesis Tables 4.2 and 4.4), with counts and flags."""
+    g = table.groupby(list(by), sort=False)
+    out = pd.DataFrame({
+        "n": g.apem.count(),
+        "mean": g.apem.mean(),
+        "median": g.apem.median(),
+        "mean_eps_minus": g.eps_minus.mean(),
+        "mean_eps_plus": g.eps_plus.mean(),
+        "censored": g.apply(lambda d: int((d.censored_minus | d.censored_plus).sum()), include_groups=False),
+        "undefined": g.apply(lambda d: int(d.apem.isna().sum()), include_groups=False),
+    })
+    return out
