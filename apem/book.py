@@ -27,7 +27,6 @@ from pathlib import Path
 from apem.config import PARAMS_DIR, REPO, load_config
 
 NOTEBOOKS = REPO / "notebooks"
-CHAPTERS_OUT = REPO / "book" / "chapters"
 STATIC = REPO / "book" / "_static"
 MATHJAX_DIR = STATIC / "mathjax"
 
@@ -78,23 +77,25 @@ def _stored_fingerprint(out: Path) -> str | None:
     return meta.get("apem", {}).get("fingerprint")
 
 
-def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | None = None, force: bool = False) -> bool:
+def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | None = None, force: bool = False,
+                    root: Path = REPO) -> bool:
     """Execute one chapter with papermill if stale; True when it ran."""
     import jupytext
     import nbformat
     import papermill as pm
 
     overrides = dict(overrides or {})
-    CHAPTERS_OUT.mkdir(parents=True, exist_ok=True)
-    out = CHAPTERS_OUT / f"{nb_path.stem}.ipynb"
+    out_dir = Path(root) / "book" / "chapters"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{nb_path.stem}.ipynb"
     fp = fingerprint(nb_path, params, overrides)
     if not force and _stored_fingerprint(out) == fp:
         print(f"  {nb_path.stem}: up to date")
         return False
     nb = jupytext.read(nb_path)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    src = CHAPTERS_OUT / f".in-{nb_path.stem}.ipynb"
-    tmp = CHAPTERS_OUT / f".out-{nb_path.stem}.ipynb"
+    src = out_dir / f".in-{nb_path.stem}.ipynb"
+    tmp = out_dir / f".out-{nb_path.stem}.ipynb"
     nbformat.write(nb, src)
     t0 = time.perf_counter()
     print(f"  {nb_path.stem}: executing with params={params!r} overrides={overrides}", flush=True)
@@ -137,19 +138,36 @@ def ensure_mathjax() -> None:
     shutil.copytree(src, MATHJAX_DIR)
 
 
-def build_html() -> Path:
+def build_html(root: Path = REPO, quiet: bool = False) -> Path:
     ensure_mathjax()
+    root = Path(root)
+    if root != REPO:
+        copy_sources(root)
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(REPO), "--path-output", str(REPO)]
-    r = subprocess.run(cmd, cwd=REPO)
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]
+    if quiet:
+        cmd.append("--quiet")
+    r = subprocess.run(cmd, cwd=root, capture_output=quiet, text=True)
     if r.returncode != 0:
-        raise BookError("jupyter-book build failed (its output is above)")
-    return REPO / "_build" / "html" / "index.html"
+        raise BookError("jupyter-book build failed" + (f":\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}" if quiet else ""))
+    return root / "_build" / "html" / "index.html"
+
+
+def copy_sources(dest: Path) -> None:
+    """The book's hand-written sources in another folder (a separate build, e.g. the tests' smoke book)."""
+    dest = Path(dest)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO / name, dest / name)
+    for p in (REPO / "book").rglob("*"):
+        rel = p.relative_to(REPO)
+        if p.is_file() and "chapters" not in rel.parts:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dest / rel)
 
 
 def build(params: str = "default", chapter_keys=None, overrides: dict | None = None, force: bool = False,
-          html: bool = True, progress: bool = True) -> Path | None:
-    """Run the configuration, execute stale chapters, build the HTML."""
+          html: bool = True, progress: bool = True, root: Path = REPO) -> Path | None:
+    """Run the configuration, execute stale chapters, build the HTML (under ``root``)."""
     from apem.run import run
 
     cfg = load_config(params, **(overrides or {}))
@@ -159,10 +177,10 @@ def build(params: str = "default", chapter_keys=None, overrides: dict | None = N
     print(f"results ready in {time.perf_counter() - t0:.0f} s", flush=True)
     todo = [find_chapter(k) for k in chapter_keys] if chapter_keys else chapters()
     for nb in todo:
-        execute_chapter(nb, params, overrides, force)
+        execute_chapter(nb, params, overrides, force, root)
     if not html:
         return None
-    index = build_html()
+    index = build_html(root)
     print(f"book built in {time.perf_counter() - t0:.0f} s: {index}")
     return index
 

@@ -1,0 +1,120 @@
+"""The thesis's visualisation stages (sections 4.2 and 4.4): raw attribution -> relevance map.
+
+From a raw attribution ``A`` (N, 3, H, W) and the images ``x`` (N, 3, H, W) in
+[0, 1], per image:
+
+1. ``C = min(|A|, p99(|A|))`` with the 99th percentile over the image's
+   3*H*W values, min-max scaled to [0, 1]: a 3-channel map;
+2. ``sum_c C``, min-max scaled: a 1-channel map;
+3. ``sum_c C * x``, min-max scaled: a 1-channel map (the thesis's final map).
+
+Min-max scaling is ``(v - min) / (max - min)`` over each image's values. A
+constant map (``max == min``) becomes all zeros: no pixel is more relevant
+than another. The thesis stored every map as an 8-bit PNG, so by default the
+maps are quantised to 256 levels (:func:`quantize`).
+
+Everything is batched (no loop over images) and stays on the input's device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+STAGES = (1, 2, 3)
+
+
+def percentile(v: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q``-th percentile (0..100) of each row of ``v`` (N, M), linear interpolation.
+
+    Same definition as ``numpy.percentile(method="linear")`` and
+    ``torch.quantile(interpolation="linear")``: with the row sorted ascending,
+    position ``p = q/100 * (M - 1)``, value ``s[floor p] + (p - floor p) *
+    (s[floor p + 1] - s[floor p])``. Computed with two ``kthvalue`` calls
+    rather than ``torch.quantile``, which refuses inputs of more than 2**24
+    values (a batch of 112 images of 3 x 224 x 224) and sorts the whole row.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    m = v.shape[1]
+    pos = q / 100 * (m - 1)
+    lo = int(math.floor(pos))
+    frac = pos - lo
+    low = v.kthvalue(lo + 1, dim=1).values
+    if frac == 0 or lo + 1 >= m:
+        return low
+    high = v.kthvalue(lo + 2, dim=1).values
+    return low + (high - low) * frac
+
+
+def minmax(v: torch.Tensor) -> torch.Tensor:
+    """Per image ``(v - min) / (max - min)`` over all of an image's values; constant images -> 0."""
+    flat = v.reshape(len(v), -1)
+    lo = flat.min(1, keepdim=True).values
+    rng = flat.max(1, keepdim=True).values - lo
+    out = torch.where(rng > 0, (flat - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(flat))
+    return out.reshape(v.shape)
+
+
+def clamp_abs(a: torch.Tensor, q: float = 99.0) -> torch.Tensor:
+    """``min(|A|, p_q(|A|))`` per image, ``p_q`` the :func:`percentile` over its C*H*W values."""
+    mag = a.abs()
+    cap = percentile(mag.reshape(len(mag), -1), q)
+    return torch.minimum(mag, cap.view(-1, *([1] * (mag.ndim - 1))))
+
+
+def quantize(m: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """``round(m * (levels - 1)) / (levels - 1)``: what an 8-bit PNG keeps of a map in [0, 1].
+
+    ``torch.round`` rounds halves to even (0.5 * 255 = 127.5 -> 128).
+    """
+    if levels < 2:
+        raise ValueError(f"quantize needs at least 2 levels, got {levels}")
+    return torch.round(m * (levels - 1)) / (levels - 1)
+
+
+def _check(a: torch.Tensor, x: torch.Tensor) -> None:
+    if a.ndim != 4 or a.shape != x.shape:
+        raise ValueError(f"attribution {tuple(a.shape)} and images {tuple(x.shape)} must both be (N, C, H, W)")
+    if not torch.isfinite(a).all():
+        bad = int((~torch.isfinite(a).reshape(len(a), -1).all(1)).sum())
+        raise ValueError(f"attribution holds NaN/inf values in {bad} of {len(a)} image(s)")
+
+
+def _from_clamped(c: torch.Tensor, x: torch.Tensor, stage: int) -> torch.Tensor:
+    if stage == 1:
+        return minmax(c)
+    if stage == 2:
+        return minmax(c.sum(1, keepdim=True))
+    if stage == 3:
+        return minmax((c * x).sum(1, keepdim=True))
+    raise ValueError(f"unknown visualisation stage {stage!r}; stages are {STAGES}")
+
+
+def stage_maps(a: torch.Tensor, x: torch.Tensor, stages=STAGES, quantize: bool = True,
+               levels: int = 256) -> dict[int, torch.Tensor]:
+    """``{stage: map}`` for the requested stages (see the module docstring).
+
+    Stage 1 maps are (N, 3, H, W), stages 2 and 3 (N, 1, H, W), all in [0, 1]
+    (quantised to ``levels`` when ``quantize``). The p99 clamp is computed once.
+    """
+    for s in stages:
+        if s not in STAGES:
+            raise ValueError(f"unknown visualisation stage {s!r}; stages are {STAGES}")
+    _check(a, x)
+    c = clamp_abs(a)
+    x = x.to(c.dtype)
+    out = {}
+    for s in stages:
+        m = _from_clamped(c, x, s)
+        out[s] = _quantize(m, levels) if quantize else m
+    return out
+
+
+def stage_map(a: torch.Tensor, x: torch.Tensor, stage: int, quantize: bool = True, levels: int = 256) -> torch.Tensor:
+    """The map of one visualisation stage (1, 2 or 3); see :func:`stage_maps`."""
+    return stage_maps(a, x, (stage,), quantize=quantize, levels=levels)[stage]
+
+
+_quantize = quantize  # the stage functions' `quantize` flag shadows the function's name

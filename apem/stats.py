@@ -1,0 +1,462 @@
+"""Summaries, paired comparisons, correlations and verdicts for the results table.
+
+The results table has one row per (image, method, stage) with, among others,
+``image_id, method, stage, eps_minus, eps_plus, apem, censored_minus,
+censored_plus, correct, loss, confidence``. ``apem = eps_plus - eps_minus``
+(higher is better) and is NaN where an epsilon is undefined (an all-zero map
+gives no direction).
+
+Missing values
+    Every function drops NaN values of the analysed column (per group, or per
+    pair of methods for paired analyses) and reports how many values it used
+    (``n``).
+
+Censored values
+    An epsilon search that reaches its bound without changing the prediction
+    stores the *bound* and sets ``censored_minus`` / ``censored_plus``. The
+    summaries keep that bound value as it is (no imputation, no dropping) and
+    report the censored counts beside the statistics (``censored_minus``,
+    ``censored_plus``, ``censored``). A censored ``eps_plus`` is a lower bound
+    on the true one, so such an APEM is a lower bound as well (and a censored
+    ``eps_minus`` makes it an upper bound): the mean is biased by them, while
+    the median is unaffected as long as the censored values lie on the same
+    side of it as their true values would -- read the counts before the
+    numbers.
+
+Verdicts
+    A claim of the thesis "held" only when the data support it at the chosen
+    level (a confidence interval entirely on the claimed side, or a
+    significant test in the claimed direction); "did not hold" when they
+    support the opposite; "inconclusive" otherwise. See :func:`verdict_greater`
+    and :func:`verdict_from_ci`.
+
+References
+    Efron & Tibshirani (1993), *An Introduction to the Bootstrap*, ch. 13
+    (percentile interval). Wilcoxon (1945); Pratt (1959) for zero differences.
+    Kerby (2014), "The simple difference formula: an approach to teaching
+    nonparametric correlation", *Comprehensive Psychology* 3 (matched-pairs
+    rank-biserial correlation). Holm (1979), "A simple sequentially rejective
+    multiple test procedure", *Scand. J. Statist.* 6. Spearman (1904).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+HELD = "held"
+NOT_HELD = "did not hold"
+INCONCLUSIVE = "inconclusive"
+
+_STATS = {"mean": np.mean, "median": np.median}
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def _as_stat(stat) -> tuple[Callable, str]:
+    if isinstance(stat, str):
+        if stat not in _STATS:
+            raise ValueError(f"unknown statistic {stat!r}; use one of {sorted(_STATS)} or a callable")
+        return _STATS[stat], stat
+    return stat, getattr(stat, "__name__", "stat")
+
+
+def _clean(values) -> np.ndarray:
+    v = np.asarray(values, dtype=float).ravel()
+    return v[~np.isnan(v)]
+
+
+def bootstrap_ci(values, stat="mean", n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """Percentile bootstrap interval: ``(estimate, low, high)``.
+
+    ``estimate = stat(values)``; ``low, high`` are the ``(1 - level) / 2`` and
+    ``(1 + level) / 2`` quantiles of ``stat`` over ``n_boot`` resamples (with
+    replacement, same size) of the values (Efron & Tibshirani 1993, ch. 13).
+
+    Implemented with :func:`scipy.stats.bootstrap` (``method="percentile"``,
+    ``vectorized=True``: all resamples are drawn as one array and the
+    statistic is evaluated along its last axis in one call), seeded with
+    ``numpy.random.default_rng(seed)``. ``stat`` is ``"mean"``, ``"median"``,
+    ``np.mean``, ``np.median`` or any callable taking ``axis=``.
+
+    NaN values are dropped. With fewer than two values the interval is
+    undefined and ``(estimate, nan, nan)`` comes back (``estimate`` is NaN for
+    no values). A constant sample gives the degenerate interval
+    ``(c, c, c)``.
+    """
+    fn, _ = _as_stat(stat)
+    v = _clean(values)
+    if v.size == 0:
+        return (np.nan, np.nan, np.nan)
+    est = float(fn(v))
+    if v.size < 2:
+        return (est, np.nan, np.nan)
+    if np.all(v == v[0]):  # scipy warns on degenerate resamples; the answer is exact
+        return (est, est, est)
+    res = sps.bootstrap(
+        (v,), fn, n_resamples=int(n_boot), confidence_level=level, method="percentile",
+        vectorized=True, axis=-1, rng=np.random.default_rng(seed),
+    )
+    ci = res.confidence_interval
+    return (est, float(ci.low), float(ci.high))
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def summary_table(df: pd.DataFrame, by=("method", "stage"), value: str = "apem", ci: bool = True,
+                  n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Mean and median of ``value`` per group, with bootstrap intervals and counts.
+
+    Columns: ``n`` (non-NaN values used), ``missing`` (NaN values),
+    ``mean, mean_lo, mean_hi, median, median_lo, median_hi`` (the ``_lo/_hi``
+    columns are :func:`bootstrap_ci` percentile intervals at ``level``; left
+    out when ``ci=False``), and, when the table has the flags,
+    ``censored_minus, censored_plus, censored`` (rows with either flag),
+    counted over the rows whose ``value`` is not NaN. Censored values enter
+    the statistics at their bound (see the module docstring). Thesis Tables
+    4.2/4.4 are the ``mean`` and ``median`` columns.
+
+    Every group is bootstrapped with the same ``seed``.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for key, g in df.groupby(by, sort=False, dropna=False):
+        v = g[value].to_numpy(dtype=float)
+        ok = ~np.isnan(v)
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row["n"] = int(ok.sum())
+        row["missing"] = int((~ok).sum())
+        for name in ("mean", "median"):
+            if ci:
+                est, lo, hi = bootstrap_ci(v, name, n_boot=n_boot, level=level, seed=seed)
+                row.update({name: est, f"{name}_lo": lo, f"{name}_hi": hi})
+            else:
+                row[name] = float(_STATS[name](v[ok])) if ok.any() else np.nan
+        flags = [c for c in ("censored_minus", "censored_plus") if c in g]
+        for c in flags:
+            row[c] = int(g[c].to_numpy(dtype=bool)[ok].sum())
+        if flags:
+            row["censored"] = int(np.logical_or.reduce([g[c].to_numpy(dtype=bool) for c in flags])[ok].sum())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(by)
+
+
+# ----------------------------------------------------------------------------- paired data
+
+
+def _paired_wide(df: pd.DataFrame, value: str, by: str, pair_on: str) -> pd.DataFrame:
+    """One row per ``pair_on``, one column per level of ``by`` (order of appearance)."""
+    dup = df.duplicated([pair_on, by])
+    if dup.any():
+        raise ValueError(
+            f"{int(dup.sum())} duplicate ({pair_on}, {by}) rows: filter the table to one value of the "
+            "other keys (e.g. one stage) or pass within=[...] to compare inside each group"
+        )
+    levels = list(pd.unique(df[by]))
+    return df.pivot(index=pair_on, columns=by, values=value).reindex(columns=levels)
+
+
+def _within_groups(df: pd.DataFrame, within):
+    if within is None or (not isinstance(within, str) and len(within) == 0):
+        yield {}, df
+        return
+    within = [within] if isinstance(within, str) else list(within)
+    for key, g in df.groupby(within, sort=False):
+        yield dict(zip(within, key if isinstance(key, tuple) else (key,))), g
+
+
+def pairwise_outcomes(df: pd.DataFrame, value: str = "apem", by: str = "method", pair_on: str = "image_id",
+                      higher_is_better: bool = True, within=None) -> pd.DataFrame:
+    """Per-image wins, ties and losses for every ordered pair of ``by`` levels (thesis Figure 4.4).
+
+    For the ordered pair ``(a, b)`` and the images where both have a value:
+    ``better`` = fraction of images with ``a > b`` (``a < b`` when
+    ``higher_is_better=False``, e.g. for ``eps_minus``), ``equal`` = fraction
+    with ``a == b``, ``worse`` = the rest; ``n`` = number of such images. The
+    row ``(b, a)`` mirrors ``(a, b)``. ``within`` (column names) repeats the
+    comparison inside each group, e.g. ``within="stage"``.
+    """
+    rows = []
+    for keys, g in _within_groups(df, within):
+        wide = _paired_wide(g, value, by, pair_on)
+        for a, b in itertools.permutations(wide.columns, 2):
+            d = (wide[a] - wide[b]).dropna().to_numpy()
+            if not higher_is_better:
+                d = -d
+            n = d.size
+            frac = (lambda m: float(m.sum()) / n) if n else (lambda m: np.nan)
+            rows.append({**keys, "a": a, "b": b, "n": n,
+                         "better": frac(d > 0), "equal": frac(d == 0), "worse": frac(d < 0)})
+    return pd.DataFrame(rows)
+
+
+def rank_biserial(d, zero_method: str = "wilcox") -> float:
+    """Matched-pairs rank-biserial correlation of differences ``d = a - b`` (Kerby 2014).
+
+    ``r = (T+ - T-) / (T+ + T-)``, with ``T+`` (``T-``) the sum of the ranks
+    of ``|d|`` over the positive (negative) differences: the ranks of the
+    Wilcoxon signed-rank test with the same ``zero_method`` --
+    ``"wilcox"``: zeros dropped before ranking; ``"pratt"``: zeros ranked,
+    then dropped; ``"zsplit"``: zeros ranked, their ranks split half-half
+    between ``T+`` and ``T-``. ``r`` is in [-1, 1]; ``r > 0`` means ``a``
+    tends to be larger than ``b``; ``r = 1`` when every non-zero difference is
+    positive. NaN when no difference counts.
+    """
+    d = _clean(d)
+    if zero_method == "wilcox":
+        d = d[d != 0]
+    if d.size == 0:
+        return np.nan
+    ranks = sps.rankdata(np.abs(d))
+    t_plus, t_minus, t_zero = ranks[d > 0].sum(), ranks[d < 0].sum(), ranks[d == 0].sum()
+    if zero_method == "zsplit":
+        t_plus, t_minus = t_plus + t_zero / 2, t_minus + t_zero / 2
+    elif zero_method not in ("wilcox", "pratt"):
+        raise ValueError(f"unknown zero_method {zero_method!r}")
+    total = t_plus + t_minus
+    return float((t_plus - t_minus) / total) if total > 0 else np.nan
+
+
+def paired_wilcoxon(a, b, zero_method: str = "wilcox", alternative: str = "two-sided") -> dict:
+    """Wilcoxon signed-rank test of ``a - b`` on the pairs where both are present.
+
+    Returns ``n`` (pairs used), ``n_zero`` (pairs with ``a == b``),
+    ``median_diff`` and ``mean_diff`` of ``a - b``, ``statistic`` and
+    ``p_value`` from :func:`scipy.stats.wilcoxon` (its ``method="auto"``:
+    exact null distribution for small samples without ties, the normal
+    approximation otherwise), and ``rank_biserial`` (:func:`rank_biserial`,
+    positive when ``a`` tends to exceed ``b``). The test and the effect size
+    are NaN when no pair differs (``p_value`` then NaN: nothing to test).
+    """
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.shape} vs {b.shape}")
+    ok = ~(np.isnan(a) | np.isnan(b))
+    d = a[ok] - b[ok]
+    out = {"n": int(d.size), "n_zero": int((d == 0).sum()),
+           "median_diff": float(np.median(d)) if d.size else np.nan,
+           "mean_diff": float(np.mean(d)) if d.size else np.nan,
+           "statistic": np.nan, "p_value": np.nan, "rank_biserial": rank_biserial(d, zero_method)}
+    if (d != 0).any():
+        res = sps.wilcoxon(d, zero_method=zero_method, alternative=alternative)
+        out["statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979); NaNs stay NaN and do not count.
+
+    With the ``m`` finite p-values sorted ascending, ``p~_(i) = max_{j <= i}
+    min(1, (m - j + 1) p_(j))``.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adj)
+    return out
+
+
+def wilcoxon_pairs(df: pd.DataFrame, value: str = "apem", by: str = "method", pair_on: str = "image_id",
+                   zero_method: str = "wilcox", within=None) -> pd.DataFrame:
+    """Wilcoxon signed-rank test for every unordered pair of ``by`` levels, Holm-adjusted.
+
+    One row per pair ``(a, b)`` (levels in order of appearance, ``a`` first),
+    from :func:`paired_wilcoxon` on ``a - b`` per ``pair_on``: ``n, n_zero,
+    median_diff, mean_diff, statistic, p_value, rank_biserial``, plus
+    ``p_holm``: Holm-adjusted across the pairs (inside each ``within`` group).
+
+    ``zero_method="wilcox"`` (the default) drops images where the two methods
+    tie. The epsilon search is discrete, so ties are common; dropping them
+    makes the test ask "when the two methods differ on an image, which one is
+    larger?", which is the question of the thesis's pairwise comparison, and
+    it is the definition that the matched-pairs rank-biserial correlation
+    uses, so test and effect size see the same data. How often the methods tie
+    is reported as ``n_zero`` here and as ``equal`` in
+    :func:`pairwise_outcomes`. ``"pratt"`` (zeros ranked, then dropped) is the
+    more conservative alternative when ties are many.
+    """
+    rows = []
+    for keys, g in _within_groups(df, within):
+        wide = _paired_wide(g, value, by, pair_on)
+        block = []
+        for a, b in itertools.combinations(wide.columns, 2):
+            block.append({**keys, "a": a, "b": b, **paired_wilcoxon(wide[a], wide[b], zero_method)})
+        if block:
+            for r, p in zip(block, holm([r["p_value"] for r in block])):
+                r["p_holm"] = float(p)
+        rows.extend(block)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- correlations
+
+
+_GROUPS = {
+    "correct": lambda d: d["correct"].astype(bool),
+    "misclassified": lambda d: ~d["correct"].astype(bool),
+    "all": lambda d: pd.Series(True, index=d.index),
+}
+
+
+def _spearman(x, y) -> dict:
+    """``{"rho", "p", "n"}`` on the pairs where both are present."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = ~(np.isnan(x) | np.isnan(y))
+    n = int(ok.sum())
+    if n < 3 or np.all(x[ok] == x[ok][0]) or np.all(y[ok] == y[ok][0]):
+        return {"rho": np.nan, "p": np.nan, "n": n}
+    res = sps.spearmanr(x[ok], y[ok])
+    return {"rho": float(res.statistic), "p": float(res.pvalue), "n": n}
+
+
+def spearman_table(df: pd.DataFrame, groups: Sequence[str] | Mapping[str, Callable] = ("correct", "misclassified", "all"),
+                   value: str = "apem", by: str = "method", against: str = "loss",
+                   confidence: str | None = "confidence", pair_on: str = "image_id") -> pd.DataFrame:
+    """Spearman's rho of ``value`` with ``against`` (the loss) per method and image group (thesis Table 5.3).
+
+    Rows: every level of ``by`` (order of appearance), then ``"confidence"``
+    -- the correlation of the top-class probability with the loss over the
+    images (each image once) -- unless ``confidence=None``. Columns: a
+    two-level index ``(group, stat)`` with ``stat`` in ``rho, p, n``; e.g.
+    ``table.xs("rho", axis=1, level="stat")`` is Table 5.3.
+    ``groups`` names the image subsets: ``"correct"``, ``"misclassified"``,
+    ``"all"`` (by the boolean ``correct`` column), or a mapping
+    ``name -> f(df) -> boolean mask``. ``rho`` is
+    :func:`scipy.stats.spearmanr` on the pairs where both values are present
+    (Pearson's r of the ranks, ties averaged); the two-sided ``p`` is its t
+    approximation. Fewer than 3 pairs or a constant variable gives NaN.
+
+    The table must hold one row per (``pair_on``, ``by``): filter to one
+    stage first.
+    """
+    dup = df.duplicated([pair_on, by])
+    if dup.any():
+        raise ValueError(f"{int(dup.sum())} duplicate ({pair_on}, {by}) rows: filter to one stage first")
+    sel = dict(groups) if isinstance(groups, Mapping) else {g: _GROUPS[g] for g in groups}
+    rows = {lev: {} for lev in pd.unique(df[by])}
+    if confidence is not None:
+        rows["confidence"] = {}
+    for gname, select in sel.items():
+        sub = df[np.asarray(select(df), dtype=bool)]
+        for lev in rows:
+            if lev == "confidence" and confidence is not None:
+                per_image = sub.drop_duplicates(pair_on)
+                r = _spearman(per_image[confidence], per_image[against])
+            else:
+                d = sub[sub[by] == lev]
+                r = _spearman(d[value], d[against])
+            rows[lev].update({(gname, k): v for k, v in r.items()})
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["group", "stat"])
+    return table
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def verdict(held: bool | None) -> str:
+    """``True -> "held"``, ``False -> "did not hold"``, ``None -> "inconclusive"``."""
+    if held is None:
+        return INCONCLUSIVE
+    return HELD if bool(held) else NOT_HELD
+
+
+def claim(held: bool | None, text: str) -> str:
+    """One line for a chapter: ``"<text>: held"`` (or ``did not hold`` / ``inconclusive``)."""
+    return f"{text}: {verdict(held)}"
+
+
+def verdict_from_ci(low: float, high: float, threshold: float = 0.0, greater: bool = True) -> str:
+    """Verdict on "the quantity is greater (``greater=False``: smaller) than ``threshold``" from its interval.
+
+    Held when the whole interval lies strictly on the claimed side, did not
+    hold when it lies strictly on the other side, inconclusive when it covers
+    the threshold (or is NaN).
+    """
+    if np.isnan(low) or np.isnan(high):
+        return INCONCLUSIVE
+    above, below = low > threshold, high < threshold
+    if not greater:
+        above, below = below, above
+    return verdict(True if above else False if below else None)
+
+
+def verdict_greater(a_values, b_values, paired: bool = True, alpha: float = 0.05,
+                    zero_method: str = "wilcox") -> str:
+    """Verdict on the claim "``a`` is greater than ``b``" from a two-sided rank test at level ``alpha``.
+
+    ``paired=True``: Wilcoxon signed-rank test on ``a - b`` (pairs with a NaN
+    dropped; see :func:`paired_wilcoxon`), direction from the rank-biserial
+    correlation's sign (``T+ > T-``). ``paired=False``: Mann-Whitney U test,
+    direction from ``U_a > n_a n_b / 2`` (``P(a > b) > P(a < b)``).
+
+    ``"held"`` when ``p < alpha`` in the claimed direction, ``"did not hold"``
+    when ``p < alpha`` the other way, ``"inconclusive"`` otherwise (including
+    when no pair differs).
+    """
+    if paired:
+        r = paired_wilcoxon(a_values, b_values, zero_method=zero_method)
+        p, direction = r["p_value"], r["rank_biserial"]
+    else:
+        a, b = _clean(a_values), _clean(b_values)
+        if a.size == 0 or b.size == 0:
+            return INCONCLUSIVE
+        res = sps.mannwhitneyu(a, b, alternative="two-sided")
+        p, direction = float(res.pvalue), float(res.statistic) - a.size * b.size / 2
+    if np.isnan(p) or p >= alpha or direction == 0 or np.isnan(direction):
+        return INCONCLUSIVE
+    return verdict(direction > 0)
+
+
+def sign_test(n_better: int, n_worse: int, alpha: float = 0.05) -> str:
+    """Verdict on "better more often than worse" from an exact two-sided sign test (ties left out)."""
+    n = int(n_better) + int(n_worse)
+    if n == 0:
+        return INCONCLUSIVE
+    p = sps.binomtest(int(n_better), n, 0.5).pvalue
+    if p >= alpha:
+        return INCONCLUSIVE
+    return verdict(n_better > n_worse)
+
+
+def all_verdicts(verdicts) -> str:
+    """A conjunction of claims: held if all held, did not hold if any did not, else inconclusive."""
+    verdicts = list(verdicts)
+    if verdicts and all(v == HELD for v in verdicts):
+        return HELD
+    if any(v == NOT_HELD for v in verdicts):
+        return NOT_HELD
+    return INCONCLUSIVE
+
+
+def spearman_ci(x, y, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's rho of paired ``x, y`` with a percentile bootstrap interval (pairs resampled together)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[ok], y[ok]
+    if x.size < 3:
+        return (np.nan, np.nan, np.nan)
+    rho = _spearman(x, y)["rho"]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    rx = sps.rankdata(x[idx], axis=1)
+    ry = sps.rankdata(y[idx], axis=1)
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    den = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boots = (rx * ry).sum(1) / den
+    boots = boots[np.isfinite(boots)]
+    a = (1 - level) / 2
+    return (rho, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))) if boots.size else (rho, np.nan, np.nan)

@@ -1,0 +1,121 @@
+"""The book on the smoke parameters: every page executed by papermill, figures, offline HTML.
+
+The smoke book is built once per test session into a temporary folder (the
+developer's own ``book/chapters`` and ``_build`` are left alone).
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apem.book import build, chapters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                files.append(e["file"])
+            walk(e.get("sections"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    return files
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("smokebook")
+    build("smoke", root=root, progress=False)
+    return root
+
+
+def test_every_chapter_notebook_is_in_the_toc():
+    files = toc_files()
+    for nb in chapters():
+        assert f"book/chapters/{nb.stem}" in files, f"{nb.name} is not in _toc.yml"
+    for f in files:
+        if not f.startswith("book/chapters/"):
+            assert (REPO / f"{f}.md").exists(), f
+
+
+def test_every_chapter_has_a_parameters_cell():
+    import jupytext
+
+    for p in chapters():
+        nb = jupytext.read(p)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{p.name}: needs exactly one cell tagged 'parameters'"
+        assert "params" in tagged[0].source and "overrides" in tagged[0].source
+
+
+def test_every_toc_page_was_executed_by_papermill_with_outputs_and_figures(smoke_book):
+    for f in toc_files():
+        if not f.startswith("book/chapters/"):
+            continue
+        nb = json.loads((smoke_book / f"{f}.ipynb").read_text())
+        assert "papermill" in nb["metadata"], f"{f} was not executed by papermill"
+        assert nb["metadata"]["papermill"]["parameters"]["params"] == "smoke"
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert code and all(c.get("execution_count") for c in code), f"{f}: a code cell did not run"
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in code), f
+        outputs = [o for c in code for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"], f
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{f} shows no figure"
+        md = json.dumps(outputs)
+        assert "held" in md or "did not hold" in md or "inconclusive" in md, f"{f} gives no verdict on the claims"
+
+
+_EXTERNAL = re.compile(
+    r"<(?:script|link|img|iframe|source|video|audio|embed)\b[^>]*?\b(?:src|href)\s*=\s*[\"']((?:https?:)?//[^\"']+)",
+    re.I,
+)
+_CSS_URL = re.compile(r"url\(\s*[\"']?((?:https?:)?//[^)\"']+)", re.I)
+
+
+def test_html_references_nothing_outside(smoke_book):
+    html = smoke_book / "_build" / "html"
+    pages = list(html.rglob("*.html"))
+    assert len(pages) >= len(toc_files())
+    bad = []
+    for p in pages + list(html.rglob("*.css")):
+        text = p.read_text(errors="ignore")
+        bad += [(p.name, u) for u in _EXTERNAL.findall(text) + _CSS_URL.findall(text)]
+    assert not bad, bad[:10]
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").exists()
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed")
+def test_pages_render_in_headless_chromium(smoke_book, tmp_path):
+    """Load the intro and chapter 3 offline, let MathJax typeset, check the DOM and take screenshots."""
+    html = smoke_book / "_build" / "html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000"]
+    intro = html / "book" / "intro.html"
+    ch3 = next((html / "book" / "chapters").glob("03_*.html"))
+    for page in (intro, ch3):
+        dom = subprocess.run([_chromium(), *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                             text=True, timeout=120).stdout
+        assert "<h1" in dom
+        if page == intro:
+            assert "mjx-container" in dom, "MathJax did not typeset the formulas offline"
+        shot = tmp_path / f"{page.stem}.png"
+        subprocess.run([_chromium(), *flags, "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()],
+                       capture_output=True, timeout=120)
+        assert shot.exists() and shot.stat().st_size > 20_000, "blank screenshot"

@@ -1,0 +1,217 @@
+"""The configuration, the results store and the resumable runner."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from apem.config import Config, ConfigError, load_config
+from apem.run import Results, _Interrupt, run
+from apem.store import Store, StoreError
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = dict(
+    name="tiny", pool=24, n_correct=3, n_misclassified=1, methods={"gradient": {}, "lrp_epsilon": {}},
+    stages=(2, 3), shuffles=1, chunk_size=1, batch_size=8, filter_images=0,
+)
+
+
+def tiny(**kw) -> Config:
+    d = dict(TINY)
+    d.update(kw)
+    return Config(**d)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_every_field_changes_the_hash():
+    base = Config()
+    changed = {
+        "name": "other", "model": "vgg16", "weights": "none", "preset": "thesis", "data": "/x",
+        "ground_truth": "/gt.txt", "pool": 10, "n_correct": 7, "n_misclassified": 3,
+        "methods": {"gradient": {}}, "stages": (1,), "quantize": False, "search_mode": "linear",
+        "search_bound": 501, "clip": True, "shuffles": 3, "shuffle_mode": "per_step", "filter_images": 2,
+        "filter_fast_k": 4, "seed": 1, "device": "cpu", "batch_size": 7, "chunk_size": 9,
+    }
+    assert set(changed) == {f.name for f in dataclasses.fields(Config)}, "a new field needs a case here"
+    digests = {base.digest()}
+    for k, v in changed.items():
+        kw = {k: v}
+        if k == "shuffle_mode":
+            kw["search_mode"] = "thesis"
+        d = base.replace(**kw).digest()
+        assert d not in digests, f"changing {k} did not change the hash"
+        digests.add(d)
+    # a method parameter counts too
+    assert base.replace(methods={"smoothgrad": {"n": 100}}).digest() != base.replace(methods={"smoothgrad": {"n": 99}}).digest()
+
+
+def test_typo_in_a_field_fails_at_load_naming_it(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("n_corect: 5\n")
+    with pytest.raises(ConfigError, match=r"'n_corect'.*did you mean 'n_correct'"):
+        Config.from_yaml(p)
+
+
+def test_unknown_method_or_parameter_fails_at_load_naming_it(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("methods:\n  gradient: {}\n  smoothgrd: {n: 3}\n")
+    with pytest.raises(ConfigError, match="smoothgrd"):
+        Config.from_yaml(p)
+    with pytest.raises(ConfigError, match="sigmaa"):
+        Config(methods={"smoothgrad": {"sigmaa": 0.1}})
+
+
+def test_bad_values_fail_at_load():
+    with pytest.raises(ConfigError, match="search_mode"):
+        Config(search_mode="binary")
+    with pytest.raises(ConfigError, match="stages"):
+        Config(stages=(4,))
+    with pytest.raises(ConfigError, match="per_step"):
+        Config(shuffle_mode="per_step", search_mode="bisect")
+
+
+def test_parameter_sets_load_and_papermill_overrides_apply():
+    for name in ("default", "smoke", "paper"):
+        cfg = load_config(name)
+        assert cfg.name == name
+    cfg = load_config("default", n_correct=5, stages=[1])
+    assert cfg.n_correct == 5 and cfg.stages == (1,)
+    with pytest.raises(ConfigError, match="unknown parameter set"):
+        load_config("nope")
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def test_a_store_of_another_configuration_is_never_mixed_in(tmp_path):
+    a = Store(tiny(), tmp_path).open()
+    (a.dir / "config.yaml").write_text(tiny(seed=5).to_yaml())  # as if another config wrote here
+    with pytest.raises(StoreError, match="different configuration"):
+        Store(tiny(), tmp_path).open()
+
+
+def test_half_written_chunk_folders_are_never_read(tmp_path):
+    s = Store(tiny(), tmp_path).open()
+    tmp = s.chunks_dir / ".tmp-abc"
+    tmp.mkdir()
+    (tmp / "rows.parquet").write_bytes(b"partial")
+    assert not s.chunk_ok(0)
+    Store(tiny(), tmp_path).open()
+    assert not tmp.exists()
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("ref")
+    cfg = tiny()
+    store = run(cfg, progress=False, root=root)
+    return cfg, Results(cfg, store).table
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame):
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
+
+
+def test_table_is_tidy_with_the_thesis_columns(reference):
+    cfg, t = reference
+    assert len(t) == (cfg.n_correct + cfg.n_misclassified) * len(cfg.methods) * len(cfg.stages)
+    for col in ("image_id", "label", "pred", "correct", "confidence", "loss", "group", "method", "stage",
+                "eps_minus", "eps_plus", "apem", "censored_minus", "censored_plus", "undefined_minus",
+                "undefined_plus", "reason", "eps_shuffle_minus", "eps_shuffle_plus"):
+        assert col in t, col
+    assert (t.groupby("image_id").size() == len(cfg.methods) * len(cfg.stages)).all()
+    assert set(t.group) == {"correct", "misclassified"}
+    assert (t[t.group == "correct"].label == t[t.group == "correct"].pred).all()
+    assert (t[t.group == "misclassified"].label != t[t.group == "misclassified"].pred).all()
+    ok = t.apem.notna()
+    assert (t.apem[ok] == (t.eps_plus - t.eps_minus)[ok]).all()
+
+
+def test_interrupted_run_resumes_to_the_same_table(reference, tmp_path):
+    cfg, ref = reference
+    with pytest.raises(_Interrupt):
+        run(cfg, progress=False, root=tmp_path, fail_after_chunks=2)
+    store = Store(cfg, tmp_path)
+    assert sorted(p.name for p in store.chunks_dir.iterdir()) == ["00000", "00001"]
+    assert store.read_frame("results.parquet") is None
+    run(cfg, progress=False, root=tmp_path)
+    _same(Results(cfg, store).table, ref)
+
+
+def test_corrupt_chunk_is_detected_and_recomputed(reference, tmp_path):
+    cfg, ref = reference
+    store = run(cfg, progress=False, root=tmp_path)
+    (store.dir / "results.parquet").unlink()
+    f = store.chunk_path(1) / "rows.parquet"
+    blob = bytearray(f.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    f.write_bytes(bytes(blob))
+    with pytest.warns(UserWarning, match="corrupt"):
+        run(cfg, progress=False, root=tmp_path)
+    _same(Results(cfg, store).table, ref)
+
+
+def test_killed_subprocess_resumes_to_the_same_table(reference, tmp_path):
+    """kill -9 in the middle of a run, then run again: same table as an uninterrupted run."""
+    cfg, ref = reference
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    script = textwrap.dedent(f"""
+        from apem.config import Config
+        from apem.run import run
+        run(Config.from_yaml({str(cfg_file)!r}), progress=False, root={str(tmp_path / 'store')!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    store = Store(cfg, tmp_path / "store")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if store.chunks_dir.exists() and any(p.name[0] != "." for p in store.chunks_dir.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert store.read_frame("results.parquet") is None
+    run(cfg, progress=False, root=tmp_path / "store")
+    _same(Results(cfg, store).table, ref)
+
+
+def test_results_give_back_cached_maps(reference, tmp_path):
+    cfg, ref = reference
+    res = Results(cfg, run(cfg, progress=False, root=tmp_path))
+    row = ref.iloc[0]
+    m = res.map(row.image_id, row.method, row.stage)
+    assert m.shape[0] == 1 and 0 <= float(m.min()) and float(m.max()) == 1.0
+    assert torch_unique_levels(m) <= 256
+
+
+def torch_unique_levels(m) -> int:
+    return int(m.flatten().unique().numel())
+
+
+def test_run_and_table_commands(reference, tmp_path, monkeypatch, capsys):
+    cfg, ref = reference
+    from apem import store as store_mod
+    from apem.cli import main
+
+    monkeypatch.setattr(store_mod, "RESULTS_DIR", tmp_path)
+    p = tmp_path / "tiny.yaml"
+    p.write_text(cfg.to_yaml())
+    assert main(["run", str(p), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "APEM per method and stage" in out and "lrp_epsilon" in out
+    assert main(["table", str(p)]) == 0
+    assert "median" in capsys.readouterr().out
