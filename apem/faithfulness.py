@@ -88,7 +88,19 @@ Randomness
 
 Cost
     :func:`quantus_evaluate` wraps the model in :class:`CountingModel` and
-    reports forward calls, images forwarded and seconds per image.
+    reports forward calls, images forwarded and seconds per image. Measured
+    with these defaults on EfficientNet-Lite0, 8 sample images, 224x224
+    |gradient| maps, CPU, one torch thread on a shared 2-core machine (a
+    plain forward pass: ~14-16 ms per image)::
+
+        metric                     forwards/image   s/image
+        PixelFlipping              48               0.7
+        Selectivity                64               0.9
+        ROAD                        6 (+ solves)    0.8
+        FaithfulnessCorrelation    65 (batch 1)     1.2
+
+    (Quantus's own defaults would need 150,528, 784, 50 + 50 solves up to
+    99%, and 101 forward passes per image.)
 
 References
     Bach et al. (2015) PLoS ONE 10(7); Montavon, Samek, Mueller (2018) Digital
@@ -321,7 +333,7 @@ def quantus_evaluate(metric_name: str, model, x, y, maps, *, params: dict | None
                 rows.append([out[p] for p in metric.percentages])
             curves = np.asarray(rows, dtype=float)
             x_axis = np.asarray(metric.percentages, dtype=float)
-            scores = curve_auc(curves, x_axis)
+            scores = 1.0 - curve_auc(curves, x_axis)
         elif name == "FaithfulnessCorrelation":
             vals = []
             for i in range(n):

@@ -111,7 +111,7 @@ def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- one chunk
 
 
-def _method_call(name: str, params: dict, cfg: Config, chunk: int):
+def _method_call(name: str, params: dict, cfg: Config, chunk: int, lm=None):
     from apem import explain
 
     defaults = explain.method_params(name)
@@ -120,8 +120,8 @@ def _method_call(name: str, params: dict, cfg: Config, chunk: int):
         p["seed"] = item_seed(cfg.seed, name, "chunk", chunk)
     if "batch_size" in defaults and "batch_size" not in p:
         p["batch_size"] = cfg.batch_size
-    if name == "gradcam" and p.get("layer") in (None, ""):
-        p["layer"] = None  # resolved by the method against the model
+    if name == "gradcam" and p.get("layer") in (None, "") and lm is not None:
+        p["layer"] = lm.gradcam_layer  # the model's last convolutional feature map, after its activation
     return explain.get_method(name, **p)
 
 
@@ -140,7 +140,7 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     n = len(sel)
     blocks, keys = [], []
     for name, params in cfg.methods.items():
-        A = _method_call(name, params, cfg, chunk)(lm.model, x, target)
+        A = _method_call(name, params, cfg, chunk, lm)(lm.model, x, target)
         stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize)
         for s in cfg.stages:
             blocks.append(stage[s].expand(-1, 3, -1, -1) if stage[s].shape[1] == 1 else stage[s])

@@ -58,7 +58,7 @@ from __future__ import annotations
 import copy
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import pandas as pd

@@ -28,7 +28,8 @@ Verdicts
     level (a confidence interval entirely on the claimed side, or a
     significant test in the claimed direction); "did not hold" when they
     support the opposite; "inconclusive" otherwise. See :func:`verdict_greater`
-    and :func:`verdict_from_ci`.
+    (Wilcoxon / Mann-Whitney), :func:`sign_test`, :func:`verdict_from_ci`, and
+    :func:`all_verdicts` for a claim made of several parts.
 
 References
     Efron & Tibshirani (1993), *An Introduction to the Bootstrap*, ch. 13
@@ -362,6 +363,41 @@ def spearman_table(df: pd.DataFrame, groups: Sequence[str] | Mapping[str, Callab
     return table
 
 
+def _rank_pearson(x, y, axis=-1):
+    """Spearman's rho along ``axis`` (vectorised): Pearson's r of average-tie ranks."""
+    rx = sps.rankdata(x, axis=axis)
+    ry = sps.rankdata(y, axis=axis)
+    rx = rx - rx.mean(axis=axis, keepdims=True)
+    ry = ry - ry.mean(axis=axis, keepdims=True)
+    den = np.sqrt((rx**2).sum(axis=axis) * (ry**2).sum(axis=axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(axis=axis) / den
+
+
+def spearman_ci(x, y, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """Spearman's rho of paired ``x, y`` with a percentile bootstrap interval: ``(rho, low, high)``.
+
+    Pairs with a NaN are dropped; the pairs are resampled together, all
+    ``n_boot`` resamples drawn as one (n_boot, n) index array and ranked in one
+    call. (Not :func:`scipy.stats.bootstrap`: a resample in which a variable
+    is constant has an undefined rho, and scipy's percentile would turn the
+    whole interval into NaN; here those resamples are left out of the
+    quantiles.) Fewer than 3 pairs or a constant variable gives NaN.
+    """
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[ok], y[ok]
+    r = _spearman(x, y)["rho"]
+    if np.isnan(r):
+        return (np.nan, np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(int(n_boot), x.size))
+    boot = _rank_pearson(x[idx], y[idx], axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(boot, [tail, 100 - tail]) if np.isfinite(boot).any() else (np.nan, np.nan)
+    return (float(r), float(lo), float(hi))
+
+
 # ----------------------------------------------------------------------------- verdicts
 
 
@@ -375,6 +411,37 @@ def verdict(held: bool | None) -> str:
 def claim(held: bool | None, text: str) -> str:
     """One line for a chapter: ``"<text>: held"`` (or ``did not hold`` / ``inconclusive``)."""
     return f"{text}: {verdict(held)}"
+
+
+def all_verdicts(verdicts) -> str:
+    """Combine the verdicts of the parts of a claim: held only if every part held.
+
+    ``"did not hold"`` if any part did not hold, ``"held"`` if all held (and
+    there is at least one), ``"inconclusive"`` otherwise.
+    """
+    vs = list(verdicts)
+    if any(v == NOT_HELD for v in vs):
+        return NOT_HELD
+    if vs and all(v == HELD for v in vs):
+        return HELD
+    return INCONCLUSIVE
+
+
+def sign_test(n_for: int, n_against: int, alpha: float = 0.05) -> str:
+    """Verdict from a two-sided sign test: ``n_for`` pairs support the claim, ``n_against`` contradict it.
+
+    Ties are left out beforehand. Exact binomial test of ``n_for`` out of
+    ``n_for + n_against`` against 1/2 (:func:`scipy.stats.binomtest`):
+    ``"held"`` when ``p < alpha`` and ``n_for > n_against``, ``"did not hold"``
+    when ``p < alpha`` the other way, ``"inconclusive"`` otherwise.
+    """
+    n_for, n_against = int(n_for), int(n_against)
+    if n_for + n_against == 0:
+        return INCONCLUSIVE
+    p = sps.binomtest(n_for, n_for + n_against, 0.5).pvalue
+    if p >= alpha or n_for == n_against:
+        return INCONCLUSIVE
+    return verdict(n_for > n_against)
 
 
 def verdict_from_ci(low: float, high: float, threshold: float = 0.0, greater: bool = True) -> str:

@@ -14,6 +14,15 @@ from apem import faithfulness as F
 N, C, H, W = 4, 3, 16, 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Hundreds of tiny forward passes: one thread avoids OpenMP barrier stalls on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """A small seeded conv net on 3x16x16 images, images, its predictions and maps."""

@@ -187,3 +187,35 @@ def test_verdicts():
     assert S.verdict_from_ci(np.nan, 1.0) == S.INCONCLUSIVE
     assert S.claim(True, "Gradient beats SmoothGrad") == "Gradient beats SmoothGrad: held"
     assert S.claim(None, "x").endswith("inconclusive") and S.claim(False, "x").endswith("did not hold")
+
+
+def test_spearman_ci():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    rho, lo, hi = S.spearman_ci(x, x + rng.normal(size=200), seed=1)
+    assert lo < rho < hi and 0.5 < lo and hi < 0.9
+    assert S.spearman_ci(x, x ** 3)[:1] == pytest.approx((1.0,))
+    rho, lo, hi = S.spearman_ci(np.r_[x[:50], np.nan], np.r_[-x[:50], 1.0])  # NaN pair dropped
+    assert rho == pytest.approx(-1.0) and hi == pytest.approx(-1.0)
+    assert all(np.isnan(S.spearman_ci([1, 2], [2, 1])))
+    # coverage of a known correlation: bivariate normal with Pearson 0.6 has
+    # Spearman rho = (6 / pi) asin(0.3) ~= 0.5756
+    true = 6 / np.pi * np.arcsin(0.3)
+    cov = np.array([[1, 0.6], [0.6, 1]])
+    hits = 0
+    for i in range(100):
+        xy = rng.multivariate_normal([0, 0], cov, size=80)
+        _, lo, hi = S.spearman_ci(xy[:, 0], xy[:, 1], n_boot=500, seed=i)
+        hits += lo <= true <= hi
+    assert 0.85 <= hits / 100 <= 1.0, hits
+
+
+def test_sign_test_and_all_verdicts():
+    assert S.sign_test(9, 1) == S.HELD  # exact two-sided p = 22/1024
+    assert S.sign_test(1, 9) == S.NOT_HELD
+    assert S.sign_test(8, 2) == S.INCONCLUSIVE  # p = 112/1024
+    assert S.sign_test(0, 0) == S.INCONCLUSIVE
+    assert S.all_verdicts([S.HELD, S.HELD]) == S.HELD
+    assert S.all_verdicts(iter([S.HELD, S.INCONCLUSIVE])) == S.INCONCLUSIVE
+    assert S.all_verdicts([S.INCONCLUSIVE, S.NOT_HELD, S.HELD]) == S.NOT_HELD
+    assert S.all_verdicts([]) == S.INCONCLUSIVE
