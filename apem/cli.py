@@ -19,7 +19,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_classify(args) -> int:
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from apem.data import iter_batches, load_image_set
     from apem.models import load_model

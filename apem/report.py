@@ -37,8 +37,8 @@ def claims_table(claims: list[Claim]) -> pd.DataFrame:
     )
 
 
-def show_claims(claims: list[Claim], title: str = "Did the thesis's claims hold on our model?"):
-    """Display the verdicts as a Markdown table (returns the Markdown object)."""
+def show_claims(claims: list[Claim], title: str = "Did the thesis's claims hold on our model?") -> None:
+    """Display the verdicts as a Markdown table."""
     from IPython.display import Markdown, display
 
     lines = [f"**{title}**", "", "| thesis's claim | on our model | evidence |", "| --- | --- | --- |"]
@@ -47,9 +47,7 @@ def show_claims(claims: list[Claim], title: str = "Did the thesis's claims hold 
     held = sum(c.verdict == HELD for c in claims)
     lines += ["", f"{held} of {len(claims)} claims held; a claim is called held only when a confidence "
               "interval or a significance test (α = 0.05) supports it."]
-    md = Markdown("\n".join(lines))
-    display(md)
-    return md
+    display(Markdown("\n".join(lines)))
 
 
 def beside_thesis(ours: pd.DataFrame, thesis: pd.DataFrame, on: list[str], columns: list[str]) -> pd.DataFrame:

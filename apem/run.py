@@ -59,7 +59,7 @@ def _load(cfg: Config):
 @torch.no_grad()
 def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = True) -> pd.DataFrame:
     """The model's answer on every pool image, cached under ``_predictions/``."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from apem.data import iter_batches
     from apem.store import atomic_write_bytes, _parquet_bytes
@@ -82,7 +82,7 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
             for j, i in enumerate(idx):
                 rows.append((i, ids[i], int(y[j]), int(pred[j]), float(conf[j]), float(loss[j])))
             bar.update(len(idx))
-    df = pd.DataFrame(rows, columns=["set_index", "image_id", "label", "pred", "confidence", "loss"])
+    df = pd.DataFrame(rows, columns=["set_position", "image_id", "label", "pred", "confidence", "loss"])
     df["correct"] = df.label == df.pred
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, _parquet_bytes(df))
@@ -135,7 +135,7 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     x = x.to(dev)
     if lm.device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
-    target = torch.as_tensor(sel.pred.to_numpy(), device=dev).long()
+    target = torch.tensor(sel.pred.to_numpy().copy(), device=dev).long()
     grad, _, _ = loss_gradient(lm.model, x, target)
     n = len(sel)
     blocks, keys = [], []
@@ -155,9 +155,10 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
         bound=cfg.search_bound, shuffles=cfg.shuffles, shuffle_mode=cfg.shuffle_mode, seeds=seeds,
         clip=cfg.clip, batch_size=cfg.batch_size,
     )
+    per_item = {k: v for k, v in out.items() if v.dim() == 1 and len(v) == len(maps_all)}
     rows = []
     arrays: dict[str, np.ndarray] = {}
-    facts = sel.drop(columns=["set_index"]).to_dict("records")
+    facts = sel.drop(columns=["set_position"]).to_dict("records")
     for b, (name, s, m) in enumerate(keys):
         arr_name = f"{name}__s{s}"
         arrays[arr_name] = _to_storage(m, cfg.quantize)
@@ -165,7 +166,7 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
             k = b * n + j
             r = dict(facts[j])
             r.update(method=name, stage=s, chunk=chunk, map_array=arr_name, map_row=j)
-            for key, v in out.items():
+            for key, v in per_item.items():
                 r[key] = v[k].item()
             rows.append(r)
     df = pd.DataFrame(rows)
@@ -183,11 +184,15 @@ def _finish_rows(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """APEM per row (NaN when an epsilon is undefined) and a readable reason."""
     undefined = df.undefined_minus | df.undefined_plus
     df["apem"] = (df.eps_plus - df.eps_minus).where(~undefined).astype(float)
+    from apem.metric import REASONS
+
     reasons = np.full(len(df), "", dtype=object)
-    reasons[df.undefined_minus.to_numpy()] = "relevance map is all zero: no direction"
-    reasons[df.undefined_plus.to_numpy()] = "irrelevance map (1 - R) is all zero: no direction"
     cens = (df.censored_minus | df.censored_plus).to_numpy() & ~undefined.to_numpy()
-    reasons[cens] = f"no change up to the bound {cfg.search_bound - 1}: censored"
+    reasons[cens] = f"censored: no change up to step {cfg.search_bound - 1}"
+    for col, what in (("reason_plus", "irrelevance"), ("reason_minus", "relevance")):
+        codes = df[col].to_numpy()
+        for i in np.flatnonzero(codes):
+            reasons[i] = f"{what} map undefined: {REASONS[codes[i]]}"
     df["reason"] = reasons
     if "eps_shuffle_minus" in df:
         df["apem_shuffle"] = (df.eps_shuffle_plus - df.eps_shuffle_minus).where(~undefined).astype(float)
@@ -204,7 +209,7 @@ class _Interrupt(RuntimeError):
 
 def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, fail_after_chunks: int | None = None) -> Store:
     """Compute whatever the store of ``cfg`` lacks; return the store."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from apem.data import load_tensors
 
@@ -227,7 +232,7 @@ def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, f
             bar.update(sum(min(cfg.chunk_size, len(sel) - starts[c]) for c in range(len(starts)) if c not in todo))
             for c in todo:
                 part = sel.iloc[starts[c] : starts[c] + cfg.chunk_size]
-                sub = images.subset(part.set_index.to_numpy())
+                sub = images.subset(part.set_position.to_numpy())
                 _, x, _ = load_tensors(sub, lm.transform)
                 rows, arrays = compute_chunk(cfg, lm, x, part.reset_index(drop=True), c)
                 store.write_chunk(c, rows, arrays)
@@ -250,9 +255,9 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
 
     sel = store.read_frame("images.parquet")
     pick = sel[sel.group == "correct"].head(cfg.filter_images).reset_index(drop=True)
-    _, x, _ = load_tensors(images.subset(pick.set_index.to_numpy()), lm.transform)
+    _, x, _ = load_tensors(images.subset(pick.set_position.to_numpy()), lm.transform)
     x = x.to(lm.device)
-    target = torch.as_tensor(pick.pred.to_numpy(), device=lm.device).long()
+    target = torch.tensor(pick.pred.to_numpy().copy(), device=lm.device).long()
     grad, _, _ = loss_gradient(lm.model, x, target)
     res = Results(cfg, store)
     rows, arrays = [], {}
@@ -313,7 +318,7 @@ class Results:
         from apem.data import load_tensors
 
         lm, images = self._loaded
-        pos = self.images.set_index("image_id").loc[list(image_ids), "set_index"].to_numpy()
+        pos = self.images.set_index("image_id").loc[list(image_ids), "set_position"].to_numpy()
         return load_tensors(images.subset(pos), lm.transform)[1]
 
     _map_cache: dict = None
