@@ -74,18 +74,40 @@ replicated per map; all state stays on the model's device.
     when ``hi = lo + 1``: ``eps = hi``. The candidates come from the margin
     :math:`m(\epsilon) = z_t - \max_{j\ne t} z_j` along the line (a smooth
     stand-in for "changed": :math:`m < 0` changes it, :math:`m = 0` is a tie).
-    :math:`m(0)` comes from the clean forward pass and
-    :math:`m'(0) = \nabla_x m \cdot d` from **one backward pass per image**,
-    shared by every map of the image (relevance, irrelevance, every method,
-    shuffles). Along such lines the margin is close to
-    :math:`m(\epsilon) \approx m(0) + m'(0)\,\tau \log(1 + \epsilon/\tau)`, so
-    the first probe aims at that model's root with ``tau`` from a prior; each
-    unchanged probe refits ``tau``; the upper end is extrapolated with growth
-    safeguards (each new step at least doubles the last, capped at the bound).
-    Inside a known bracket the root is interpolated (inverse quadratic through
-    the bracket ends and the previous point when it stays well inside the
-    bracket, else regula falsi with the Illinois modification), and near the
-    end the two integers around the estimate are tested in the same pass. The
+    :math:`m(0)` comes from the clean forward pass (one per *image*, shared
+    by every map of the image: relevance, irrelevance, every method, shuffles)
+    and the slope :math:`m'(0)` either from the cross-entropy gradient every
+    mode already has, :math:`m'(0) \approx -g \cdot d / (1 - p_t)`
+    (``slope="loss"``, free, the default of :func:`evaluate_maps`), or exactly
+    from :math:`\nabla_x m \cdot d` with one backward pass per image
+    (``slope="margin"``; :func:`search` uses it when it computes the
+    per-image pass itself). Along such lines the margin is close to
+    :math:`m(\epsilon) \approx m(0) + m'(0)\,\tau \log(1 + \epsilon/\tau)`
+    (the drop slows down as the step grows), so:
+
+    1. the first probe aims at that model's root with
+       :math:`\tau = m(0)/(-m'(0))` (:math:`\approx 1.72\times` the
+       first-order root :math:`m(0)/(-m'(0))`);
+    2. while no upper end is known, each unchanged probe refits
+       :math:`\tau` through it, and the next probe is the larger of that
+       model's root and the two-point extrapolation; after 3 such probes each
+       step at least doubles the previous one (growth safeguard), capped at
+       ``bound - 1``;
+    3. inside a bracket the estimate is the root of the two-parameter model
+       :math:`m(0) - A\tau\log(1+\epsilon/\tau)` through the two tested
+       points with the smallest :math:`|m|` (a secant through them when the
+       model does not fit), kept strictly inside the bracket (else regula
+       falsi on the bracket ends, else the midpoint); a Brent-style guard
+       bisects a bracket that has not halved for 4 passes in a row, so the
+       worst case stays logarithmic when the margin misleads (the secant on
+       the best points replaces the Illinois trick: it never keeps a stale end);
+    4. when a tested point lies within :math:`\max(1, 0.3\sqrt{r})` of the
+       estimate :math:`r`, the two integers around it are tested in the same
+       pass (with a 1-wide bracket that is the last pass).
+
+    Tuning lives in :class:`BisectTuning`; it changes the cost, never the
+    validity of the answer. On EfficientNet-Lite0 gradient maps this takes
+    about 4 forward passes per epsilon (``benchmarks/bench_search.py``). The
     answer is always a verified integer bracket, never the margin estimate.
     When the prediction flips once and stays flipped, ``bisect == linear``.
     When it does not, ``bisect`` returns *some* flip boundary inside its
@@ -105,8 +127,10 @@ Counting
 ``n_forward`` counts the perturbed images forwarded per item (one per tested
 step, ``S`` per tested step for a group of ``S`` shuffles), exactly what a
 batch-1 implementation would forward. The shared per-image passes are not in
-it: one clean forward and (``bisect``) one backward per *image* for the
-margin gradient; :func:`evaluate_maps` reports them as ``n_image_passes``.
+it: ``bisect``'s clean forward (and, with ``slope="margin"``, one backward)
+per *image*, and the loss gradient when it is computed here;
+:func:`evaluate_maps` reports them as ``n_image_passes`` and
+``n_image_backward``.
 
 Shuffles
 --------
@@ -114,10 +138,13 @@ Shuffles
 (what the thesis did; for ``thesis`` and ``linear``); ``"fixed"`` draws one set
 of ``S`` permutations per item (``thesis``, ``linear`` and ``bisect``). With
 fixed shuffles ``linear`` returns the first step at which any of the ``S``
-changes the prediction, i.e. :math:`\min_s \epsilon_s`, and ``bisect``
-returns :math:`\min_s` of each shuffled direction's bisect answer (the
-members share the group's best verified flip as the upper limit of their
-brackets, so members whose bracket is already above it stop early).
+changes the prediction, i.e. :math:`\min_s \epsilon_s` (each member's first
+flip), and ``bisect`` returns the smallest verified flip boundary over the
+members: each member runs its own bracket search, but the group's smallest
+verified changed step caps every member's bracket (members whose bracket
+reaches it stop). When every shuffled direction flips monotonically this is
+:math:`\min_s \epsilon_s`, the ``linear`` value; otherwise it is a step
+that changes the prediction for some member, never below ``linear``'s.
 Permutations come from ``torch.Generator`` seeded per item with the caller's
 ``seeds`` (the irrelevance map uses a seed derived from the same value):
 an item's permutations depend only on its seed, never on batch composition
@@ -126,7 +153,7 @@ or order; per-step draws happen in (step, shuffle) order for each item.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -144,8 +171,9 @@ REASONS = (
     "zero L1 norm: the map is all zero, so it gives no direction",
     "the map has non-finite values",
     "zero direction: sign(grad) is 0 wherever the map is non-zero",
+    "marked undefined by the caller",
 )
-REASON_ZERO_NORM, REASON_NONFINITE, REASON_ZERO_DIRECTION = 1, 2, 3
+REASON_ZERO_NORM, REASON_NONFINITE, REASON_ZERO_DIRECTION, REASON_CALLER = 1, 2, 3, 4
 
 
 # --------------------------------------------------------------------------- margins
@@ -169,8 +197,10 @@ class MarginInfo:
 
     ``target`` (B,), ``logits`` (B, K) clean logits, ``margin`` (B,)
     :math:`m(x)`, ``changed`` (B,) whether the clean input is already not the
-    target, ``grad`` (B, 3, H, W) :math:`\nabla_x m(x)` (None for modes that do
-    not need it).
+    target; for ``bisect``'s first estimate, either ``grad`` (B, 3, H, W)
+    :math:`\nabla_x m(x)` (one backward pass per image) or ``loss_grad``
+    (B, 3, H, W), the cross-entropy gradient :math:`g` the directions are built
+    from (free: every mode needs it).
     """
 
     target: torch.Tensor
@@ -178,14 +208,50 @@ class MarginInfo:
     margin: torch.Tensor
     changed: torch.Tensor
     grad: torch.Tensor | None = None
+    loss_grad: torch.Tensor | None = None
+
+    @classmethod
+    def from_logits(cls, logits, target=None, *, grad=None, loss_grad=None) -> "MarginInfo":
+        """Build from clean logits (e.g. those :func:`apem.grad.loss_gradient` returns)."""
+        target = logits.argmax(1) if target is None else torch.as_tensor(target, device=logits.device).long()
+        return cls(target, logits, margin(logits, target), changed(logits, target), grad, loss_grad)
+
+    def rest(self) -> torch.Tensor:
+        r""":math:`1 - p_t` per image, from the logits in float64 (log-sum-exp of the other classes)."""
+        lp = torch.log_softmax(self.logits.double(), 1)
+        return torch.logsumexp(lp.scatter(1, self.target[:, None], float("-inf")), 1).exp()
+
+    @property
+    def has_slope(self) -> bool:
+        return self.grad is not None or (self.loss_grad is not None and self.logits is not None)
 
     def slope(self, d: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        r"""Directional derivative :math:`m'(0) = \nabla_x m \cdot d` for every direction."""
+        r"""Directional derivative :math:`m'(0)` of the margin along every direction.
+
+        With ``grad``: :math:`\nabla_x m \cdot d`, exact. With ``loss_grad``
+        only: :math:`-\,g \cdot d \,/\, (1 - p_t)` -- the cross-entropy
+        gradient is :math:`g = \sum_{j \ne t} p_j (\nabla z_j - \nabla z_t)`,
+        which is :math:`-(1 - p_t)\nabla m` when the other classes move
+        together with the runner-up (on EfficientNet-Lite0 gradient maps the
+        ratio to the exact slope has median 1.0, typically within 30%). It only
+        seeds the search: a worse slope costs forward passes, never correctness.
+        """
+        src = self.grad if self.grad is not None else self.loss_grad
         out = torch.empty(len(d), dtype=torch.float64, device=d.device)
         for s in range(0, len(d), 256):
-            g = self.grad[image_index[s : s + 256]]
+            g = src[image_index[s : s + 256]]
             out[s : s + 256] = (g.to(d.dtype) * d[s : s + 256]).flatten(1).sum(1, dtype=torch.float64)
+        if self.grad is None:
+            out = -out / self.rest().to(out.device)[image_index].clamp_min(1e-300)
         return out
+
+
+def _input_grad(out: torch.Tensor, x: torch.Tensor, retain: bool) -> torch.Tensor:
+    """``d out / d x``; zeros when ``out`` does not depend on ``x`` differentiably."""
+    if not out.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(out, x, retain_graph=retain, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g.detach()
 
 
 def clean_pass(model, x, target=None, *, need_margin_grad=True, need_loss_grad=True, batch_size=64):
@@ -210,12 +276,9 @@ def clean_pass(model, x, target=None, *, need_margin_grad=True, need_loss_grad=T
                 z = model(xb)
                 tb = z.argmax(1) if tb is None else tb
                 if need_loss_grad:
-                    loss = F.cross_entropy(z, tb, reduction="sum")
-                    (g,) = torch.autograd.grad(loss, xb, retain_graph=need_margin_grad)
-                    grads.append(g.detach())
+                    grads.append(_input_grad(F.cross_entropy(z, tb, reduction="sum"), xb, need_margin_grad))
                 if need_margin_grad:
-                    (gm,) = torch.autograd.grad(margin(z, tb).sum(), xb)
-                    mgrads.append(gm.detach())
+                    mgrads.append(_input_grad(margin(z, tb).sum(), xb, False))
         logits_all.append(z.detach())
         targets.append(tb)
     logits = torch.cat(logits_all)
@@ -234,45 +297,57 @@ def _expand3(maps: torch.Tensor) -> torch.Tensor:
     return maps.expand(-1, 3, -1, -1)
 
 
+def _normalised(maps: torch.Tensor, dtype, device):
+    r"""``(Rn, ok, reason)``: :math:`R / \lVert R \rVert_1` as (M, 3, H, W) in ``dtype`` (zero where undefined).
+
+    The division is done in float64 and rounded once to ``dtype``, so a map
+    scaled by a positive constant normalises to the same tensor (up to that
+    one rounding; bit for bit for powers of two).
+    """
+    R64 = _expand3(maps).to(device=device, dtype=torch.float64)
+    isf = torch.isfinite(R64)
+    finite = isf.flatten(1).all(1)
+    R64 = torch.where(isf, R64, torch.zeros((), dtype=torch.float64, device=device))
+    norm = R64.abs().flatten(1).sum(1)
+    ok = finite & (norm > 0)
+    safe = torch.where(ok, norm, torch.ones_like(norm))
+    Rn = (R64 / safe[:, None, None, None]).to(dtype) * ok[:, None, None, None]
+    reason = torch.zeros(len(Rn), dtype=torch.long, device=device)
+    reason[finite & ~(norm > 0)] = REASON_ZERO_NORM
+    reason[~finite] = REASON_NONFINITE
+    return Rn, ok, reason
+
+
+def _permute(Rn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Permute all ``3 H W`` values of each row: ``Rn.flatten(1)[:, perm]``."""
+    perm = perm.to(Rn.device).long()
+    flat = Rn.reshape(len(Rn), -1)
+    flat = flat[:, perm] if perm.dim() == 1 else flat.gather(1, perm)
+    return flat.view_as(Rn)
+
+
 def directions(maps, grad, *, image_index=None, shuffle_perm=None, return_reason=False):
     r"""Directions :math:`d = R / \lVert R\rVert_1 \odot \operatorname{sign}(g)`.
 
     ``maps`` (M, 1 or 3, H, W); ``grad`` (M, 3, H, W) aligned with the maps,
     or per image (B, 3, H, W) with ``image_index`` (M,). ``shuffle_perm``
     (M, 3HW) or (3HW,): permute the flattened normalised 3-channel map before
-    taking the sign, ``Rn.flatten()[perm]``. The normalisation is done in
-    float64 and cast to the gradient's dtype, so scaling a map by a positive
-    constant gives the same direction (bit for bit up to a final rounding).
+    taking the sign, ``Rn.flatten()[perm]``.
 
-    Returns ``(d, defined)`` (and ``reason`` codes with ``return_reason``);
-    undefined rows of ``d`` are zero.
+    Returns ``(d, defined)`` (and ``reason`` codes, see :data:`REASONS`, with
+    ``return_reason``); undefined rows of ``d`` are zero.
     """
-    g = grad if image_index is None else grad[image_index]
-    R = _expand3(maps).to(device=g.device)
-    if R.shape[0] != g.shape[0] or R.shape[2:] != g.shape[2:]:
+    g = grad if image_index is None else grad[torch.as_tensor(image_index, device=grad.device).long()]
+    if maps.shape[0] != g.shape[0] or tuple(maps.shape[2:]) != tuple(g.shape[2:]):
         raise ValueError(f"maps {tuple(maps.shape)} do not match gradients {tuple(g.shape)}")
-    R64 = R.to(torch.float64)
-    finite = torch.isfinite(R64).flatten(1).all(1)
-    R64 = torch.where(torch.isfinite(R64), R64, torch.zeros((), dtype=torch.float64, device=R.device))
-    norm = R64.abs().flatten(1).sum(1)
-    ok = finite & (norm > 0)
-    safe = torch.where(ok, norm, torch.ones_like(norm))
-    Rn = (R64 / safe[:, None, None, None]).to(g.dtype) * ok[:, None, None, None]
+    Rn, ok, reason = _normalised(maps, g.dtype, g.device)
     if shuffle_perm is not None:
-        perm = shuffle_perm.to(Rn.device)
-        flat = Rn.reshape(len(Rn), -1)
-        flat = flat[:, perm] if perm.dim() == 1 else flat.gather(1, perm)
-        Rn = flat.view_as(Rn)
+        Rn = _permute(Rn, shuffle_perm)
     d = Rn * torch.sign(g)
     nonzero = (d != 0).flatten(1).any(1)
     defined = ok & nonzero
-    if not return_reason:
-        return d, defined
-    reason = torch.zeros(len(d), dtype=torch.long, device=d.device)
     reason[ok & ~nonzero] = REASON_ZERO_DIRECTION
-    reason[finite & ~(norm > 0)] = REASON_ZERO_NORM
-    reason[~finite] = REASON_NONFINITE
-    return d, defined, reason
+    return (d, defined, reason) if return_reason else (d, defined)
 
 
 def _child_seed(seed: int, k: int) -> int:
@@ -287,6 +362,16 @@ def shuffle_permutations(seed: int, n_values: int, shuffles: int) -> torch.Tenso
     """``shuffles`` permutations of ``range(n_values)`` from ``torch.Generator().manual_seed(seed)`` (CPU)."""
     gen = torch.Generator().manual_seed(int(seed))
     return torch.stack([torch.randperm(n_values, generator=gen) for _ in range(shuffles)])
+
+
+def map_shuffle_permutations(seed: int, n_values: int, shuffles: int, irrelevance: bool = False) -> torch.Tensor:
+    """The ``shuffles`` fixed permutations :func:`evaluate_maps` uses for a map with per-item ``seed``.
+
+    The relevance map (``eps_shuffle_minus``) draws from ``_child_seed(seed, 0)``
+    and the irrelevance map (``eps_shuffle_plus``) from ``_child_seed(seed, 1)``;
+    per-step shuffles draw from the same generators, ``shuffles`` per tested step.
+    """
+    return shuffle_permutations(_child_seed(int(seed), 1 if irrelevance else 0), n_values, shuffles)
 
 
 # --------------------------------------------------------------------------- results
@@ -375,29 +460,24 @@ def _fixed_directions(d: torch.Tensor) -> Callable:
 
 
 class _PerStepShuffles:
-    """Directions drawn afresh at every tested step: ``perm(Rn) * sign(g)``.
+    """Directions drawn afresh at every tested step: ``permute(Rn) * sign(g)``.
 
     Member ``m = item * S + s`` is shuffle ``s`` of ``item``. Each item owns a
     ``torch.Generator`` seeded with its seed; every requested (member, step)
     draws one permutation from its item's generator, in request order (the
-    engines request (item, step, shuffle) in that order).
+    engines request (item, step, shuffle) in that order), so an item's draws
+    depend only on its seed and its own sequence of tested steps.
     """
 
-    def __init__(self, Rn_flat, sign_g, img_of_item, seeds, shuffles, shape):
-        self.Rn, self.sign, self.img_of_item, self.S, self.shape = Rn_flat, sign_g, img_of_item, shuffles, shape
+    def __init__(self, Rn, sign_g, img_of_item, seeds, shuffles):
+        self.Rn, self.sign, self.img_of_item, self.S = Rn, sign_g, img_of_item, shuffles
         self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
-        self.n = Rn_flat.shape[1]
+        self.n = Rn[0].numel()
 
     def __call__(self, members, steps):
-        items = (members // self.S).tolist()
-        perms = torch.stack([torch.randperm(self.n, generator=self.gens[i]) for i in items]).to(self.Rn.device)
         it = members // self.S
-        flat = self.Rn[it].gather(1, perm_long(perms))
-        return flat.view(len(members), *self.shape) * self.sign[self.img_of_item[it]]
-
-
-def perm_long(p: torch.Tensor) -> torch.Tensor:
-    return p if p.dtype == torch.long else p.long()
+        perms = torch.stack([torch.randperm(self.n, generator=self.gens[i]) for i in it.tolist()])
+        return _permute(self.Rn[it], perms) * self.sign[self.img_of_item[it]]
 
 
 # --------------------------------------------------------------------------- engines
@@ -484,183 +564,689 @@ def _linear_engine(fwd, target_of, S, G, bound, active, block, on_pass=None):
     return eps, censored, nfw, passes
 
 
-# ---- bisect: the estimator
+# ---- bisect
 
-#: Tuning of the bisect search (see :func:`_bisect_engine`).
-BISECT_TAU_PRIOR = 1.0  # tau = prior * m(0) / -m'(0)
-BISECT_OVERSHOOT = 0.0  # aim the unbracketed probe this fraction above the root estimate
-BISECT_MIN_GROWTH = 2.0  # an unbracketed step is at least this times the previous one
+
+@dataclass
+class BisectTuning:
+    """Knobs of the ``bisect`` candidate choice (they change the cost, never the answer's validity).
+
+    ``tau_prior``: the first probe aims at the root of the log model with
+    ``tau = tau_prior * m(0) / -m'(0)``; ``aim``: unbracketed probes aim this
+    fraction above the estimated root (to bracket it); ``creep``/``growth``: after ``creep``
+    unchanged probes without an upper end, each new step is at least
+    ``growth`` times the previous one; ``conf_abs``/``conf_rel``: when a tested
+    point lies within ``max(conf_abs, conf_rel * r)`` of the estimate ``r``,
+    the two integers around ``r`` are tested in the same pass.
+    """
+
+    tau_prior: float = 1.0
+    aim: float = 0.0
+    creep: int = 3
+    growth: float = 2.0
+    conf_abs: float = 1.0
+    conf_rel: float = 0.0
+    conf_sqrt: float = 0.3
+    fit2_best: bool = True
+    guard: int = 4
+
+
+BISECT = BisectTuning()
 
 
 def _log_model_root(m0, s0, tau):
-    r""":math:`\epsilon` where :math:`m_0 + s_0 \tau \log(1+\epsilon/\tau) = 0`."""
+    r"""Root of :math:`m_0 + s_0 \tau \log(1 + \epsilon/\tau)`: :math:`\tau\,(e^{m_0 / (-s_0 \tau)} - 1)`."""
     z = (m0 / (-s0 * tau)).clamp(max=40.0)
     return tau * torch.expm1(z)
 
 
-def _fit_tau(m0, s0, e, m, iters=40):
-    r"""Solve :math:`m_0 + s_0 \tau \log(1 + e/\tau) = m` for tau (bisection in log tau).
-
-    :math:`\tau\log(1+e/\tau)` grows from 0 to :math:`e` with tau; a drop
-    :math:`m_0 - m` outside :math:`(0, -s_0 e)` has no solution (returns NaN).
-    """
-    drop = m0 - m
-    target = drop / (-s0)  # want tau*log1p(e/tau) == target, in (0, e)
-    ok = (drop > 0) & (target < e) & (s0 < 0) & (e > 0)
-    lo = torch.full_like(m0, -20.0)
-    hi = torch.full_like(m0, 30.0)
-    ef = e.to(m0.dtype)
+def _bisect_log_tau(lhs_of_tau, target, iters=60):
+    """Solve the decreasing-in-tau equation ``lhs(tau) = target`` by bisection on log tau in [e^-20, e^30]."""
+    lo = torch.full_like(target, -20.0)
+    hi = torch.full_like(target, 30.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        tau = torch.exp(mid)
-        val = tau * torch.log1p(ef / tau)
-        big = val > target
-        hi = torch.where(big, mid, hi)
-        lo = torch.where(big, lo, mid)
-    tau = torch.exp((lo + hi) / 2)
+        small = lhs_of_tau(torch.exp(mid)) > target  # lhs decreases with tau: root lies above mid
+        lo = torch.where(small, mid, lo)
+        hi = torch.where(small, hi, mid)
+    return torch.exp((lo + hi) / 2)
+
+
+def _fit_tau(m0, s0, e, m):
+    r"""Solve :math:`m_0 + s_0 \tau \log(1 + e/\tau) = m` for :math:`\tau` (NaN when impossible).
+
+    :math:`\tau \log(1 + e/\tau)` grows from 0 to :math:`e` with :math:`\tau`,
+    so a solution exists iff the drop :math:`m_0 - m` is in :math:`(0, -s_0 e)`.
+    """
+    ef = e.to(m0.dtype)
+    target = (m0 - m) / (-s0)
+    ok = (s0 < 0) & (m0 - m > 0) & (target < ef) & (ef > 0)
+    tau = _bisect_log_tau(lambda t: -(t * torch.log1p(ef / t)), -target)
     return torch.where(ok, tau, torch.full_like(tau, float("nan")))
 
 
-def _bisect_engine(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=None, on_pass=None):
-    """Bracketed integer root search (see the module docstring), groups of S members in lockstep.
+def _fit2_root(m0, e1, m1, e2, m2):
+    r"""Root of :math:`m_0 - A \tau \log(1 + \epsilon/\tau)` through :math:`(e_1, m_1), (e_2, m_2)`, NaN if none.
 
-    Member state: ``lo`` (verified unchanged, or 0 = clean), ``hi`` (verified
-    changed when ``hik``), their margins, the previous point for inverse
-    quadratic interpolation, the Illinois counter. ``cap`` per group: the
-    smallest verified changed step among its members; no member tests at or
-    beyond it, members whose bracket reaches it stop.
+    The ratio :math:`\log(1+e_1/\tau)/\log(1+e_2/\tau)` (:math:`e_1 < e_2`)
+    falls from 1 to :math:`e_1/e_2` as :math:`\tau` grows; the observed drop
+    ratio :math:`(m_0 - m_1)/(m_0 - m_2)` must lie in between.
     """
+    f1, f2 = e1.to(m0.dtype), e2.to(m0.dtype)
+    d1, d2 = m0 - m1, m0 - m2
+    ratio = d1 / d2
+    ok = (d1 > 0) & (d2 > 0) & (f1 > 0) & (f1 < f2) & (ratio < 1) & (ratio > f1 / f2)
+    tau = _bisect_log_tau(lambda t: torch.log1p(f1 / t) / torch.log1p(f2 / t), ratio)
+    A = d2 / (tau * torch.log1p(f2 / tau))
+    root = tau * torch.expm1((m0 / (A * tau)).clamp(max=40.0))
+    return torch.where(ok, root, torch.full_like(root, float("nan")))
+
+
+def _secant_root(e1, m1, e2, m2):
+    """Zero of the line through ``(e1, m1)`` and ``(e2, m2)`` (NaN when undefined)."""
+    f1, f2 = e1.to(m1.dtype), e2.to(m1.dtype)
+    den = m2 - m1
+    ok = (e1 >= 0) & (e2 >= 0) & (den != 0) & torch.isfinite(den)
+    r = f1 - m1 * (f2 - f1) / torch.where(ok, den, torch.ones_like(den))
+    return torch.where(ok, r, torch.full_like(r, float("nan")))
+
+
+class _BisectState:
+    """Per-member bracket and history of the bisect search (all tensors (N,))."""
+
+    def __init__(self, N, bound, m0, s0, flip0, dev):
+        f64 = torch.float64
+        self.lo = torch.zeros(N, dtype=torch.long, device=dev)
+        self.mlo = m0.to(f64).clone()
+        self.hi = torch.full((N,), bound, dtype=torch.long, device=dev)
+        self.mhi = torch.full((N,), float("nan"), dtype=f64, device=dev)
+        self.hik = torch.zeros(N, dtype=torch.bool, device=dev)
+        # the two tested points (step > 0) with the smallest |margin|; step -1 = none
+        self.be = torch.full((N, 2), -1, dtype=torch.long, device=dev)
+        self.bm = torch.full((N, 2), float("nan"), dtype=f64, device=dev)
+        self.under = torch.zeros(N, dtype=torch.long, device=dev)  # unbracketed passes after the first
+        self.step = torch.zeros(N, dtype=torch.long, device=dev)  # last unbracketed step
+        self.slow = torch.zeros(N, dtype=torch.long, device=dev)  # bracketed passes in a row that did not halve it
+        self.need_one = flip0.clone()
+        self.m0, self.s0 = m0.to(f64), s0.to(f64)
+
+
+def _bisect_estimate(st: _BisectState, mi, U, hint, bound, tune: BisectTuning):
+    """Real-valued root estimate for members ``mi`` (see the module docstring)."""
+    f64 = torch.float64
+    lo, mlo, hi, mhi, hik = st.lo[mi], st.mlo[mi], st.hi[mi], st.mhi[mi], st.hik[mi]
+    m0, s0 = st.m0[mi], st.s0[mi]
+    lof = lo.to(f64)
+    nan = torch.full_like(m0, float("nan"))
+    be, bm = st.be[mi], st.bm[mi]
+    rs = _secant_root(be[:, 0], bm[:, 0], be[:, 1], bm[:, 1])
+    if tune.fit2_best:
+        swap = be[:, 0] > be[:, 1]
+        e1, e2 = torch.where(swap, be[:, 1], be[:, 0]), torch.where(swap, be[:, 0], be[:, 1])
+        g1, g2 = torch.where(swap, bm[:, 1], bm[:, 0]), torch.where(swap, bm[:, 0], bm[:, 1])
+        rf = _fit2_root(m0, e1, g1, e2, g2)
+        rs = torch.where(torch.isfinite(rf), rf, rs)
+    # -- no verified upper end: extrapolate
+    r0 = torch.where(s0 < 0, m0 / (-s0), nan)
+    first = _log_model_root(m0, s0, tune.tau_prior * r0)
+    first = torch.where(torch.isfinite(first) & (first > 0), first, torch.full_like(first, 16.0))
+    if hint is not None:
+        first = torch.where(hint > 0, hint.to(f64) - 0.5, first)
+    tau = _fit_tau(m0, s0, lo, mlo)
+    refit = _log_model_root(m0, s0, tau)
+    lin = lof + mlo * lof / (m0 - mlo)
+    refit = torch.where(torch.isfinite(refit), refit, lin)
+    refit = torch.where(torch.isfinite(rs) & (rs > lof), torch.maximum(torch.nan_to_num(refit, nan=-1.0), rs), refit)
+    refit = torch.where(torch.isfinite(refit) & (refit > lof), refit, 2 * lof + 8)
+    grow = st.under[mi] >= tune.creep
+    refit = torch.where(grow, torch.maximum(refit, lof + tune.growth * st.step[mi].to(f64)), refit)
+    r_un = torch.where(lo == 0, first, refit) * (1 + tune.aim)
+    # -- bracketed: secant of the two best points, else the two-parameter log model, else regula falsi
+    Uf = U.to(f64)
+    inside = lambda r: torch.isfinite(r) & (r > lof) & (r < Uf)  # noqa: E731
+    r_b = torch.where(inside(rs), rs, nan)
+    f2 = torch.where(lo > 0, _fit2_root(m0, lo, mlo, hi, mhi), _log_model_root(m0, s0, _fit_tau(m0, s0, hi, mhi)))
+    r_b = torch.where(~inside(r_b) & inside(f2), f2, r_b)
+    falsi = lof + (hi.to(f64) - lof) * mlo / (mlo - mhi)
+    r_b = torch.where(~inside(r_b) & inside(falsi), falsi, r_b)
+    r_b = torch.where(inside(r_b), r_b, (lof + Uf) / 2)
+    return torch.where(hik, r_b, r_un).clamp(max=float(bound))
+
+
+def _bisect_candidates(st: _BisectState, mi, U, hint, bound, tune: BisectTuning):
+    """Up to two integer candidates in ``(lo, U)`` per member ``mi`` (``c2 = 0``: none)."""
+    lo, hik = st.lo[mi], st.hik[mi]
+    r = _bisect_estimate(st, mi, U, hint, bound, tune)
+    # distance from the estimate to the nearest tested point
+    pts = torch.cat([torch.stack([torch.where(lo > 0, lo, -1), torch.where(hik, st.hi[mi], -1)], 1), st.be[mi]], 1)
+    dist = torch.where(pts > 0, (r[:, None] - pts.to(r.dtype)).abs(), torch.full_like(r[:, None], float("inf")))
+    conf = dist.amin(1) <= torch.clamp(torch.maximum(tune.conf_rel * r, tune.conf_sqrt * r.clamp_min(0).sqrt()),
+                                       min=tune.conf_abs)
+    if hint is not None:
+        conf = conf | ((lo == 0) & (hint > 0))
+    # Brent-style guard: a bracket that has not halved for `guard` passes in a row is bisected
+    bisect = hik & (st.slow[mi] >= tune.guard)
+    r = torch.where(bisect, (lo + U).to(r.dtype) / 2, r)
+    conf = conf & ~bisect
+    k = torch.floor(r).long()
+    k1_ok = (k > lo) & (k < U)
+    k2_ok = (k + 1 > lo) & (k + 1 < U)
+    single = torch.where(hik, torch.round(r), torch.ceil(r)).long()
+    single = torch.minimum(torch.maximum(single, lo + 1), U - 1)
+    use_pair = conf & (k1_ok | k2_ok)
+    c1 = torch.where(use_pair, torch.where(k1_ok, k, k + 1), single)
+    c2 = torch.where(use_pair & k1_ok & k2_ok, k + 1, torch.zeros_like(k))
+    width = U - lo - 1
+    small = width <= 2
+    c1 = torch.where(small, lo + 1, c1)
+    c2 = torch.where(small, torch.where(width == 2, lo + 2, torch.zeros_like(lo)), c2)
+    need = st.need_one[mi]
+    c1 = torch.where(need, torch.ones_like(c1), c1)
+    c2 = torch.where(need, torch.zeros_like(c2), c2)
+    return c1, c2, ~hik & ~small & ~need & (lo > 0)
+
+
+def _bisect_update(st: _BisectState, mi, U, c1, c2, flip, marg, unbracketed_pass):
+    """Shrink the brackets with the tested candidates (pairs ``(c1, c2)`` of members ``mi``, limits ``U``)."""
+    N = len(st.lo)
+    dev = st.lo.device
+    f64 = torch.float64
+    two = c2 > 0
+    n1 = len(mi)
+    mem = torch.cat([mi, mi[two]])
+    cand = torch.cat([c1, c2[two]])
+    big = torch.iinfo(torch.long).max
+    hi_or_big = torch.where(st.hik, st.hi, torch.full_like(st.hi, big))
+    fmin = torch.full((N,), big, dtype=torch.long, device=dev)
+    fmin.scatter_reduce_(0, mem, torch.where(flip, cand, torch.full_like(cand, big)), "amin")
+    top = torch.minimum(fmin, hi_or_big)
+    below = ~flip & (cand < top[mem])
+    umax = torch.full((N,), -1, dtype=torch.long, device=dev)
+    umax.scatter_reduce_(0, mem, torch.where(below, cand, torch.full_like(cand, -1)), "amax")
+    new_hi = fmin < hi_or_big
+    new_lo = umax > st.lo
+    m_hi = torch.full((N,), float("nan"), dtype=f64, device=dev)
+    sel = flip & (cand == fmin[mem])
+    m_hi[mem[sel]] = marg[sel]
+    m_lo = torch.full((N,), float("nan"), dtype=f64, device=dev)
+    sel = below & (cand == umax[mem])
+    m_lo[mem[sel]] = marg[sel]
+    # unbracketed bookkeeping (before hik changes)
+    st.under[mi] += unbracketed_pass.long()
+    step_new = torch.maximum(c1, c2) - st.lo[mi]
+    st.step[mi] = torch.where(~st.hik[mi], step_new, st.step[mi])
+    old_w = U - st.lo[mi]
+    was_bracketed = st.hik[mi]
+    st.lo = torch.where(new_lo, umax, st.lo)
+    st.mlo = torch.where(new_lo, m_lo, st.mlo)
+    st.hi = torch.where(new_hi, fmin, st.hi)
+    st.mhi = torch.where(new_hi, m_hi, st.mhi)
+    st.hik = st.hik | new_hi
+    halved = 2 * (torch.minimum(st.hi[mi], U) - st.lo[mi]) <= old_w
+    st.slow[mi] = torch.where(was_bracketed & ~halved, st.slow[mi] + 1, torch.zeros_like(st.slow[mi]))
+    st.need_one[mi] = False
+    # keep the two points with the smallest |margin|
+    E = torch.cat([st.be, torch.full((N, 2), -1, dtype=torch.long, device=dev)], 1)
+    Mg = torch.cat([st.bm, torch.full((N, 2), float("nan"), dtype=f64, device=dev)], 1)
+    slot = torch.cat([torch.full((n1,), 2, device=dev), torch.full((len(cand) - n1,), 3, device=dev)])
+    E[mem, slot] = cand
+    Mg[mem, slot] = marg
+    key = torch.where((E > 0) & torch.isfinite(Mg), Mg.abs(), torch.full_like(Mg, float("inf")))
+    # ties: the most recent point first (slots 2, 3 before 0, 1)
+    order = torch.argsort(key[:, [2, 3, 0, 1]], dim=1, stable=True)[:, :2]
+    order = torch.tensor([2, 3, 0, 1], device=dev)[order]
+    st.be = E.gather(1, order)
+    st.bm = Mg.gather(1, order)
+    st.be = torch.where(torch.isfinite(st.bm), st.be, torch.full_like(st.be, -1))
+
+
+def _bisect_engine(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=None, on_pass=None, tune=None):
+    """Bracketed integer root search, groups of ``S`` members in lockstep (see the module docstring).
+
+    Invariants per member: the prediction is unchanged at ``lo`` (or ``lo = 0``,
+    the clean input) and changed at ``hi`` when ``hik``; candidates lie strictly
+    inside ``(lo, U)`` with ``U = min(hi, cap[group], bound)``, ``cap`` being the
+    group's smallest verified changed step, so every pass shrinks a bracket and
+    the loop ends. The group's answer is ``cap`` (``bound``, censored, if no
+    member changed).
+    """
+    tune = tune or BISECT
     dev = active.device
     N = G * S
-    f64 = torch.float64
     group = torch.arange(N, device=dev) // S
     mem_active = active[group]
-    lo = torch.zeros(N, dtype=torch.long, device=dev)
-    hi = torch.full((N,), bound, dtype=torch.long, device=dev)
-    hik = torch.zeros(N, dtype=torch.bool, device=dev)
-    mlo = m0.to(f64).clone()
-    mhi = torch.full((N,), float("nan"), dtype=f64, device=dev)
-    ep = torch.full((N,), -1, dtype=torch.long, device=dev)  # previous point (IQI), -1 = none
-    mp = torch.full((N,), float("nan"), dtype=f64, device=dev)
-    side = torch.zeros(N, dtype=torch.long, device=dev)  # +k: lo kept k times in a row, -k: hi kept
-    step_prev = torch.zeros(N, dtype=torch.long, device=dev)  # last unbracketed step size
-    s0 = s0.to(f64)
-    m0 = m0.to(f64)
-    r0 = torch.where(s0 < 0, m0 / (-s0).clamp_min(1e-300), torch.full_like(m0, float("nan")))
-    tau = BISECT_TAU_PRIOR * r0
-    need_one = flip0.clone()  # clean input already changed: test step 1 first
+    st = _BisectState(N, bound, m0, s0, flip0, dev)
     cap = torch.full((G,), bound, dtype=torch.long, device=dev)
     nfw = torch.zeros(G, dtype=torch.long, device=dev)
     passes = 0
     while True:
-        U = torch.minimum(torch.where(hik, hi, torch.full_like(hi, bound)), cap[group])
-        live = mem_active & (U - lo > 1)
+        U = torch.minimum(torch.where(st.hik, st.hi, torch.full_like(st.hi, bound)), cap[group])
+        live = mem_active & (U - st.lo > 1)
         if not bool(live.any()):
             break
         mi = live.nonzero().squeeze(1)
-        c1, c2 = _bisect_candidates(
-            lo[mi], U[mi], hik[mi], mlo[mi], mhi[mi], ep[mi], mp[mi], side[mi], step_prev[mi],
-            m0[mi], s0[mi], tau[mi], need_one[mi], None if hint is None else hint[group[mi]], bound,
-        )
+        c1, c2, unb = _bisect_candidates(st, mi, U[mi], None if hint is None else hint[group[mi]], bound, tune)
         two = c2 > 0
         mem = torch.cat([mi, mi[two]])
         cand = torch.cat([c1, c2[two]])
-        order = torch.argsort(mem * 2 + torch.cat([torch.zeros_like(c1), torch.ones_like(c2[two])]), stable=True)
-        mem, cand = mem[order], cand[order]
         pred, marg = fwd(mem, cand)
         flip = pred != target_of[mem]
         nfw.index_add_(0, mem // S, torch.ones_like(mem))
-        # new bracket: hi = smallest changed candidate, lo = largest unchanged candidate below it
-        big = torch.iinfo(torch.long).max
-        fmin = torch.full((N,), big, dtype=torch.long, device=dev)
-        fmin.scatter_reduce_(0, mem, torch.where(flip, cand, torch.full_like(cand, big)), "amin")
-        new_hi = fmin < torch.where(hik, hi, torch.full_like(hi, big))
-        below = ~flip & (cand < torch.minimum(fmin, torch.where(hik, hi, torch.full_like(hi, big)))[mem])
-        umax = torch.full((N,), -1, dtype=torch.long, device=dev)
-        umax.scatter_reduce_(0, mem, torch.where(below, cand, torch.full_like(cand, -1)), "amax")
-        new_lo = umax > lo
-        # margins at the new ends (the candidate equal to the new end)
-        m_at = torch.full((N,), float("nan"), dtype=f64, device=dev)
-        is_hi = flip & (cand == fmin[mem])
-        m_at.index_put_((mem[is_hi],), marg[is_hi])
-        m_lo_new = torch.full((N,), float("nan"), dtype=f64, device=dev)
-        is_lo = below & (cand == umax[mem])
-        m_lo_new.index_put_((mem[is_lo],), marg[is_lo])
-        # previous point for IQI: the end that is replaced (prefer the hi side)
-        upd = new_lo | new_hi
-        ep = torch.where(new_hi & hik, hi, torch.where(new_lo, lo, ep))
-        mp = torch.where(new_hi & hik, mhi, torch.where(new_lo, mlo, mp))
-        ep = torch.where(upd & ~(new_hi & hik) & ~new_lo, ep, ep)
-        # unbracketed growth bookkeeping
-        step_prev = torch.where(new_lo & ~hik & ~new_hi, umax - lo, step_prev)
-        # Illinois counters: which end stayed
-        side = torch.where(new_lo & ~new_hi, torch.where(side < 0, side - 1, torch.full_like(side, -1)), side)
-        side = torch.where(new_hi & ~new_lo, torch.where(side > 0, side + 1, torch.full_like(side, 1)), side)
-        side = torch.where(new_hi & new_lo, torch.zeros_like(side), side)
-        lo = torch.where(new_lo, umax, lo)
-        mlo = torch.where(new_lo, m_lo_new, mlo)
-        hi = torch.where(new_hi, fmin, hi)
-        mhi = torch.where(new_hi, m_at, mhi)
-        hik = hik | new_hi
-        need_one = need_one & ~torch.zeros(N, dtype=torch.bool, device=dev).index_fill_(0, mi, True)
-        # refit tau from the newest unchanged point while unbracketed
-        refit = new_lo & ~hik & (lo > 0)
-        if bool(refit.any()):
-            t_new = _fit_tau(m0, s0, lo, mlo)
-            tau = torch.where(refit & torch.isfinite(t_new), t_new, tau)
-        cap.scatter_reduce_(0, group, torch.where(hik, hi, torch.full_like(hi, bound)), "amin")
+        _bisect_update(st, mi, U[mi], c1, c2, flip, marg, unb)
+        cap.scatter_reduce_(0, group, torch.where(st.hik, st.hi, torch.full_like(st.hi, bound)), "amin")
         passes += 1
         if on_pass:
-            on_pass(_group_any(~live, group, G))
+            on_pass(~_group_any(live, group, G))
     found = cap < bound
     eps = torch.where(active, torch.where(found, cap, torch.full_like(cap, bound)), torch.zeros_like(cap))
     return eps, active & ~found, nfw, passes
 
 
-def _bisect_candidates(lo, U, hik, mlo, mhi, ep, mp, side, step_prev, m0, s0, tau, need_one, hint, bound):
-    """Up to two integer candidates in ``(lo, U)`` per member (``c2 = 0``: none)."""
-    f64 = torch.float64
-    width = U - lo - 1  # untested integers strictly inside
-    lof, Uf = lo.to(f64), U.to(f64)
-    # -- unbracketed: extrapolate with the log model
-    r_a = _log_model_root(m0, s0, tau)
-    lin = lof + mlo * lof / (m0 - mlo).clamp_min(1e-300)  # secant through (0, m0), (lo, mlo)
-    r_a = torch.where(torch.isfinite(r_a), r_a, lin)
-    r_a = torch.where(torch.isfinite(r_a) & (r_a > 0), r_a, 2 * lof + 8)
-    if hint is not None:
-        use_hint = (lo == 0) & (hint > 0)
-        r_a = torch.where(use_hint, hint.to(f64) - 0.5, r_a)
-    r_a = r_a * (1 + BISECT_OVERSHOOT)
-    growth = torch.where(lo > 0, lof + BISECT_MIN_GROWTH * step_prev.to(f64), r_a)
-    r_a = torch.maximum(r_a, growth)
-    # -- bracketed: regula falsi with Illinois, or inverse quadratic interpolation
-    wl = torch.where(side <= -2, mlo * 0.5 ** (-side - 1).to(f64), mlo)
-    wh = torch.where(side >= 2, mhi * 0.5 ** (side - 1).to(f64), mhi)
-    den = (wl - wh)
-    r_b = lof + (Uf - lof) * wl / torch.where(den > 0, den, torch.ones_like(den))
-    r_b = torch.where(den > 0, r_b, (lof + Uf) / 2)
-    # IQI through (lo, mlo), (hi, mhi), (ep, mp) when all distinct
-    a, fa, b, fb, c, fc = lof, mlo, Uf, mhi, ep.to(f64), mp
-    ok = (ep >= 0) & (fa != fb) & (fa != fc) & (fb != fc) & torch.isfinite(fc)
-    iqi = (a * fb * fc / ((fa - fb) * (fa - fc)) + b * fa * fc / ((fb - fa) * (fb - fc))
-           + c * fa * fb / ((fc - fa) * (fc - fb)))
-    inside = ok & torch.isfinite(iqi) & (iqi > lof + 0.25 * (Uf - lof) * 0) & (iqi < Uf) & (iqi > lof)
-    r_b = torch.where(inside & (side.abs() < 2), iqi, r_b)
-    r = torch.where(hik, r_b, r_a)
-    # -- integers around the estimate
-    fl = torch.floor(r).clamp(min=-1, max=2**40).long()
-    c1 = torch.minimum(torch.maximum(fl, lo + 1), U - 2).clamp(max=bound - 1)
-    c1 = torch.maximum(c1, lo + 1)
-    c2 = c1 + 1
-    small = width <= 2
-    c1 = torch.where(small, lo + 1, c1)
-    c2 = torch.where(small, torch.where(width == 2, lo + 2, torch.zeros_like(lo)), c2)
-    c2 = torch.where(c2 >= U, torch.zeros_like(c2), c2)
-    # unbracketed and far from any evidence: one probe only
-    single = ~hik & ~small
-    c1 = torch.where(single, torch.minimum(torch.maximum(torch.ceil(r).clamp(max=2**40).long(), lo + 1), U - 1), c1)
-    c2 = torch.where(single, torch.zeros_like(c2), c2)
-    # clean input already changed: test step 1 alone first
-    c1 = torch.where(need_one, torch.ones_like(c1), c1)
-    c2 = torch.where(need_one, torch.zeros_like(c2), c2)
-    return c1, c2
+# --------------------------------------------------------------------------- public search
+
+
+def _check_mode(mode: str, bound: int) -> None:
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")
+    if int(bound) < 2:
+        raise ValueError(f"bound must be >= 2 (steps 1 .. bound-1 are tested), got {bound}")
+
+
+def _as_index(image_index, n, dev):
+    if image_index is None:
+        return torch.arange(n, device=dev)
+    return torch.as_tensor(image_index, device=dev).long()
+
+
+def _image_info(model, x, target, mode, margin_info, batch_size, image_index=None):
+    """Target (and, for ``bisect``, margin and its gradient) per image; ``(info, n_clean_passes)``.
+
+    Only the images ``image_index`` refers to get the clean pass.
+    """
+    if margin_info is not None:
+        if mode != "bisect" or margin_info.has_slope:
+            return margin_info, 0
+        target = margin_info.target if target is None else target
+    elif mode != "bisect" and target is not None:
+        t = torch.as_tensor(target, device=x.device).long()
+        return MarginInfo(t, None, None, torch.zeros(len(t), dtype=torch.bool, device=x.device)), 0
+    ii = torch.arange(len(x), device=x.device) if image_index is None else image_index
+    _, info, n = _clean_pass_used(model, x, ii, target, need_margin_grad=mode == "bisect", need_loss_grad=False,
+                                  batch_size=batch_size)
+    return info, n
+
+
+def _run_engine(mode, fwd, target_of, S, G, bound, active, *, block=32, info=None, img_of_member=None,
+                d=None, hint=None, on_pass=None):
+    """Dispatch to the engine of ``mode``; returns ``(eps, censored, n_forward, passes)`` per group."""
+    if mode == "thesis":
+        return _thesis_engine(fwd, target_of, S, G, bound, active, on_pass=on_pass)
+    if mode == "linear":
+        return _linear_engine(fwd, target_of, S, G, bound, active, int(block), on_pass=on_pass)
+    m0 = info.margin[img_of_member]
+    flip0 = info.changed[img_of_member]
+    s0 = info.slope(d, img_of_member)
+    return _bisect_engine(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=hint, on_pass=on_pass)
+
+
+def search(model, x, d, target=None, *, image_index=None, mode="bisect", bound=THESIS_BOUND, clip=False,
+           batch_size=64, block=32, defined=None, margin_info=None, hint=None, reason=None,
+           _record=None, _on_pass=None) -> SearchResult:
+    r"""The smallest integer step :math:`\epsilon \in [1, bound)` with ``argmax f(x + eps d) != target``.
+
+    ``x`` (B, 3, H, W) images; ``d`` (M, 3, H, W) directions (see
+    :func:`directions`); ``image_index`` (M,) the image of each direction
+    (default ``arange(M)``, B = M); ``target`` (B,) per image, default the
+    model's prediction. ``defined`` (M,) False marks items without a direction
+    (default: ``d`` non-zero and finite). ``margin_info``: the per-image
+    :class:`MarginInfo` (computed here when None). ``hint`` (M,) an expected
+    ``eps`` per item (``bisect`` tests ``hint - 1, hint`` first; 0 = none).
+    See the module docstring for the modes; the result is on ``x``'s device.
+    """
+    _check_mode(mode, bound)
+    dev = x.device
+    M = len(d)
+    ii = _as_index(image_index, M, dev)
+    finite = torch.isfinite(d).flatten(1).all(1) if M else torch.zeros(0, dtype=torch.bool, device=dev)
+    auto = finite & (d != 0).flatten(1).any(1) if M else finite
+    if reason is None:
+        reason = torch.zeros(M, dtype=torch.long, device=dev)
+        reason[~finite] = REASON_NONFINITE
+        reason[finite & ~auto] = REASON_ZERO_DIRECTION
+    reason = reason.to(dev).clone()
+    if defined is not None:
+        defined = torch.as_tensor(defined, device=dev).bool()
+        reason[~defined & (reason == 0)] = REASON_CALLER
+        active = defined & auto
+    else:
+        active = auto
+    reason[~active & (reason == 0)] = REASON_ZERO_DIRECTION
+    reason[active] = 0
+    if M == 0:
+        z = torch.zeros(0, dtype=torch.long, device=dev)
+        return SearchResult(z, z.bool(), z.bool(), z, z, 0)
+    info, _ = _image_info(model, x, target, mode, margin_info, batch_size, ii)
+    target_of = info.target[ii]
+    fwd = _Forward(model, x, info.target, ii, _fixed_directions(d), clip=clip, batch_size=batch_size, record=_record)
+    hint_t = None if hint is None else torch.as_tensor(hint, device=dev).long()
+    eps, cens, nfw, passes = _run_engine(mode, fwd, target_of, 1, M, int(bound), active, block=block, info=info,
+                                         img_of_member=ii, d=d, hint=hint_t, on_pass=_on_pass)
+    return SearchResult(eps, cens, ~active, nfw, reason, passes)
+
+
+def trace(model, x, d, target=None, *, mode="bisect", bound=THESIS_BOUND, clip=False, block=32,
+          margin_info=None) -> list[dict]:
+    """Every tested step of ONE item, in the order tested.
+
+    ``x`` (3, H, W) or (1, 3, H, W), ``d`` likewise. Returns a list of
+    ``dict(eps, pred, margin, changed, pass_)`` (``pass_``: the lockstep round
+    that tested it); the last entry also holds ``result``: the item's
+    ``eps``, ``censored``, ``undefined`` and ``n_forward``.
+    """
+    x = x if x.dim() == 4 else x[None]
+    d = d if d.dim() == 4 else d[None]
+    info, _ = _image_info(model, x, target, mode, margin_info, 64)
+    if not info.has_slope and mode == "bisect":
+        _, info = clean_pass(model, x, info.target, need_loss_grad=False)
+    t = int(info.target[0])
+    rec: list = []
+    res = search(model, x, d, info.target, mode=mode, bound=bound, clip=clip, batch_size=max(2, int(block)),
+                 block=block, margin_info=info, _record=rec)
+    out = [dict(eps=int(e), pred=int(p), margin=float(m), changed=int(p) != t, pass_=k)
+           for k, (_, eb, pb, mg) in enumerate(rec) for e, p, m in zip(eb.tolist(), pb.tolist(), mg.tolist())]
+    if out:
+        out[-1]["result"] = dict(eps=int(res.eps[0]), censored=bool(res.censored[0]),
+                                 undefined=bool(res.undefined[0]), n_forward=int(res.n_forward[0]))
+    return out
+
+
+# --------------------------------------------------------------------------- maps -> epsilons
+
+
+def _clean_pass_used(model, x, image_index, target, *, need_margin_grad, need_loss_grad, batch_size):
+    """:func:`clean_pass` on the images that ``image_index`` refers to only, scattered back to all B images.
+
+    Rows of images no map refers to hold zeros (target 0). Returns ``(grad, info, n_images_passed)``.
+    """
+    used = torch.unique(image_index)
+    if len(used) == len(x):
+        g, info = clean_pass(model, x, target, need_margin_grad=need_margin_grad, need_loss_grad=need_loss_grad,
+                             batch_size=batch_size)
+        return g, info, len(x)
+    t_used = None if target is None else torch.as_tensor(target, device=x.device).long()[used]
+    g, info = clean_pass(model, x[used], t_used, need_margin_grad=need_margin_grad, need_loss_grad=need_loss_grad,
+                         batch_size=batch_size)
+
+    def full(v):
+        if v is None:
+            return None
+        out = torch.zeros((len(x), *v.shape[1:]), dtype=v.dtype, device=v.device)
+        out[used] = v
+        return out
+
+    info = MarginInfo(full(info.target), full(info.logits), full(info.margin), full(info.changed), full(info.grad))
+    if target is not None:
+        info.target = torch.as_tensor(target, device=x.device).long()
+    return full(g), info, len(used)
+
+
+SLOPES = ("loss", "margin")
+
+
+def prepare_images(model, x, image_index, target=None, *, grad=None, margin_info=None, mode="bisect", slope="loss",
+                   batch_size=64):
+    r"""What the searches need per image, computed once: ``(grad, info, n_forward, n_backward)``.
+
+    ``grad``: the cross-entropy gradient (computed when None: one forward and
+    one backward per referenced image). ``info``: :class:`MarginInfo` with the
+    target (the prediction unless given) and, for ``bisect``, the clean
+    logits and the slope source: ``slope="loss"`` uses ``grad`` itself (no
+    extra pass, see :meth:`MarginInfo.slope`), ``slope="margin"`` the exact
+    margin gradient (one more backward per image). Only images that
+    ``image_index`` refers to are passed; the counts say how many passes ran.
+    """
+    if slope not in SLOPES:
+        raise ValueError(f"unknown slope {slope!r}; choose one of {SLOPES}")
+    dev = x.device
+    info = margin_info
+    want_mgrad = mode == "bisect" and slope == "margin" and (info is None or info.grad is None)
+    need_fwd = (info is None and target is None) or (mode == "bisect" and (info is None or info.logits is None))
+    n_fwd = n_back = 0
+    if grad is None or want_mgrad or need_fwd:
+        t_in = target if target is not None else (None if info is None else info.target)
+        g2, info2, n_fwd = _clean_pass_used(model, x, image_index, t_in, need_margin_grad=want_mgrad,
+                                            need_loss_grad=grad is None, batch_size=batch_size)
+        n_back = n_fwd * (int(grad is None) + int(want_mgrad))
+        grad = g2 if grad is None else grad
+        if info is None or want_mgrad or need_fwd:
+            info = info2
+    if info is None:  # thesis / linear with a given target: nothing to run
+        t = torch.as_tensor(target, device=dev).long()
+        info = MarginInfo(t, None, None, torch.zeros(len(t), dtype=torch.bool, device=dev))
+    if mode == "bisect" and info.grad is None and info.loss_grad is None:
+        info = dataclasses.replace(info, loss_grad=grad)
+    return grad.to(dev), info, n_fwd, n_back
+
+
+def _progress_bar(progress, total, desc):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", leave=False)
+
+
+def _check_maps(maps):
+    if maps.numel() and (maps.amin() < 0 or maps.amax() > 1):
+        raise ValueError(f"maps must lie in [0, 1] (got [{float(maps.amin()):g}, {float(maps.amax()):g}])")
+
+
+def evaluate_maps(model, x, maps, target=None, *, image_index=None, grad=None, mode="bisect",
+                  bound=THESIS_BOUND, shuffles=0, shuffle_mode="fixed", seeds=None, clip=False, batch_size=64,
+                  progress=False, block=32, margin_info=None, hints=None, max_directions=256,
+                  slope="loss") -> dict:
+    r"""Epsilons of relevance maps: :math:`\epsilon^-` from ``maps``, :math:`\epsilon^+` from ``1 - maps``.
+
+    ``x`` (B, 3, H, W) images in the model's input space; ``maps`` (M, 1 or 3,
+    H, W) in [0, 1]; ``image_index`` (M,) the image of each map (default
+    ``arange(M)``). ``grad`` (B, 3, H, W): the loss gradients giving
+    :math:`\operatorname{sign}(g)` (computed with the cross-entropy at
+    ``target``, default the prediction, when None). ``shuffles = S > 0`` adds
+    the shuffled baseline (thesis 5.2) with per-map ``seeds`` (M,) (default
+    ``arange(M)``). ``hints``: optional ``(eps_minus, eps_plus)`` expected
+    values (``bisect`` starts there). ``max_directions`` bounds how many
+    (M, 3, H, W) direction tensors are held at once.
+
+    Returns (all on the CPU): ``eps_minus, eps_plus, censored_minus,
+    censored_plus, undefined_minus, undefined_plus, reason_minus, reason_plus,
+    n_forward_minus, n_forward_plus, n_forward`` (= minus + plus, perturbed
+    images forwarded), ``n_image_passes`` (0-d: images that got the shared clean
+    forward/backward pass here), and with shuffles ``eps_shuffle_minus,
+    eps_shuffle_plus, censored_shuffle_minus, censored_shuffle_plus,
+    n_forward_shuffle_minus, n_forward_shuffle_plus`` (S images per tested step).
+    """
+    _check_mode(mode, bound)
+    if shuffle_mode not in SHUFFLE_MODES:
+        raise ValueError(f"unknown shuffle_mode {shuffle_mode!r}; choose one of {SHUFFLE_MODES}")
+    if shuffles and shuffle_mode == "per_step" and mode == "bisect":
+        raise ValueError("per-step shuffles need a scan (mode 'thesis' or 'linear'); bisect uses shuffle_mode='fixed'")
+    dev = x.device
+    M = len(maps)
+    ii = _as_index(image_index, M, dev)
+    maps = maps.to(dev)
+    _check_maps(maps)
+    grad, info, n_clean, n_back = prepare_images(model, x, ii, target, grad=grad, margin_info=margin_info, mode=mode,
+                                                 slope=slope, batch_size=batch_size)
+    out = {k: [] for k in ("eps", "censored", "undefined", "reason", "n_forward")}
+    bar = _progress_bar(progress, 2 * M * (2 if shuffles else 1), f"apem {mode}")
+    chunk = max(1, int(max_directions) // 2)
+    for s in range(0, M, chunk):
+        sl = slice(s, min(s + chunk, M))
+        res = _plain_chunk(model, x, maps[sl], ii[sl], grad, info, mode, bound, clip, batch_size, block,
+                           None if hints is None else (hints[0][sl], hints[1][sl]), bar)
+        for k in out:
+            out[k].append(getattr(res, k))
+    res = {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
+    result = _split_pm(res, "")
+    result["n_forward"] = result["n_forward_minus"] + result["n_forward_plus"]
+    result["n_image_passes"] = torch.tensor(n_clean)
+    result["n_image_backward"] = torch.tensor(n_back)
+    if shuffles:
+        seeds = torch.arange(M) if seeds is None else torch.as_tensor(seeds).long().cpu()
+        outs = {k: [] for k in ("eps", "censored", "n_forward")}
+        chunk = max(1, int(max_directions) // (2 * int(shuffles)))
+        for s in range(0, M, chunk):
+            sl = slice(s, min(s + chunk, M))
+            r = _shuffle_chunk(model, x, maps[sl], ii[sl], grad, info, mode, bound, clip, batch_size, block,
+                               int(shuffles), shuffle_mode, seeds[sl], bar)
+            for k in outs:
+                outs[k].append(r[k])
+        sh = _split_pm({k: torch.cat(v) for k, v in outs.items()}, "")
+        result.update({"eps_shuffle_minus": sh["eps_minus"], "eps_shuffle_plus": sh["eps_plus"],
+                       "censored_shuffle_minus": sh["censored_minus"], "censored_shuffle_plus": sh["censored_plus"],
+                       "n_forward_shuffle_minus": sh["n_forward_minus"],
+                       "n_forward_shuffle_plus": sh["n_forward_plus"]})
+    if bar is not None:
+        bar.close()
+    return result
+
+
+def _split_pm(res: dict, prefix: str) -> dict:
+    """Chunks store [minus rows, plus rows] per chunk: undo that into ``*_minus`` / ``*_plus``."""
+    out = {}
+    for k, v in res.items():
+        v = v.cpu()
+        out[f"{prefix}{k}_minus"], out[f"{prefix}{k}_plus"] = v[0::2], v[1::2]
+    return out
+
+
+def _interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows a0, b0, a1, b1, ...: minus and plus of a map side by side."""
+    return torch.stack([a, b], 1).reshape(-1, *a.shape[1:])
+
+
+def _bar_hook(bar, offset=0):
+    if bar is None:
+        return None
+    state = {"last": 0}
+
+    def hook(done):
+        n = int(done.sum())
+        bar.update(n - state["last"])
+        state["last"] = n
+
+    return hook
+
+
+def _plain_chunk(model, x, maps, ii, grad, info, mode, bound, clip, batch_size, block, hints, bar):
+    """Search minus and plus directions of a chunk of maps together (rows interleaved)."""
+    d_m, ok_m, rs_m = directions(maps, grad, image_index=ii, return_reason=True)
+    d_p, ok_p, rs_p = directions(1 - maps, grad, image_index=ii, return_reason=True)
+    d = _interleave(d_m, d_p)
+    del d_m, d_p
+    hint = None if hints is None else _interleave(torch.as_tensor(hints[0]).to(ii.device).long(),
+                                                  torch.as_tensor(hints[1]).to(ii.device).long())
+    res = search(model, x, d, info.target, image_index=ii.repeat_interleave(2), mode=mode, bound=bound, clip=clip,
+                 batch_size=batch_size, block=block, defined=_interleave(ok_m, ok_p), margin_info=info,
+                 hint=hint, reason=_interleave(rs_m, rs_p), _on_pass=_bar_hook(bar))
+    return res
+
+
+def _shuffle_chunk(model, x, maps, ii, grad, info, mode, bound, clip, batch_size, block, S, shuffle_mode, seeds, bar):
+    """Shuffled epsilons of a chunk: groups (map, minus|plus) of S shuffled members."""
+    dev = x.device
+    n = 3 * maps.shape[-2] * maps.shape[-1]
+    Rm, ok_m, _ = _normalised(maps, grad.dtype, dev)
+    Rp, ok_p, _ = _normalised(1 - maps, grad.dtype, dev)
+    Rn = _interleave(Rm, Rp)
+    del Rm, Rp
+    active = _interleave(ok_m, ok_p)
+    item_seeds = torch.tensor([_child_seed(int(s), k) for s in seeds.tolist() for k in (0, 1)], dtype=torch.long)
+    G = len(Rn)
+    img_of_item = ii.repeat_interleave(2)
+    img_of_member = img_of_item.repeat_interleave(S)
+    sign = torch.sign(grad)
+    if shuffle_mode == "fixed":
+        perms = torch.cat([shuffle_permutations(int(s), n, S) for s in item_seeds.tolist()])
+        d = _permute(Rn.repeat_interleave(S, 0), perms) * sign[img_of_member]
+        direction = _fixed_directions(d)
+        active = active & _group_any((d != 0).flatten(1).any(1), torch.arange(G * S, device=dev) // S, G)
+    else:
+        d = None
+        direction = _PerStepShuffles(Rn, sign, img_of_item, item_seeds, S)
+    target_of = info.target[img_of_member]
+    fwd = _Forward(model, x, info.target, img_of_member, direction, clip=clip, batch_size=batch_size)
+    eps, cens, nfw, _ = _run_engine(mode, fwd, target_of, S, G, int(bound), active, block=block, info=info,
+                                    img_of_member=img_of_member, d=d, on_pass=_bar_hook(bar))
+    return {"eps": eps, "censored": cens, "n_forward": nfw}
+
+
+def apem(eps_plus, eps_minus, *, mask=None) -> float:
+    r""":math:`\mathrm{APEM} = \frac1n\sum_i (\epsilon^+_i - \epsilon^-_i)` over the items in ``mask``.
+
+    Undefined items (``eps = 0``) must be masked out; censored items count
+    with their bound value.
+    """
+    ep = torch.as_tensor(eps_plus).double().cpu()
+    em = torch.as_tensor(eps_minus).double().cpu()
+    keep = torch.ones_like(ep, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool().cpu()
+    if bool(((ep[keep] < 1) | (em[keep] < 1)).any()):
+        raise ValueError("undefined epsilons (0) in the set: pass mask=~(undefined_minus | undefined_plus)")
+    return float((ep - em)[keep].mean()) if bool(keep.any()) else float("nan")
+
+
+def apem_norm(eps_plus, eps_minus, eps_shuffle_plus, eps_shuffle_minus, *, mask=None) -> float:
+    r""":math:`\mathrm{APEM}_{norm} = \frac1n\sum_i \left(\epsilon^+_i/\epsilon\text{-shuffle}^+_i
+    - \epsilon^-_i/\epsilon\text{-shuffle}^-_i\right)` (thesis 5.2)."""
+    t = [torch.as_tensor(v).double().cpu() for v in (eps_plus, eps_minus, eps_shuffle_plus, eps_shuffle_minus)]
+    keep = torch.ones_like(t[0], dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool().cpu()
+    if bool(torch.stack([(v[keep] < 1).any() for v in t]).any()):
+        raise ValueError("undefined epsilons (0) in the set: mask them out")
+    ep, em, sp, sm = (v[keep] for v in t)
+    return float((ep / sp - em / sm).mean()) if bool(keep.any()) else float("nan")
+
+
+# --------------------------------------------------------------------------- monotonicity
+
+
+@torch.inference_mode()
+def monotonicity_check(model, x, d, eps, target=None, *, image_index=None, horizon=64, bound=THESIS_BOUND,
+                       clip=False, batch_size=64, block=16) -> dict:
+    """Does the prediction flip back after its first change? A linear scan past ``eps``.
+
+    ``eps`` (M,): each item's first changing step (``linear``'s answer).
+    Scans steps ``eps + 1 .. min(eps + horizon, bound - 1)`` (``block`` per item
+    per pass) and reports ``non_monotone`` (M,): some scanned step does *not*
+    change the prediction; ``first_back`` (M,): the first such step (0 if
+    none); ``n_forward`` (M,). Censored (``eps >= bound``) and undefined
+    (``eps < 1``) items are skipped (False).
+    """
+    dev = x.device
+    M = len(d)
+    ii = _as_index(image_index, M, dev)
+    eps = torch.as_tensor(eps, device=dev).long()
+    if target is None:
+        _, info = clean_pass(model, x, None, need_margin_grad=False, need_loss_grad=False, batch_size=batch_size)
+        target = info.target
+    target = torch.as_tensor(target, device=dev).long()
+    stop = torch.clamp(eps + int(horizon), max=int(bound) - 1)
+    nxt = eps + 1
+    live = (eps >= 1) & (eps < bound) & (nxt <= stop)
+    back = torch.zeros(M, dtype=torch.long, device=dev)
+    nfw = torch.zeros(M, dtype=torch.long, device=dev)
+    fwd = _Forward(model, x, target, ii, _fixed_directions(d), clip=clip, batch_size=batch_size)
+    ks = torch.arange(int(block), device=dev)
+    while bool(live.any()):
+        mi = live.nonzero().squeeze(1)
+        steps = nxt[mi][:, None] + ks
+        valid = steps <= stop[mi][:, None]
+        mem = mi[:, None].expand_as(steps)
+        pred, _ = fwd(mem[valid], steps[valid])
+        unchanged = torch.zeros(valid.shape, dtype=torch.bool, device=dev)
+        unchanged[valid] = pred == target[ii[mem[valid]]]
+        nfw.index_add_(0, mi, valid.sum(1))
+        hit = unchanged.any(1)
+        back[mi] = torch.where(hit, steps.gather(1, unchanged.float().argmax(1, keepdim=True)).squeeze(1), back[mi])
+        nxt[mi] = nxt[mi] + int(block)
+        live[mi] = ~hit & (nxt[mi] <= stop[mi])
+    return {"non_monotone": (back > 0).cpu(), "first_back": back.cpu(), "n_forward": nfw.cpu()}
