@@ -131,7 +131,7 @@ def _apem_of(out: dict) -> np.ndarray:
 # ----------------------------------------------------------------------------- chapter 10
 
 
-def faithfulness_scores(res, n_images: int = 10, stage: int | None = None, metrics=FA.METRICS, methods=None,
+def faithfulness_scores(res, n_images: int = 8, stage: int | None = None, metrics=FA.METRICS, methods=None,
                         metric_params: dict | None = None, seed: int = 0) -> pd.DataFrame:
     """Per-image scores of each method's maps by each metric, and what each metric cost.
 
@@ -203,7 +203,8 @@ def _faithfulness(res, ids, stage, metrics, methods, metric_params, seed) -> pd.
             sc = np.full(M, np.nan)
             secs = fwd = np.nan
             if k:
-                r = FA.quantus_evaluate(metric, lm, xs[ok], ys[ok], maps[ok], params=metric_params.get(metric),
+                okd = ok.to(dev)
+                r = FA.quantus_evaluate(metric, lm, xs[okd], ys[okd], maps[okd], params=metric_params.get(metric),
                                         batch_size=cfg.batch_size, seed=seed)
                 sc[ok.numpy()] = r.scores
                 secs, fwd = r.seconds, r.forward_images / k
@@ -356,7 +357,7 @@ def sanity_params(res, method: str, smoothgrad_n: int = 16) -> dict:
     return p
 
 
-def sanity_check(res, n_images: int = 8, stage: int | None = None, every: int = 2, smoothgrad_n: int = 16,
+def sanity_check(res, n_images: int = 8, stage: int | None = None, every: int = 3, smoothgrad_n: int = 16,
                  methods=None, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cascading randomisation: map similarity per step, and APEM of the maps on the trained model.
 
@@ -387,7 +388,7 @@ def sanity_check(res, n_images: int = 8, stage: int | None = None, every: int = 
     return sim, ap
 
 
-def sanity_example_maps(res, n_images: int = 8, stage: int | None = None, every: int = 2, smoothgrad_n: int = 16,
+def sanity_example_maps(res, n_images: int = 8, stage: int | None = None, every: int = 3, smoothgrad_n: int = 16,
                         methods=None, seed: int = 0) -> dict:
     """The stage maps of the first :data:`N_EXAMPLE` images along the cascade, as kept by :func:`sanity_check`.
 

@@ -7,22 +7,10 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from apem.thesis import label  # the one table of method display names
+
 DEFAULT_CMAP = "gray"  # the thesis's maps were grayscale PNGs
-LABELS = {
-    "gradient": "Gradient",
-    "smoothgrad": "SmoothGrad",
-    "lrp_epsilon": "LRP-ε",
-    "integrated_gradients": "Integrated Gradients",
-    "input_x_gradient": "Input × Gradient",
-    "guided_backprop": "Guided Backprop",
-    "gradcam": "Grad-CAM",
-}
 STAGE_TITLES = {1: "1: |R| clamped, 3 channels", 2: "2: summed over channels", 3: "3: × image, summed"}
-
-
-def label(method: str) -> str:
-    """A display name for a method key (the key itself when unknown)."""
-    return LABELS.get(method, method)
 
 
 def _hwc(t: torch.Tensor):
