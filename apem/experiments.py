@@ -16,7 +16,9 @@ Chapter 10, :func:`faithfulness_scores`
     machine load; APEM is re-run (no shuffles) with
     :func:`apem.metric.evaluate_maps` on the same maps in the same loop to
     time it. Each call counts the images its model forwarded
-    (:class:`apem.faithfulness.CountingModel`). APEM's *score* is the table's
+    (:class:`apem.faithfulness.CountingModel`). Constant maps are not given
+    to Quantus (they rank nothing, and ROAD and Faithfulness Correlation
+    refuse them); their scores are NaN, as APEM's is undefined. APEM's *score* is the table's
     (the number the book reports); the re-run is for the cost, and its
     epsilons are kept (``eps_minus_rerun`` / ``eps_plus_rerun``) to check that
     they match the table's. :func:`kendall_per_image` and
@@ -35,9 +37,10 @@ Chapter 11, :func:`sanity_check`
     with the same method parameters, so the comparison is like for like:
     the configuration's parameters, except that SmoothGrad uses
     ``min(n, smoothgrad_n)`` noisy copies and ``noise_target="fixed"``
-    (every copy explains the trained prediction, as the brief of the check
-    requires; with the thesis's ``"sample"`` the randomised model's copies
-    would explain the *randomised* model's own predictions).
+    (every copy explains the trained prediction: only the weights may change
+    between a trained map and its randomised counterpart, never the class;
+    with the thesis's ``"sample"`` the randomised model's copies would explain
+    the *randomised* model's own predictions).
 
 Chapter 12, :func:`more_methods`
     The configuration re-run with other explanation methods (default
