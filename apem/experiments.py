@@ -501,7 +501,7 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
     all_maps = torch.cat(blocks).to(dev)
     image_index = torch.arange(n, device=dev).repeat(len(blocks))
     out = evaluate_maps(trained, x, all_maps, target, image_index=image_index, grad=grad, mode=cfg.search_mode,
-                        bound=cfg.search_bound, shuffles=0, clip=cfg.clip, batch_size=cfg.batch_size)
+                        bound=cfg.search_bound, shuffles=0, clip=cfg.clip, batch_size=cfg.search_batch_size)
     apem = _apem_of(out)
     T = res.table
     Ts = T[T.stage == stage].set_index(["image_id", "method"])

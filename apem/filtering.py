@@ -107,7 +107,7 @@ def _map_apem(res: dict) -> torch.Tensor:
 
 
 def explanation_filter(model, x, maps, target=None, *, image_index=None, grad=None, mode="bisect",
-                       bound=metric.THESIS_BOUND, fast_k=0, batch_size=64, clip=False, margin_info=None,
+                       bound=metric.THESIS_BOUND, fast_k=0, batch_size=None, clip=False, margin_info=None,
                        use_hints=True, block=32, slope="loss", progress=False) -> FilterResult:
     """Algorithm 2 on M maps in lockstep (see the module docstring).
 

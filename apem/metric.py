@@ -43,8 +43,10 @@ Search modes
 ------------
 All modes are batched: many images, relevance and irrelevance maps and
 shuffles share each forward pass (at most ``batch_size`` perturbed images per
-model call); maps refer to their image through ``image_index`` so ``x`` is not
-replicated per map; all state stays on the model's device.
+model call; by default 4 on the CPU, whose cache-bound forward is fastest per
+image in small batches, and 256 on an accelerator: :data:`AUTO_BATCH`); maps
+refer to their image through ``image_index`` so ``x`` is not replicated per
+map; all state stays on the model's device.
 
 ``linear``
     The reference: scans ``block`` consecutive steps per item per forward pass
@@ -254,7 +256,7 @@ def _input_grad(out: torch.Tensor, x: torch.Tensor, retain: bool) -> torch.Tenso
     return torch.zeros_like(x) if g is None else g.detach()
 
 
-def clean_pass(model, x, target=None, *, need_margin_grad=True, need_loss_grad=True, batch_size=64):
+def clean_pass(model, x, target=None, *, need_margin_grad=True, need_loss_grad=True, batch_size=None):
     r"""One forward per image and up to two backward passes.
 
     Returns ``(loss_grad, MarginInfo)``: ``loss_grad`` is
@@ -263,6 +265,7 @@ def clean_pass(model, x, target=None, *, need_margin_grad=True, need_loss_grad=T
     None, the MarginInfo carries :math:`\nabla_x m` when asked.
     """
     grads, mgrads, logits_all, targets = [], [], [], []
+    batch_size = resolve_batch_size(batch_size, x.device)
     for s in range(0, len(x), batch_size):
         xb = x[s : s + batch_size].detach().clone()
         tb = None if target is None else torch.as_tensor(target[s : s + batch_size], device=x.device).long()
@@ -408,6 +411,25 @@ class SearchResult:
 # --------------------------------------------------------------------------- forwarding
 
 
+#: Perturbed images per model call when ``batch_size`` is None, per device type. On the CPU the
+#: forward pass is cache-bound: on 2 cores EfficientNet-Lite0 forwards about 1.5-2x more images per
+#: second in batches of 2-4 than one at a time, and about 3x more than in batches of 32
+#: (``benchmarks/bench_search.py --batch-sizes 1,2,4,8,32``); accelerators want large batches.
+AUTO_BATCH = {"cpu": 4}
+AUTO_BATCH_ACCELERATOR = 256
+
+
+def resolve_batch_size(batch_size, device) -> int:
+    """``batch_size`` as a positive int; None picks :data:`AUTO_BATCH` for ``device``'s type."""
+    if batch_size is None:
+        kind = torch.device(device).type
+        return AUTO_BATCH.get(kind, AUTO_BATCH_ACCELERATOR)
+    b = int(batch_size)
+    if b < 1:
+        raise ValueError(f"batch_size must be >= 1 (or None for the device's default), got {batch_size}")
+    return b
+
+
 def _wants_channels_last(model) -> bool:
     for p in model.parameters():
         if p.dim() == 4:
@@ -424,9 +446,10 @@ class _Forward:
     ``(member, step, pred, margin)`` for every forwarded image (for :func:`trace`).
     """
 
-    def __init__(self, model, x, target, img_of, direction, *, clip=False, batch_size=64, record=None):
+    def __init__(self, model, x, target, img_of, direction, *, clip=False, batch_size=None, record=None):
         self.model, self.x, self.target, self.img_of = model, x, target, img_of
-        self.direction, self.clip, self.batch_size, self.record = direction, clip, max(1, int(batch_size)), record
+        self.batch_size = resolve_batch_size(batch_size, x.device)
+        self.direction, self.clip, self.record = direction, clip, record
         self.channels_last = _wants_channels_last(model) and x.dim() == 4
         self.images = 0
 
@@ -592,6 +615,8 @@ class BisectTuning:
 
 
 BISECT = BisectTuning()
+#: halvings of log(tau) in [-20, 30]: 50 / 2**40 ~ 5e-11, far below what moves an integer candidate
+LOG_TAU_ITERS = 40
 
 
 def _log_model_root(m0, s0, tau):
@@ -600,7 +625,7 @@ def _log_model_root(m0, s0, tau):
     return tau * torch.expm1(z)
 
 
-def _bisect_log_tau(lhs_of_tau, target, iters=60):
+def _bisect_log_tau(lhs_of_tau, target, iters=LOG_TAU_ITERS):
     """Solve the decreasing-in-tau equation ``lhs(tau) = target`` by bisection on log tau in [e^-20, e^30]."""
     lo = torch.full_like(target, -20.0)
     hi = torch.full_like(target, 30.0)
@@ -890,7 +915,7 @@ def _run_engine(mode, fwd, target_of, S, G, bound, active, *, block=32, info=Non
 
 
 def search(model, x, d, target=None, *, image_index=None, mode="bisect", bound=THESIS_BOUND, clip=False,
-           batch_size=64, block=32, defined=None, margin_info=None, hint=None, reason=None,
+           batch_size=None, block=32, defined=None, margin_info=None, hint=None, reason=None,
            _record=None, _on_pass=None) -> SearchResult:
     r"""The smallest integer step :math:`\epsilon \in [1, bound)` with ``argmax f(x + eps d) != target``.
 
@@ -994,7 +1019,7 @@ SLOPES = ("loss", "margin")
 
 
 def prepare_images(model, x, image_index, target=None, *, grad=None, margin_info=None, mode="bisect", slope="loss",
-                   batch_size=64):
+                   batch_size=None):
     r"""What the searches need per image, computed once: ``(grad, info, n_forward, n_backward)``.
 
     ``grad``: the cross-entropy gradient (computed when None: one forward and
@@ -1042,7 +1067,7 @@ def _check_maps(maps):
 
 
 def evaluate_maps(model, x, maps, target=None, *, image_index=None, grad=None, mode="bisect",
-                  bound=THESIS_BOUND, shuffles=0, shuffle_mode="fixed", seeds=None, clip=False, batch_size=64,
+                  bound=THESIS_BOUND, shuffles=0, shuffle_mode="fixed", seeds=None, clip=False, batch_size=None,
                   progress=False, block=32, margin_info=None, hints=None, max_directions=256,
                   slope="loss") -> dict:
     r"""Epsilons of relevance maps: :math:`\epsilon^-` from ``maps``, :math:`\epsilon^+` from ``1 - maps``.
@@ -1211,7 +1236,7 @@ def apem_norm(eps_plus, eps_minus, eps_shuffle_plus, eps_shuffle_minus, *, mask=
 
 @torch.inference_mode()
 def monotonicity_check(model, x, d, eps, target=None, *, image_index=None, horizon=64, bound=THESIS_BOUND,
-                       clip=False, batch_size=64, block=16) -> dict:
+                       clip=False, batch_size=None, block=16) -> dict:
     """Does the prediction flip back after its first change? A linear scan past ``eps``.
 
     ``eps`` (M,): each item's first changing step (``linear``'s answer).

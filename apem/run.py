@@ -136,7 +136,9 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     if lm.device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.tensor(sel.pred.to_numpy().copy(), device=dev).long()
-    grad, _, _ = loss_gradient(lm.model, x, target)
+    grad, logits, _ = loss_gradient(lm.model, x, target)
+    # the clean logits of that pass give bisect its per-image margins: no second clean forward
+    info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
     n = len(sel)
     blocks, keys = [], []
     for name, params in cfg.methods.items():
@@ -153,7 +155,7 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     out = metric.evaluate_maps(
         lm.model, x, maps_all, target, image_index=image_index, grad=grad, mode=cfg.search_mode,
         bound=cfg.search_bound, shuffles=cfg.shuffles, shuffle_mode=cfg.shuffle_mode, seeds=seeds,
-        clip=cfg.clip, batch_size=cfg.batch_size,
+        clip=cfg.clip, batch_size=cfg.search_batch_size, margin_info=info,
     )
     per_item = {k: v for k, v in out.items() if v.dim() == 1 and len(v) == len(maps_all)}
     rows = []
@@ -258,7 +260,8 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
     _, x, _ = load_tensors(images.subset(pick.set_position.to_numpy()), lm.transform)
     x = x.to(lm.device)
     target = torch.tensor(pick.pred.to_numpy().copy(), device=lm.device).long()
-    grad, _, _ = loss_gradient(lm.model, x, target)
+    grad, logits, _ = loss_gradient(lm.model, x, target)
+    info = filtering.metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
     res = Results(cfg, store)
     rows, arrays = [], {}
     for name in cfg.methods:
@@ -267,7 +270,7 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
             t0 = time.perf_counter()
             fr = filtering.explanation_filter(
                 lm.model, x, m, target, grad=grad, mode=cfg.search_mode, bound=cfg.search_bound,
-                fast_k=cfg.filter_fast_k, batch_size=cfg.batch_size,
+                fast_k=cfg.filter_fast_k, batch_size=cfg.search_batch_size, margin_info=info,
             )
             dt = time.perf_counter() - t0
             arrays[f"{name}__s{s}"] = _to_storage(fr.maps.detach().cpu(), cfg.quantize)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_search.py [--images 16] [--batch-sizes 4,8] [--horizon 64]
+    python benchmarks/bench_search.py [--images 16] [--batch-sizes 2,4] [--rounds 3] [--horizon 64]
 
 Maps: the thesis's gradient visualisation stages (default stage 2: |grad|
 clamped at its 99th percentile, summed over channels, min-max scaled,
@@ -16,17 +16,26 @@ and a backward pass for the exact margin gradient).
 
 Prints a markdown table per mode: perturbed images forwarded per (image, map)
 pair (eps-minus and eps-plus together), pairs per second, speed-up over the
-thesis's own procedure run as the thesis ran it (batch 1, one item at a time),
+thesis's own procedure run as the thesis ran it (batch 1, one item at a time,
+PyTorch's default memory layout) and over the same procedure on our
+channels_last model (faster at batch 1 too: the stricter comparison),
 agreement of eps-minus / eps-plus with ``linear`` (the exact first flip), and
 the non-monotone rate (the prediction flips back within ``--horizon`` steps
-after ``linear``'s first flip). The CPU is shared with other workers:
-timings are indicative.
+after ``linear``'s first flip).
+
+Timing: after ``--warmup`` seconds of forward passes (the first seconds run up
+to 2x slower on a 2-core CPU), ``--rounds`` rounds each time the baseline and
+every batched mode on the same maps; medians over the rounds are printed, so a
+change of the machine's speed hits every contender alike. Batched modes get
+all maps in one call (``--maps-per-call``), as the runner gives them all maps
+of a chunk of images. On a CPU shared with other jobs use ``--threads 1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -71,6 +80,11 @@ def load_images(n: int, model, transform):
     return x[ok], y[ok]
 
 
+def merge(outs: list[dict]) -> dict:
+    """Per-map results of several calls, concatenated (per-call counters summed)."""
+    return {k: torch.cat([o[k] for o in outs]) if outs[0][k].dim() else sum(o[k] for o in outs) for k in outs[0]}
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -81,9 +95,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=16, help="correctly classified sample images")
     ap.add_argument("--stages", default="2", help="gradient visualisation stages giving the maps (1,2,3)")
-    ap.add_argument("--batch-sizes", default="4,8", help="bisect/thesis batch sizes to time")
-    ap.add_argument("--timed-maps", type=int, default=48, help="maps in the interleaved timings")
-    ap.add_argument("--chunk", type=int, default=4, help="maps per timed chunk")
+    ap.add_argument("--batch-sizes", default="2,4", help="bisect/thesis batch sizes to time")
+    ap.add_argument("--timed-maps", type=int, default=0, help="maps in the timings (0: all)")
+    ap.add_argument("--maps-per-call", type=int, default=0,
+                    help="maps per call of the batched modes (0: all timed maps at once, as the runner does)")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds (medians are reported)")
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds of forward passes before timing")
     ap.add_argument("--linear-batch", type=int, default=4, help="batch size of the linear reference")
     ap.add_argument("--block", type=int, default=32, help="linear: steps per item per pass")
     ap.add_argument("--horizon", type=int, default=64, help="non-monotone check: steps scanned past the first flip")
@@ -122,37 +139,51 @@ def main(argv=None) -> int:
         return metric.evaluate_maps(model, x, maps[sel], target, image_index=img[sel], grad=grad, mode=mode,
                                     batch_size=bs, slope=args.slope, margin_info=info, **kw)
 
-    run("bisect", 4, ii[:1])  # warm-up (oneDNN primitives, allocator)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    # Timings, interleaved so that the shared CPU's load hits every contender alike: per chunk of
-    # `chunk` images, the thesis's own procedure (batch 1, one item after the other), then each
-    # batched mode on the whole chunk.
-    chunk = max(1, args.chunk)
-    clock = {("baseline", 1): [0.0, 0]}
-    for bs in sizes:
-        for mode in ("bisect", "thesis"):
-            clock[(mode, bs)] = [0.0, 0]
-    base_out = []
-    for s0 in range(0, min(M, args.timed_maps), chunk):
-        sel = ii[s0 : s0 + chunk]
-        for i in sel.tolist():
-            r, t = timed(lambda: run("thesis", 1, ii[i : i + 1]))
-            base_out.append(r)
-            clock[("baseline", 1)][0] += t
-            clock[("baseline", 1)][1] += 1
-        for bs in sizes:
-            for mode in ("bisect", "thesis"):
-                _, t = timed(lambda: run(mode, bs, sel))
-                clock[(mode, bs)][0] += t
-                clock[(mode, bs)][1] += len(sel)
-    base_rate = clock[("baseline", 1)][1] / clock[("baseline", 1)][0]
+    n_timed = min(M, args.timed_maps) if args.timed_maps > 0 else M
+    per_call = args.maps_per_call if args.maps_per_call > 0 else n_timed
+    # the baseline twice: as the thesis ran it (PyTorch's default memory layout) and on our model
+    # (channels_last, faster at batch 1 too: the stricter comparison)
+    thesis_model = load_model("efficientnet_lite0", device="cpu", channels_last=False).model
+    baselines = {"contiguous": thesis_model, "channels_last": model}
+    # Steady state first: on this CPU the first seconds of forward passes run up to 2x slower
+    # (allocator, oneDNN primitives, page faults) than what follows; every batch size in play is warmed.
+    warm_until = time.perf_counter() + args.warmup
+    with torch.inference_mode():
+        while time.perf_counter() < warm_until:
+            for b in sorted({1, *sizes}):
+                model(x[:1].expand(b, -1, -1, -1).contiguous(memory_format=torch.channels_last))
+            thesis_model(x[:1].contiguous())
+
+    def baseline_run(mdl, i):
+        return metric.evaluate_maps(mdl, x, maps[i : i + 1], target, image_index=img[i : i + 1], grad=grad,
+                                    mode="thesis", batch_size=1)
+
+    # Timings in rounds, each round timing every contender on the same maps, so that a change of the
+    # CPU's speed hits all alike; the figures are medians over the rounds. The baseline is the thesis's
+    # own procedure: batch 1, one (image, map) item after the other. The batched modes get
+    # `per_call` maps per call, the way the runner calls them (all maps of a chunk of images at once).
+    contenders = [(mode, bs) for bs in sizes for mode in ("bisect", "thesis")]
+    rates = {(b, 1): [] for b in baselines} | {c: [] for c in contenders}
+    base_out, first = None, {}
+    for _ in range(max(1, args.rounds)):
+        for b, mdl in baselines.items():
+            outs, t = timed(lambda: [baseline_run(mdl, i) for i in range(n_timed)])
+            base_out = base_out or outs
+            rates[(b, 1)].append(n_timed / t)
+        for mode, bs in contenders:
+            outs, t = timed(lambda: [run(mode, bs, ii[s0 : min(s0 + per_call, n_timed)])
+                                     for s0 in range(0, n_timed, per_call)])
+            first.setdefault((mode, bs), outs)
+            rates[(mode, bs)].append(n_timed / t)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    base_rate, strict_rate = med[("contiguous", 1)], med[("channels_last", 1)]
     base = {k: torch.cat([o[k] for o in base_out]) for k in ("eps_minus", "eps_plus", "n_forward")}
-    base_idx = torch.arange(0, min(M, args.timed_maps))
-    # full runs for the counts and the agreement
+    base_idx = torch.arange(0, n_timed)
+    # counts and agreement on all M maps: the first timed round's answers when it covered them all
     results = {}
-    for bs in sizes:
-        for mode in ("bisect", "thesis"):
-            results[(mode, bs)] = run(mode, bs)
+    for c in contenders:
+        results[c] = merge(first[c]) if n_timed == M else run(*c)
     key = dict(maps=maps.sum().item(), M=M, block=args.block, grad=grad.abs().sum().item())
     cached = torch.load(args.linear_cache) if args.linear_cache and os.path.exists(args.linear_cache) else None
     if cached is not None and cached["key"] == key:
@@ -180,20 +211,26 @@ def main(argv=None) -> int:
         return (r[k] == ref).float().mean().item()
 
     print()
-    print("| mode | fwd per pair | pairs/s | speed-up vs thesis batch 1 | eps- = linear | eps+ = linear |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"timing: median of {max(1, args.rounds)} rounds over {n_timed} maps, {per_call} maps per call of a "
+          f"batched mode, after {args.warmup:g} s of warm-up")
+    print("| mode | fwd per pair | pairs/s | images/s forwarded | speed-up vs the thesis's procedure "
+          "| vs it on our channels_last model | eps- = linear | eps+ = linear |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     fpp = base["n_forward"].double().mean().item()
-    print(f"| thesis procedure, batch 1, one item at a time (baseline) | {fpp:.2f} | {base_rate:.2f} | 1.0x "
-          f"| {agree(base, 'eps_minus', base_idx):.3f} | {agree(base, 'eps_plus', base_idx):.3f} |")
+
+    def row(name, fpp, rate, a_m, a_p):
+        print(f"| {name} | {fpp:.2f} | {rate:.2f} | {fpp * rate:.0f} | {rate / base_rate:.1f}x "
+              f"| {rate / strict_rate:.1f}x | {a_m:.3f} | {a_p:.3f} |")
+
+    for b, label in (("contiguous", "thesis procedure as it ran: batch 1, one item at a time, default layout "
+                                    "(baseline)"),
+                     ("channels_last", "the same on our channels_last model")):
+        row(label, fpp, med[(b, 1)], agree(base, "eps_minus", base_idx), agree(base, "eps_plus", base_idx))
     for (mode, bs), r in results.items():
-        t, n = clock[(mode, bs)]
-        rate = n / t
-        fpp = r["n_forward"].double().mean().item()
-        print(f"| {mode}, batch {bs} | {fpp:.2f} | {rate:.2f} | {rate / base_rate:.1f}x "
-              f"| {agree(r, 'eps_minus'):.3f} | {agree(r, 'eps_plus'):.3f} |")
-    fpp = lin["n_forward"].double().mean().item()
-    print(f"| linear (reference), block {args.block}, batch {args.linear_batch} | {fpp:.2f} | {M / t_lin:.2f} "
-          f"| {M / t_lin / base_rate:.1f}x | 1.000 | 1.000 |")
+        row(f"{mode}, batch {bs}", r["n_forward"].double().mean().item(), med[(mode, bs)],
+            agree(r, "eps_minus"), agree(r, "eps_plus"))
+    row(f"linear (reference, timed once), block {args.block}, batch {args.linear_batch}",
+        lin["n_forward"].double().mean().item(), M / t_lin, 1.0, 1.0)
     print()
     print(f"non-monotone (flips back within {args.horizon} steps after the first flip): "
           f"eps-minus {nm_m:.3f}, eps-plus {nm_p:.3f} of {M} maps")

@@ -399,6 +399,26 @@ def test_modes_agree_on_a_monotone_model_through_evaluate_maps():
     assert int(r["n_image_passes"]) == 2
 
 
+def test_batch_size_changes_the_grouping_not_the_answer(net_and_images):
+    net, x = net_and_images
+    maps = quantised_maps(5, seed=12)
+    ii = torch.tensor([0, 1, 2, 0, 1])
+    for mode in SEARCH_MODES:
+        runs = [evaluate_maps(net, x, maps, image_index=ii, mode=mode, bound=400, block=8, batch_size=b)
+                for b in (None, 1, 3, 1000)]
+        for r in runs[1:]:
+            for k in ("eps_minus", "eps_plus", "censored_minus", "censored_plus", "n_forward"):
+                assert torch.equal(r[k], runs[0][k]), (mode, k)
+
+
+def test_automatic_batch_size_per_device_and_bad_values():
+    assert metric.resolve_batch_size(None, "cpu") == metric.AUTO_BATCH["cpu"] == 4
+    assert metric.resolve_batch_size(None, "cuda") == metric.AUTO_BATCH_ACCELERATOR
+    assert metric.resolve_batch_size(7, "cpu") == 7
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        metric.resolve_batch_size(0, "cpu")
+
+
 # ----------------------------------------------------------------------------- shuffles
 
 

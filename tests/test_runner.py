@@ -40,7 +40,7 @@ def test_every_field_changes_the_hash():
         "ground_truth": "/gt.txt", "pool": 10, "n_correct": 7, "n_misclassified": 3,
         "methods": {"gradient": {}}, "stages": (1,), "quantize": False, "search_mode": "linear",
         "search_bound": 501, "clip": True, "shuffles": 3, "shuffle_mode": "per_step", "filter_images": 2,
-        "filter_fast_k": 4, "seed": 1, "device": "cpu", "batch_size": 7, "chunk_size": 9,
+        "filter_fast_k": 4, "seed": 1, "device": "cpu", "batch_size": 7, "search_batch_size": 2, "chunk_size": 9,
     }
     assert set(changed) == {f.name for f in dataclasses.fields(Config)}, "a new field needs a case here"
     digests = {base.digest()}
@@ -78,6 +78,8 @@ def test_bad_values_fail_at_load():
         Config(stages=(4,))
     with pytest.raises(ConfigError, match="per_step"):
         Config(shuffle_mode="per_step", search_mode="bisect")
+    with pytest.raises(ConfigError, match="search_batch_size"):
+        Config(search_batch_size=0)
 
 
 def test_parameter_sets_load_and_papermill_overrides_apply():
