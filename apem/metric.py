@@ -238,11 +238,16 @@ class MarginInfo:
         ratio to the exact slope has median 1.0, typically within 30%). It only
         seeds the search: a worse slope costs forward passes, never correctness.
         """
-        src = self.grad if self.grad is not None else self.loss_grad
+        src = (self.grad if self.grad is not None else self.loss_grad).to(d.dtype)
         out = torch.empty(len(d), dtype=torch.float64, device=d.device)
-        for s in range(0, len(d), 256):
-            g = src[image_index[s : s + 256]]
-            out[s : s + 256] = (g.to(d.dtype) * d[s : s + 256]).flatten(1).sum(1, dtype=torch.float64)
+        # runs of consecutive directions of one image share its gradient by broadcasting (no gather)
+        img, counts = torch.unique_consecutive(image_index, return_counts=True)
+        a = 0
+        for b, n in zip(img.tolist(), counts.tolist()):
+            for s in range(a, a + n, 256):
+                e = min(s + 256, a + n)
+                out[s:e] = (src[b] * d[s:e]).flatten(1).sum(1, dtype=torch.float64)
+            a += n
         if self.grad is None:
             out = -out / self.rest().to(out.device)[image_index].clamp_min(1e-300)
         return out
@@ -307,14 +312,22 @@ def _normalised(maps: torch.Tensor, dtype, device):
     scaled by a positive constant normalises to the same tensor (up to that
     one rounding; bit for bit for powers of two).
     """
-    R64 = _expand3(maps).to(device=device, dtype=torch.float64)
-    isf = torch.isfinite(R64)
+    # Every step below is a pass over M x 3HW values, so the common case (finite, non-negative
+    # maps) skips the ones that would not change a bit: the where, the abs and the masking.
+    R = _expand3(maps).to(device=device)
+    isf = torch.isfinite(R)
     finite = isf.flatten(1).all(1)
-    R64 = torch.where(isf, R64, torch.zeros((), dtype=torch.float64, device=device))
-    norm = R64.abs().flatten(1).sum(1)
+    R64 = R.to(torch.float64)
+    if not bool(finite.all()):
+        R64 = torch.where(isf, R64, torch.zeros((), dtype=torch.float64, device=device))
+    del isf
+    norm = (R64 if bool(R64.amin() >= 0) else R64.abs()).flatten(1).sum(1)
     ok = finite & (norm > 0)
     safe = torch.where(ok, norm, torch.ones_like(norm))
-    Rn = (R64 / safe[:, None, None, None]).to(dtype) * ok[:, None, None, None]
+    Rn = (R64 / safe[:, None, None, None]).to(dtype)
+    del R64
+    if not bool(ok.all()):
+        Rn[~ok] = 0
     reason = torch.zeros(len(Rn), dtype=torch.long, device=device)
     reason[finite & ~(norm > 0)] = REASON_ZERO_NORM
     reason[~finite] = REASON_NONFINITE
@@ -329,7 +342,7 @@ def _permute(Rn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return flat.view_as(Rn)
 
 
-def directions(maps, grad, *, image_index=None, shuffle_perm=None, return_reason=False):
+def directions(maps, grad, *, image_index=None, shuffle_perm=None, return_reason=False, out=None):
     r"""Directions :math:`d = R / \lVert R\rVert_1 \odot \operatorname{sign}(g)`.
 
     ``maps`` (M, 1 or 3, H, W); ``grad`` (M, 3, H, W) aligned with the maps,
@@ -338,15 +351,19 @@ def directions(maps, grad, *, image_index=None, shuffle_perm=None, return_reason
     taking the sign, ``Rn.flatten()[perm]``.
 
     Returns ``(d, defined)`` (and ``reason`` codes, see :data:`REASONS`, with
-    ``return_reason``); undefined rows of ``d`` are zero.
+    ``return_reason``); undefined rows of ``d`` are zero. ``out``: an
+    (M, 3, H, W) tensor (a view is fine) to write ``d`` into.
     """
-    g = grad if image_index is None else grad[torch.as_tensor(image_index, device=grad.device).long()]
-    if maps.shape[0] != g.shape[0] or tuple(maps.shape[2:]) != tuple(g.shape[2:]):
-        raise ValueError(f"maps {tuple(maps.shape)} do not match gradients {tuple(g.shape)}")
-    Rn, ok, reason = _normalised(maps, g.dtype, g.device)
+    sg = torch.sign(grad)  # per image, then gathered: one pass over B images instead of M maps
+    if image_index is not None:
+        sg = sg[torch.as_tensor(image_index, device=grad.device).long()]
+    if maps.shape[0] != sg.shape[0] or tuple(maps.shape[2:]) != tuple(sg.shape[2:]):
+        raise ValueError(f"maps {tuple(maps.shape)} do not match gradients {tuple(sg.shape)}")
+    Rn, ok, reason = _normalised(maps, grad.dtype, grad.device)
     if shuffle_perm is not None:
         Rn = _permute(Rn, shuffle_perm)
-    d = Rn * torch.sign(g)
+    d = torch.mul(Rn, sg, out=out)
+    del Rn, sg
     nonzero = (d != 0).flatten(1).any(1)
     defined = ok & nonzero
     reason[ok & ~nonzero] = REASON_ZERO_DIRECTION
@@ -451,6 +468,8 @@ class _Forward:
         self.batch_size = resolve_batch_size(batch_size, x.device)
         self.direction, self.clip, self.record = direction, clip, record
         self.channels_last = _wants_channels_last(model) and x.dim() == 4
+        if self.channels_last:  # once here, so that perturbed batches come out channels_last without a copy
+            self.x = x.contiguous(memory_format=torch.channels_last)
         self.images = 0
 
     @torch.inference_mode()
@@ -1165,10 +1184,10 @@ def _bar_hook(bar, offset=0):
 
 def _plain_chunk(model, x, maps, ii, grad, info, mode, bound, clip, batch_size, block, hints, bar):
     """Search minus and plus directions of a chunk of maps together (rows interleaved)."""
-    d_m, ok_m, rs_m = directions(maps, grad, image_index=ii, return_reason=True)
-    d_p, ok_p, rs_p = directions(1 - maps, grad, image_index=ii, return_reason=True)
-    d = _interleave(d_m, d_p)
-    del d_m, d_p
+    # minus and plus directions written straight into their interleaved rows (no stacking copy)
+    d = torch.empty((2 * len(maps), 3, *grad.shape[2:]), dtype=grad.dtype, device=grad.device)
+    _, ok_m, rs_m = directions(maps, grad, image_index=ii, return_reason=True, out=d[0::2])
+    _, ok_p, rs_p = directions(1 - maps, grad, image_index=ii, return_reason=True, out=d[1::2])
     hint = None if hints is None else _interleave(torch.as_tensor(hints[0]).to(ii.device).long(),
                                                   torch.as_tensor(hints[1]).to(ii.device).long())
     res = search(model, x, d, info.target, image_index=ii.repeat_interleave(2), mode=mode, bound=bound, clip=clip,

@@ -1,5 +1,6 @@
 """Models, weights and image sets: the foundation everything else reads."""
 
+import os
 import warnings
 from pathlib import Path
 
@@ -223,3 +224,18 @@ def test_cli_reports_a_missing_folder_without_a_traceback(tmp_path, capsys):
 
     assert main(["classify", "--data", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_malloc_tuning_applies_once_and_can_be_turned_off():
+    import platform
+    import subprocess
+    import sys
+
+    code = "import apem, apem.alloc as a; print(a._state['ok'], a.tune_malloc())"
+    env = {k: v for k, v in os.environ.items() if k != "APEM_MALLOC_TUNING"}
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    off = subprocess.run([sys.executable, "-c", code], env=env | {"APEM_MALLOC_TUNING": "0"},
+                         capture_output=True, text=True, check=True)
+    assert off.stdout.split() == ["False", "False"]
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert on.stdout.split() == ["True", "True"]
