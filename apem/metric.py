@@ -106,6 +106,10 @@ map; all state stays on the model's device.
     4. when a tested point lies within :math:`\max(1, 0.3\sqrt{r})` of the
        estimate :math:`r`, the two integers around it are tested in the same
        pass (with a 1-wide bracket that is the last pass).
+    5. when two such pairs in a row both fall short of the root (a margin
+       that flattens just above zero keeps every estimate a few steps low),
+       the next steps go up from ``lo`` by the estimated distance times 2, 4,
+       8, ..., never past the bracket's midpoint.
 
     Tuning lives in :class:`BisectTuning`; it changes the cost, never the
     validity of the answer. On EfficientNet-Lite0 gradient maps this takes
@@ -631,6 +635,7 @@ class BisectTuning:
     conf_sqrt: float = 0.3
     fit2_best: bool = True
     guard: int = 4
+    creep_pairs: int = 2
 
 
 BISECT = BisectTuning()
@@ -712,6 +717,7 @@ class _BisectState:
         self.step = torch.zeros(N, dtype=torch.long, device=dev)  # last unbracketed step
         self.slow = torch.zeros(N, dtype=torch.long, device=dev)  # bracketed passes in a row that did not halve it
         self.need_one = flip0.clone()
+        self.low_pairs = torch.zeros(N, dtype=torch.long, device=dev)  # passes in a row tested below the root
         self.m0, self.s0 = m0.to(f64), s0.to(f64)
 
 
@@ -772,6 +778,15 @@ def _bisect_candidates(st: _BisectState, mi, U, hint, bound, tune: BisectTuning)
     bisect = hik & (st.slow[mi] >= tune.guard)
     r = torch.where(bisect, (lo + U).to(r.dtype) / 2, r)
     conf = conf & ~bisect
+    # Creeping: when `creep_pairs` confident pairs in a row both fell short of the root (a margin
+    # that flattens out just below zero makes every estimate land a few steps too low), step up
+    # from lo by the estimated distance times 2, 4, 8, ... instead, never past the midpoint.
+    if tune.creep_pairs > 0:
+        lp = st.low_pairs[mi]
+        creeping = hik & ~bisect & (lp >= tune.creep_pairs)
+        jump = (r - lo.to(r.dtype)).clamp_min(1.0) * torch.pow(2.0, (lp - tune.creep_pairs + 1).clamp(max=30).to(r.dtype))
+        r = torch.where(creeping, torch.minimum(lo.to(r.dtype) + jump, (lo + U).to(r.dtype) / 2), r)
+        conf = conf & ~creeping
     k = torch.floor(r).long()
     k1_ok = (k > lo) & (k < U)
     k2_ok = (k + 1 > lo) & (k + 1 < U)
@@ -829,6 +844,11 @@ def _bisect_update(st: _BisectState, mi, U, c1, c2, flip, marg, unbracketed_pass
     halved = 2 * (torch.minimum(st.hi[mi], U) - st.lo[mi]) <= old_w
     st.slow[mi] = torch.where(was_bracketed & ~halved, st.slow[mi] + 1, torch.zeros_like(st.slow[mi]))
     st.need_one[mi] = False
+    # confident pairs (and the jumps after them) that all fell short of the root, in a row
+    anyflip = torch.zeros(N, dtype=torch.bool, device=dev)
+    anyflip[mem[flip]] = True
+    short = ~anyflip[mi] & (two | (st.low_pairs[mi] > 0))
+    st.low_pairs[mi] = torch.where(short, st.low_pairs[mi] + 1, torch.zeros_like(st.low_pairs[mi]))
     # keep the two points with the smallest |margin|
     E = torch.cat([st.be, torch.full((N, 2), -1, dtype=torch.long, device=dev)], 1)
     Mg = torch.cat([st.bm, torch.full((N, 2), float("nan"), dtype=f64, device=dev)], 1)
