@@ -40,3 +40,12 @@ def effnet():
     from apem.models import load_model
 
     return load_model("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Hundreds of tiny forward passes: one thread avoids OpenMP barrier stalls on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,17 +10,11 @@ from apem.config import Config
 from apem.run import Results, run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small forward passes: one thread avoids OpenMP barrier stalls on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_res(tmp_path_factory, sample_dir, _one_thread):
+def tiny_res(tmp_path_factory, sample_dir, one_thread):
     cfg = Config(name="tiny-exp", pool=24, n_correct=3, n_misclassified=1,
                  methods={"gradient": {}, "input_x_gradient": {}}, stages=(2,), shuffles=1, chunk_size=2,
                  filter_images=0, batch_size=16)

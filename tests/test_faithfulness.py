@@ -14,13 +14,7 @@ from apem import faithfulness as F
 N, C, H, W = 4, 3, 16, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Hundreds of tiny forward passes: one thread avoids OpenMP barrier stalls on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
