@@ -5,6 +5,7 @@ directions, so every logit is computed exactly and the closed forms (exact
 rational arithmetic) must match bit for bit, ties included.
 """
 
+import dataclasses
 from fractions import Fraction
 
 import pytest
@@ -544,6 +545,35 @@ def test_monotonicity_check_finds_flip_backs():
     assert r["non_monotone"].tolist() == [True] and r["first_back"].tolist() == [260]
     r = monotonicity_check(mono, x, d, search(mono, x, d, mode="linear").eps, horizon=20, block=8)
     assert r["non_monotone"].tolist() == [False] and r["n_forward"].tolist() == [20]
+
+
+def test_bisect_creep_guard_jumps_by_doubling_distances_after_two_short_pairs():
+    """After `creep_pairs` confident pairs in a row fell short, the next candidate is a single step
+    lo + max(r - lo, 1) * 2**(k - creep_pairs + 1), capped at the bracket's midpoint (r: the estimate)."""
+    f64 = torch.float64
+    st = metric._BisectState(1, metric.THESIS_BOUND, torch.tensor([4.0], dtype=f64), torch.tensor([-0.01], dtype=f64),
+                             torch.tensor([False]), torch.device("cpu"))
+    st.lo[:] = 1000
+    st.mlo[:] = 0.02
+    st.hi[:] = 1400
+    st.mhi[:] = -0.5
+    st.hik[:] = True
+    st.be[:] = torch.tensor([[1000, 999]])
+    st.bm[:] = torch.tensor([[0.02, 0.03]], dtype=f64)
+    mi, U = torch.tensor([0]), torch.tensor([1400])
+    tune = metric.BisectTuning()
+    r = float(metric._bisect_estimate(st, mi, U, None, metric.THESIS_BOUND, tune)[0])
+    assert 1000 < r < 1010  # close to lo: without the guard a confident pair around r
+    c1, c2, _ = metric._bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
+    assert int(c2[0]) == int(c1[0]) + 1 == int(r) + 1
+    for k, factor in ((2, 2), (3, 4), (4, 8), (9, None)):
+        st.low_pairs[:] = k
+        c1, c2, _ = metric._bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
+        want = 1200 if factor is None else round(1000 + max(r - 1000, 1) * factor)
+        assert (int(c1[0]), int(c2[0])) == (want, 0), k
+    st.low_pairs[:] = 2  # creep_pairs = 0 turns the guard off
+    c1, c2, _ = metric._bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, dataclasses.replace(tune, creep_pairs=0))
+    assert int(c2[0]) == int(c1[0]) + 1
 
 
 def test_bisect_without_slope_information_still_terminates_exactly():
