@@ -779,7 +779,7 @@ def _bisect_candidates(st: _BisectState, mi, U, hint, bound, tune: BisectTuning)
     r = torch.where(bisect, (lo + U).to(r.dtype) / 2, r)
     conf = conf & ~bisect
     # Creeping: when `creep_pairs` confident pairs in a row both fell short of the root (a margin
-    # that flattens out just below zero makes every estimate land a few steps too low), step up
+    # that flattens out just above zero makes every estimate land a few steps too low), step up
     # from lo by the estimated distance times 2, 4, 8, ... instead, never past the midpoint.
     if tune.creep_pairs > 0:
         lp = st.low_pairs[mi]
