@@ -251,7 +251,7 @@ def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, f
 
 def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progress: bool = True) -> None:
     """Thesis Algorithm 2 on the first ``filter_images`` correct images, every method and stage."""
-    from apem import filtering
+    from apem import filtering, metric
     from apem.data import load_tensors
     from apem.grad import loss_gradient
 
@@ -261,7 +261,7 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
     x = x.to(lm.device)
     target = torch.tensor(pick.pred.to_numpy().copy(), device=lm.device).long()
     grad, logits, _ = loss_gradient(lm.model, x, target)
-    info = filtering.metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
+    info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
     res = Results(cfg, store)
     rows, arrays = [], {}
     for name in cfg.methods:
