@@ -24,6 +24,11 @@ def cmd_classify(args) -> int:
     from apem.data import iter_batches, load_image_set
     from apem.models import load_model
 
+    from apem.config import ConfigError, check_device
+
+    if args.batch_size < 1 or args.limit < 0:
+        raise ConfigError("--batch-size must be >= 1 and --limit >= 0")
+    check_device(args.device)
     images = load_image_set(args.data, args.ground_truth)
     if args.limit:
         images = images.subset(range(min(args.limit, len(images))))
@@ -66,14 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="compute (or resume) a configuration's results and print the summary table")
     p.add_argument("config", help="a YAML file or the name of a parameter set in params/")
-    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   help="override a configuration field (VALUE is read as YAML)")
+    add_run_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("table", help="print the summary table of a configuration (computing it if needed)")
     p.add_argument("config")
-    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    add_run_args(p)
     p.set_defaults(func=cmd_table, no_progress=False)
 
     from apem.book import register as register_book
@@ -82,10 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args):
-    from apem.config import load_config, parse_value
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options every command that runs a configuration takes."""
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="override a configuration field (VALUE is read as YAML; null sets an optional field to null)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the store's recorded count, else $APEM_THREADS, else 2); "
+                        "part of the numeric environment every result records")
+    p.add_argument("--results", default=None, metavar="DIR", help="results store root (default: $APEM_RESULTS or results/)")
 
-    return load_config(args.config, **{k: parse_value(v) for k, v in args.param})
+
+def _config(args):
+    from apem.config import load_config, parse_overrides
+
+    return load_config(args.config, **parse_overrides(args.param))
 
 
 def _print_summary(cfg, res) -> None:
@@ -105,9 +119,9 @@ def cmd_run(args) -> int:
 
     cfg = _config(args)
     t0 = time.perf_counter()
-    store = run(cfg, progress=not args.no_progress)
+    store = run(cfg, progress=not args.no_progress, root=args.results, threads=args.threads)
     _print_summary(cfg, Results(cfg, store))
-    print(f"\nwall time {time.perf_counter() - t0:.1f} s")
+    print(f"\ncomputed {len(store.computed)} chunk(s) in this run; wall time {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -115,19 +129,33 @@ def cmd_table(args) -> int:
     from apem.run import results
 
     cfg = _config(args)
-    _print_summary(cfg, results(cfg))
+    _print_summary(cfg, results(cfg, root=args.results, threads=args.threads))
     return 0
 
 
-def main(argv=None) -> int:
+def user_errors() -> tuple:
+    """The exceptions that mean bad input or a bad store, reported as one line (a bug keeps its traceback)."""
+    from apem.book import BookError
     from apem.config import ConfigError
     from apem.data import DataError
     from apem.models import WeightsError
+    from apem.numerics import EnvironmentMismatch
     from apem.store import StoreError
 
+    return (ConfigError, DataError, WeightsError, StoreError, EnvironmentMismatch, BookError, ValueError)
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, WeightsError, StoreError, ValueError) as e:
-        print(f"apem: error: {e}", file=sys.stderr)
+    except user_errors() as e:
+        print(f"apem: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("apem: interrupted; what was finished is stored, run the same command again to resume", file=sys.stderr)
+        return 130

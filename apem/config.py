@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,22 @@ class Config:
 
     # ------------------------------------------------------------------ loading
     def __post_init__(self):
-        object.__setattr__(self, "stages", tuple(int(s) for s in self.stages))
+        stages = self.stages
+        if isinstance(stages, (list, tuple)) and all(_is_int(s) for s in stages):
+            object.__setattr__(self, "stages", tuple(int(s) for s in stages))
+        else:
+            raise ConfigError(f"stages must be a list drawn from 1, 2, 3 (e.g. [2, 3]; on the command line "
+                              f"-p stages '[3]'); got {stages!r}")
+        if not isinstance(self.methods, dict) or not all(v is None or isinstance(v, dict) for v in self.methods.values()):
+            raise ConfigError(f"methods must be a mapping of method name -> parameters (e.g. {{gradient: {{}}}}); "
+                              f"got {self.methods!r}")
         object.__setattr__(self, "methods", {str(k): dict(v or {}) for k, v in dict(self.methods).items()})
         self.validate()
 
     def validate(self) -> None:
         from apem.models import MODELS, PRESETS
+
+        _check_types(self)
 
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
@@ -90,14 +101,24 @@ class Config:
         bad = [s for s in self.stages if s not in (1, 2, 3)]
         if bad or not self.stages:
             raise ConfigError(f"stages must be a non-empty subset of 1, 2, 3; got {list(self.stages)}")
-        for k in ("n_correct", "n_misclassified", "shuffles", "filter_images"):
-            if int(getattr(self, k)) < 0:
-                raise ConfigError(f"{k} must be >= 0")
+        for k in ("n_correct", "n_misclassified", "shuffles", "filter_images", "filter_fast_k", "seed"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("search_bound", "batch_size", "chunk_size"):
-            if int(getattr(self, k)) < 1:
-                raise ConfigError(f"{k} must be >= 1")
-        if self.search_batch_size is not None and int(self.search_batch_size) < 1:
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.search_batch_size is not None and self.search_batch_size < 1:
             raise ConfigError("search_batch_size must be >= 1, or null for the device's default")
+        if self.pool is not None and self.pool < 1:
+            raise ConfigError(f"pool must be >= 1 (the first `pool` images of the set), or null for all; got {self.pool}")
+        if self.n_correct + self.n_misclassified < 1:
+            raise ConfigError("n_correct + n_misclassified is 0: ask for at least one image")
+        if self.filter_images > self.n_correct:
+            raise ConfigError(f"filter_images ({self.filter_images}) cannot exceed n_correct ({self.n_correct}): "
+                              "the filter runs on the first correctly classified images")
+        if not _NAME.match(self.name):
+            raise ConfigError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        check_device(self.device)
         if not self.methods:
             raise ConfigError("methods is empty: name at least one explanation method")
         _validate_methods(self.methods)
@@ -114,14 +135,20 @@ class Config:
                 close = difflib.get_close_matches(u, known, n=1)
                 hints.append(f"{u!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(f"{source}: unknown field(s) {', '.join(hints)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"configuration file {path} does not exist")
-        d = yaml.safe_load(path.read_text()) or {}
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping of fields")
         d.setdefault("name", path.stem)
@@ -132,7 +159,7 @@ class Config:
             return self
         d = self.to_dict()
         d.update(overrides)
-        return Config.from_dict(d, "overrides")
+        return Config.from_dict(d, "parameter override")
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict:
@@ -143,14 +170,94 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def data_identity(self) -> dict:
+        """The image folder this configuration reads, resolved, with a fingerprint of its file list.
+
+        ``data: null`` means ``$APEM_DATA`` or the shared sample set *at the time of the
+        call*; the identity pins which folder that was and what it held (see
+        :func:`apem.data.image_set_identity`), so a result computed on other files can never
+        be taken for this one. Computed once per Config object (a directory listing).
+        """
+        cached = self.__dict__.get("_data_identity")
+        if cached is None:
+            from apem.data import image_set_identity
+
+            cached = image_set_identity(self.data, self.ground_truth)
+            object.__setattr__(self, "_data_identity", cached)
+        return cached
+
+    def identity(self) -> dict:
+        """Every field plus the resolved data: what the digest hashes and the store records."""
+        d = self.to_dict()
+        d["resolved_data"] = self.data_identity()
+        return d
+
+    def identity_yaml(self) -> str:
+        return yaml.safe_dump(self.identity(), sort_keys=False)
+
     def digest(self) -> str:
-        """12 hex digits of sha256 over the canonical JSON of every field."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """12 hex digits of sha256 over the canonical JSON of every field and the resolved data."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def classification_key(self) -> dict:
-        """The fields that decide the model's predictions on the pool (shared across configs)."""
-        return {k: getattr(self, k) for k in ("model", "weights", "preset", "data", "ground_truth", "pool", "device")}
+        """What decides the model's predictions on the pool (shared across configs that agree on it)."""
+        d = {k: getattr(self, k) for k in ("model", "weights", "preset", "pool", "device")}
+        d["data"] = self.data_identity()
+        return d
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# the type every field must have after loading (YAML and -p values are checked, never coerced:
+# `-p n_correct 2.5` or `-p n_correct true` is an error, not 2 or 1)
+_INT, _OPT_INT, _BOOL, _STR, _OPT_STR = "int", "int or null", "true or false", "text", "text or null"
+FIELD_TYPES = {
+    "name": _STR, "model": _STR, "weights": _STR, "preset": _STR, "data": _OPT_STR, "ground_truth": _OPT_STR,
+    "pool": _OPT_INT, "n_correct": _INT, "n_misclassified": _INT, "quantize": _BOOL, "search_mode": _STR,
+    "search_bound": _INT, "clip": _BOOL, "shuffles": _INT, "shuffle_mode": _STR, "filter_images": _INT,
+    "filter_fast_k": _INT, "seed": _INT, "device": _STR, "batch_size": _INT, "search_batch_size": _OPT_INT,
+    "chunk_size": _INT,
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(cfg: "Config") -> None:
+    """Each field has its declared type; the message names the field, the value and what is expected."""
+    for name, kind in FIELD_TYPES.items():
+        v = getattr(cfg, name)
+        if v is None and kind in (_OPT_INT, _OPT_STR):
+            continue
+        ok = {_INT: _is_int, _OPT_INT: _is_int, _BOOL: lambda x: isinstance(x, bool),
+              _STR: lambda x: isinstance(x, str) and x != "", _OPT_STR: lambda x: isinstance(x, str) and x != ""}[kind](v)
+        if not ok:
+            raise ConfigError(f"{name} must be {'an integer' if kind == _INT else kind}"
+                              f"{', not null' if v is None else ''}; got {v!r}")
+
+
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine; use device auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device {device!r}: MPS is not available on this machine; use device auto or cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
 
 
 def _validate_methods(methods: dict) -> None:
@@ -182,10 +289,27 @@ def load_config(params: str | Path | Config = "default", **overrides) -> Config:
                 names = sorted(q.stem for q in PARAMS_DIR.glob("*.yaml"))
                 raise ConfigError(f"unknown parameter set {params!r}; choose one of {names} or give a YAML path")
         cfg = Config.from_yaml(p)
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     return cfg.replace(**overrides)
 
 
-def parse_value(text: str) -> Any:
-    """Command-line ``-p KEY VALUE``: VALUE is read as YAML (numbers, lists, mappings, null)."""
-    return yaml.safe_load(text)
+def parse_value(text: str, key: str = "value") -> Any:
+    """Command-line ``-p KEY VALUE``: VALUE is read as YAML (numbers, lists, mappings, null).
+
+    ``null`` sets a field to None (allowed only where the field may be null: data,
+    ground_truth, pool, search_batch_size); malformed YAML fails naming the key.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"-p {key} {text!r}: not a valid YAML value ({_yaml_problem(e)})") from None
+
+
+def parse_overrides(pairs) -> dict:
+    """``[(KEY, VALUE), ...]`` from the command line -> overrides (each VALUE read as YAML)."""
+    return {k: parse_value(v, k) for k, v in pairs}
+
+
+def _yaml_problem(e: Exception) -> str:
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem

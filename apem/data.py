@@ -246,6 +246,34 @@ def load_image_set(path: str | os.PathLike | None = None, ground_truth: str | os
     return s
 
 
+def image_set_identity(path: str | os.PathLike | None = None, ground_truth: str | os.PathLike | None = None) -> dict:
+    """Which images a configuration reads: the resolved folder and a fingerprint of its file list.
+
+    The fingerprint is a SHA-256 over every listed image's relative path, size, modification
+    time (ns) and label, and over the ground-truth file's path, size and modification time.
+    Sizes and modification times rather than content hashes: a ``stat`` per file costs
+    milliseconds for the 1,000 sample images and well under a second for a 50,000-image
+    ImageNet validation folder, where hashing 6 GB of JPEGs would cost every run a minute;
+    any rewrite of a file changes its modification time, and a file that is only touched
+    costs a recomputation, never a wrong reuse.
+    """
+    import hashlib
+
+    s = load_image_set(path, ground_truth)
+    h = hashlib.sha256()
+    for p, label in zip(s.paths, s.labels):
+        st = p.stat()
+        h.update(f"{p.relative_to(s.root)}\t{st.st_size}\t{st.st_mtime_ns}\t{label}\n".encode())
+    gt = None
+    if ground_truth is not None:
+        g = Path(ground_truth).resolve()
+        st = g.stat()
+        gt = str(g)
+        h.update(f"ground truth {g}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return {"folder": str(s.root.resolve()), "ground_truth": gt, "layout": s.layout, "images": len(s),
+            "fingerprint": h.hexdigest()[:16]}
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -104,7 +104,11 @@ def _load_state_dict(path: Path) -> dict:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"cannot read weights file {path} (truncated or not a PyTorch state dict): {e}") from e
+        # torch's own message runs to many lines of `weights_only` advice: keep its first line
+        why = ("it holds Python objects besides tensors, which apem never unpickles" if "weights_only" in str(e)
+               else next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:200])
+        raise WeightsError(f"cannot read weights file {path}: not a PyTorch state dict saved with torch.save, "
+                           f"or truncated ({why})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd:
@@ -171,17 +175,16 @@ def _build_vgg16(weights):
     path = vgg16_weights_path() if weights == "default" else Path(weights)
     if not path.is_file():
         raise WeightsError(
-            f"VGG-16 ImageNet weights not found at {path}. Nothing is downloaded at run time. "
-            "On a machine with internet run\n"
-            "    python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"\n"
-            f"(it stores them in {vgg16_weights_path()}), or pass the path of a state-dict file "
-            "(--weights PATH / weights=PATH). Tests use weights=None (random weights)."
+            f"VGG-16 ImageNet weights not found at {path} (nothing is downloaded at run time): on a machine "
+            "with internet run `python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "
+            f"(it stores them in {vgg16_weights_path()}), or give a state-dict file (--weights PATH / weights: PATH)"
         )
     sd = _load_state_dict(path)
     try:
         net.load_state_dict(sd)
     except RuntimeError as e:
-        raise WeightsError(f"{path} does not fit torchvision's VGG-16: {e}") from e
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path} does not fit torchvision's VGG-16: {first[:300]}") from None
     return net, str(path)
 
 

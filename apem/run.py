@@ -23,6 +23,7 @@ Pipeline for one configuration:
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from apem.config import Config, load_config
-from apem.store import Store
+from apem.store import Store, StoreError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -58,19 +59,22 @@ def _load(cfg: Config):
 
 @torch.no_grad()
 def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = True) -> pd.DataFrame:
-    """The model's answer on every pool image, cached under ``_predictions/``."""
+    """The model's answer on every pool image, cached under ``_predictions/``.
+
+    The cache key holds what decides the answers: model, weights, preset, pool, the
+    resolved image folder with its file-list fingerprint, and the numeric environment.
+    """
     from tqdm import tqdm
 
     from apem.data import iter_batches
-    from apem.store import atomic_write_bytes, _parquet_bytes
+    from apem.numerics import NumericEnv
+    from apem.store import parquet_bytes, verified, write_checked
 
-    key = hashlib.sha256(repr(sorted(cfg.classification_key().items())).encode()).hexdigest()[:12]
+    key_parts = dict(cfg.classification_key(), environment=NumericEnv.current(lm.device).key())
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = Path(store_root) / "_predictions" / f"{cfg.model}-{cfg.preset}-{key}.parquet"
-    if path.exists():
-        try:
-            return pd.read_parquet(path)
-        except Exception:
-            path.unlink(missing_ok=True)
+    if verified(path):
+        return pd.read_parquet(path)
     ids = images.ids()
     rows = []
     with tqdm(total=len(images), desc="classify pool", unit="img", disable=not progress) as bar:
@@ -84,8 +88,7 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
             bar.update(len(idx))
     df = pd.DataFrame(rows, columns=["set_position", "image_id", "label", "pred", "confidence", "loss"])
     df["correct"] = df.label == df.pred
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _parquet_bytes(df))
+    write_checked(path, parquet_bytes(df))
     return df
 
 
@@ -209,26 +212,75 @@ class _Interrupt(RuntimeError):
     """Raised by tests to stop a run after k chunks."""
 
 
-def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, fail_after_chunks: int | None = None) -> Store:
-    """Compute whatever the store of ``cfg`` lacks; return the store."""
+def _chunk_starts(cfg: Config, n_images: int) -> list[int]:
+    return list(range(0, n_images, cfg.chunk_size))
+
+
+def _needs_work(store: Store, cfg: Config) -> bool:
+    """True unless every file the configuration needs is present and matches its checksum."""
+    if not store.exists():
+        return True
+    sel = store.read_frame("images.parquet")
+    if sel is None or not store.has("results.parquet"):
+        return True
+    if any(store.chunk_problem(c) is not None for c in range(len(_chunk_starts(cfg, len(sel))))):
+        return True
+    return bool(cfg.filter_images) and not (store.has("filter.parquet") and store.has("filter_maps.npz"))
+
+
+def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, threads: int | None = None,
+        wait: bool = True, fail_after_chunks: int | None = None) -> Store:
+    """Compute whatever the store of ``cfg`` lacks or holds damaged; return the store.
+
+    ``threads``: torch's CPU thread count for the run (None: the store's recorded count,
+    else ``$APEM_THREADS``, else :data:`apem.numerics.DEFAULT_THREADS`). The numeric
+    environment is pinned for the run and recorded; resuming under another one raises
+    :class:`apem.numerics.EnvironmentMismatch`. One run writes a store at a time
+    (``wait``: wait for the other one, else raise :class:`apem.store.StoreError`).
+    ``store.computed`` lists the chunks this call computed.
+    """
+    from apem import numerics
+    from apem.models import resolve_device
+
+    store = Store(cfg, root)  # resolves the data folder: a bad one fails here, before anything is created
+    store.computed = []
+    recorded = store.environment() if store.exists() else None
+    with numerics.pinned(numerics.resolve_threads(threads, recorded)):
+        env = numerics.NumericEnv.current(resolve_device(cfg.device))
+        if recorded is not None:
+            numerics.check_compatible(recorded, env, str(store.dir))
+        if not _needs_work(store, cfg):
+            return store
+        lm, images = _load(cfg)  # bad weights or images fail here, before anything is created
+        with store.lock(wait=wait):
+            try:
+                store.open()
+                recorded = store.environment()
+                if recorded is None:
+                    store.set_environment(env)
+                else:
+                    numerics.check_compatible(recorded, env, str(store.dir))
+                _compute(cfg, store, lm, images, env, progress, fail_after_chunks)
+            except BaseException:
+                store.remove_if_empty()  # a run that failed before its first result leaves no folder
+                raise
+    return store
+
+
+def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_after_chunks: int | None) -> None:
+    """The locked part of :func:`run`: missing or damaged chunks, the table, the filter."""
     from tqdm import tqdm
 
     from apem.data import load_tensors
 
     torch.manual_seed(cfg.seed)
-    store = Store(cfg, root).open()
-    done = store.read_frame("results.parquet")
-    if done is not None and (cfg.filter_images == 0 or store.read_frame("filter.parquet") is not None):
-        return store
-    lm, images = _load(cfg)
     sel = store.read_frame("images.parquet")
     if sel is None:
         preds = classify_pool(cfg, lm, images, store.root, progress)
         sel = select_images(cfg, preds)
         store.write_frame("images.parquet", sel)
-    starts = list(range(0, len(sel), cfg.chunk_size))
+    starts = _chunk_starts(cfg, len(sel))
     todo = [c for c in range(len(starts)) if not store.chunk_ok(c)]
-    written = 0
     if todo:
         with tqdm(total=len(sel), desc=f"APEM {cfg.name}", unit="img", disable=not progress) as bar:
             bar.update(sum(min(cfg.chunk_size, len(sel) - starts[c]) for c in range(len(starts)) if c not in todo))
@@ -237,16 +289,22 @@ def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, f
                 sub = images.subset(part.set_position.to_numpy())
                 _, x, _ = load_tensors(sub, lm.transform)
                 rows, arrays = compute_chunk(cfg, lm, x, part.reset_index(drop=True), c)
-                store.write_chunk(c, rows, arrays)
-                written += 1
+                store.write_chunk(c, rows, arrays, env)
+                store.computed.append(c)
                 bar.update(len(part))
-                if fail_after_chunks is not None and written >= fail_after_chunks:
-                    raise _Interrupt(f"stopped after {written} chunk(s) on request")
-    table = pd.concat([store.read_rows(c) for c in range(len(starts))], ignore_index=True)
-    store.write_frame("results.parquet", table)
-    if cfg.filter_images:
+                if fail_after_chunks is not None and len(store.computed) >= fail_after_chunks:
+                    raise _Interrupt(f"stopped after {len(store.computed)} chunk(s) on request")
+    if todo or not store.has("results.parquet"):
+        for c in range(len(starts)):
+            if store.chunk_environment(c).key() != env.key():
+                raise StoreError(f"chunk {store.chunk_path(c)} was computed under {store.chunk_environment(c).describe()},"
+                                 f" not {env.describe()}: remove it or use a new store")
+        table = pd.concat([store.read_rows(c) for c in range(len(starts))], ignore_index=True)
+        store.write_frame("results.parquet", table)
+    else:
+        table = store.read_frame("results.parquet")
+    if cfg.filter_images and (todo or not (store.has("filter.parquet") and store.has("filter_maps.npz"))):
         run_filter(cfg, lm, images, store, table, progress)
-    return store
 
 
 def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progress: bool = True) -> None:
@@ -282,7 +340,7 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
                     seconds=dt / len(pick),
                 ))
     store.write_arrays("filter_maps.npz", arrays)
-    store.write_frame("filter.parquet", pd.DataFrame(rows))
+    store.write_frame("filter.parquet", pd.DataFrame(rows))  # last: its presence says the filter is complete
 
 
 # ----------------------------------------------------------------------------- reading
@@ -356,10 +414,11 @@ def _from_storage(a: np.ndarray) -> torch.Tensor:
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 
 
-def results(params: str | Path | Config = "default", *, progress: bool = True, root=None, **overrides) -> Results:
+def results(params: str | Path | Config = "default", *, progress: bool = True, root=None, threads: int | None = None,
+            **overrides) -> Results:
     """Run or reuse the configuration ``params`` (+ overrides) and return its results."""
     cfg = load_config(params, **overrides)
-    store = run(cfg, progress=progress, root=root)
+    store = run(cfg, progress=progress, root=root, threads=threads)
     return Results(cfg, store)
 
 

@@ -33,21 +33,24 @@ def tiny(**kw) -> Config:
 # ----------------------------------------------------------------------------- configuration
 
 
-def test_every_field_changes_the_hash():
+def test_every_field_changes_the_hash(few_samples):
     base = Config()
     changed = {
-        "name": "other", "model": "vgg16", "weights": "none", "preset": "thesis", "data": "/x",
-        "ground_truth": "/gt.txt", "pool": 10, "n_correct": 7, "n_misclassified": 3,
+        "name": "other", "model": "vgg16", "weights": "none", "preset": "thesis", "data": str(few_samples),
+        "ground_truth": str(few_samples / "val.txt"), "pool": 10, "n_correct": 7, "n_misclassified": 3,
         "methods": {"gradient": {}}, "stages": (1,), "quantize": False, "search_mode": "linear",
         "search_bound": 501, "clip": True, "shuffles": 3, "shuffle_mode": "per_step", "filter_images": 2,
         "filter_fast_k": 4, "seed": 1, "device": "cpu", "batch_size": 7, "search_batch_size": 2, "chunk_size": 9,
     }
     assert set(changed) == {f.name for f in dataclasses.fields(Config)}, "a new field needs a case here"
+    (few_samples / "val.txt").write_text("".join(f"{p.name} 0\n" for p in sorted(few_samples.iterdir())))
     digests = {base.digest()}
     for k, v in changed.items():
         kw = {k: v}
         if k == "shuffle_mode":
             kw["search_mode"] = "thesis"
+        if k == "ground_truth":
+            kw["data"] = str(few_samples)
         d = base.replace(**kw).digest()
         assert d not in digests, f"changing {k} did not change the hash"
         digests.add(d)
