@@ -8,9 +8,15 @@ notebook to ``book/chapters/``, and then runs ``jupyter-book build`` with
 execution off (``_config.yml``), so the HTML shows exactly the executed outputs.
 
 A chapter is re-executed only when stale: its fingerprint (the notebook text,
-the ``apem`` package's source, the parameter file and the overrides) is stored
-in the executed notebook's metadata and compared on the next build. A chapter
-whose execution fails stops the build, and the failing cell's error is shown.
+the ``apem`` package's source, the configuration's identity and the overrides)
+is stored in the executed notebook's metadata and compared on the next build.
+
+The build keeps going. A chapter that fails is reported (chapter, cell, error)
+and rendered as a page that says it failed and why, above the cells that ran; a
+chapter whose study the parameters switch off (it calls
+:func:`apem.report.require`) renders "Not computed with these parameters"; the
+other chapters and the HTML are built, and ``apem book`` exits non-zero when any
+chapter failed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from apem.config import PARAMS_DIR, REPO, load_config
@@ -51,8 +58,9 @@ def find_chapter(key: str | int) -> Path:
 
 def _package_source_digest() -> str:
     h = hashlib.sha256()
-    for p in sorted((REPO / "apem").glob("*.py")):
-        h.update(p.name.encode())
+    pkg = REPO / "apem"
+    for p in sorted(pkg.rglob("*.py")):
+        h.update(str(p.relative_to(pkg)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -62,7 +70,7 @@ def fingerprint(nb_path: Path, params: str, overrides: dict) -> str:
     h = hashlib.sha256()
     h.update(nb_path.read_bytes())
     h.update(_package_source_digest().encode())
-    h.update(cfg.to_yaml().encode())
+    h.update(cfg.identity_yaml().encode())
     h.update(json.dumps(overrides, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -77,21 +85,42 @@ def _stored_fingerprint(out: Path) -> str | None:
     return meta.get("apem", {}).get("fingerprint")
 
 
+@dataclass
+class ChapterOutcome:
+    """What happened to one chapter in a build."""
+
+    chapter: str
+    status: str  # "executed", "up to date", "not computed", "failed"
+    seconds: float = 0.0
+    cell: int | None = None
+    error: str = ""
+
+    def line(self) -> str:
+        if self.status == "failed":
+            return f"{self.chapter}: FAILED in cell {self.cell}: {self.error}"
+        if self.status == "not computed":
+            return f"{self.chapter}: not computed with these parameters ({self.error})"
+        return f"{self.chapter}: {self.status}" + (f" in {self.seconds:.0f} s" if self.status == "executed" else "")
+
+
+NOT_COMPUTED = "NotComputed"  # the exception apem.report.require raises
+
+
 def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | None = None, force: bool = False,
-                    root: Path = REPO) -> bool:
-    """Execute one chapter with papermill if stale; True when it ran."""
+                    root: Path | None = None) -> ChapterOutcome:
+    """Execute one chapter with papermill if stale; a failure becomes a page that says so."""
     import jupytext
     import nbformat
     import papermill as pm
 
     overrides = dict(overrides or {})
-    out_dir = Path(root) / "book" / "chapters"
+    out_dir = Path(root if root is not None else REPO) / "book" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{nb_path.stem}.ipynb"
     fp = fingerprint(nb_path, params, overrides)
     if not force and _stored_fingerprint(out) == fp:
-        print(f"  {nb_path.stem}: up to date")
-        return False
+        print(f"  {nb_path.stem}: up to date", flush=True)
+        return ChapterOutcome(nb_path.stem, "up to date")
     nb = jupytext.read(nb_path)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src = out_dir / f".in-{nb_path.stem}.ipynb"
@@ -99,25 +128,53 @@ def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | No
     nbformat.write(nb, src)
     t0 = time.perf_counter()
     print(f"  {nb_path.stem}: executing with params={params!r} overrides={overrides}", flush=True)
+    outcome = ChapterOutcome(nb_path.stem, "executed")
     try:
         pm.execute_notebook(
             str(src), str(tmp), parameters={"params": params, "overrides": overrides},
             cwd=str(REPO), kernel_name="python3", progress_bar=False, request_save_on_cell_execute=False,
         )
     except pm.PapermillExecutionError as e:
-        raise BookError(
-            f"chapter {nb_path.stem} failed in cell {e.exec_count}:\n{e.ename}: {e.evalue}\n"
-            + "".join(e.traceback[-5:])
-        ) from None
+        not_computed = e.ename == NOT_COMPUTED
+        outcome = ChapterOutcome(nb_path.stem, "not computed" if not_computed else "failed", cell=e.exec_count,
+                                 error=(e.evalue if not_computed else f"{e.ename}: {e.evalue}").strip())
+    except Exception as e:  # the kernel died, papermill itself failed, ...
+        outcome = ChapterOutcome(nb_path.stem, "failed", error=f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
     finally:
         src.unlink(missing_ok=True)
-    done = nbformat.read(tmp, as_version=4)
-    done.metadata["apem"] = {"fingerprint": fp, "params": params, "overrides": overrides,
-                             "seconds": round(time.perf_counter() - t0, 1)}
+    outcome.seconds = time.perf_counter() - t0
+    done = nbformat.read(tmp, as_version=4) if tmp.exists() else nbformat.v4.new_notebook(cells=[])
+    if outcome.status != "executed":
+        _mark_page(done, outcome, nb_path)
+    done.metadata["apem"] = {"fingerprint": fp if outcome.status != "failed" else None, "params": params,
+                             "overrides": overrides, "status": outcome.status, "seconds": round(outcome.seconds, 1)}
     nbformat.write(done, tmp)
     os.replace(tmp, out)
-    print(f"  {nb_path.stem}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return True
+    print(f"  {outcome.line()}", flush=True)
+    return outcome
+
+
+def _mark_page(nb, outcome: ChapterOutcome, nb_path: Path) -> None:
+    """Turn a stopped notebook into a page that says why: the cells that ran, then the reason."""
+    import nbformat
+
+    cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    stop = next((i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))),
+                None)
+    if stop is not None:
+        cells = cells[: stop + 1]
+        if outcome.status == "not computed":  # the reason is on the page already (require() displayed it)
+            cells[stop].outputs = [o for o in cells[stop].outputs if o.get("output_type") != "error"]
+    title = next((c for c in nb.cells if c.cell_type == "markdown" and c.source.lstrip().startswith("# ")), None)
+    head = [title] if title is not None and title not in cells else []
+    if outcome.status == "failed":
+        where = f"in cell {outcome.cell}" if outcome.cell is not None else "before any cell finished"
+        note = nbformat.v4.new_markdown_cell(
+            f"```{{error}}\nThis chapter failed to execute with these parameters ({where}):\n"
+            f"`{outcome.error[:500]}`.\n\nThe cells that ran are shown below, the failing one with its traceback. "
+            f"Re-run it with `apem book --chapter {nb_path.name[:2]}` after fixing the cause.\n```")
+        cells = head + [note] + cells
+    nb.cells = cells
 
 
 def ensure_mathjax() -> None:
@@ -143,6 +200,7 @@ def build_html(root: Path = REPO, quiet: bool = False) -> Path:
     root = Path(root)
     if root != REPO:
         copy_sources(root)
+    shutil.rmtree(root / "_build" / "html", ignore_errors=True)  # a failed build never leaves stale pages
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]
     if quiet:
@@ -166,43 +224,63 @@ def copy_sources(dest: Path) -> None:
 
 
 def build(params: str = "default", chapter_keys=None, overrides: dict | None = None, force: bool = False,
-          html: bool = True, progress: bool = True, root: Path = REPO) -> Path | None:
-    """Run the configuration, execute stale chapters, build the HTML (under ``root``)."""
+          html: bool = True, progress: bool = True, root: Path | None = None, threads: int | None = None,
+          results_root: str | Path | None = None) -> tuple[Path | None, list[ChapterOutcome]]:
+    """Run the configuration, execute stale chapters, build the HTML (under ``root``).
+
+    Returns the index page (None without HTML) and each chapter's outcome; a failing
+    chapter does not stop the others or the HTML.
+    """
     from apem.run import run
 
-    cfg = load_config(params, **(overrides or {}))
+    root = Path(root) if root is not None else REPO
+    overrides = dict(overrides or {})
+    cfg = load_config(params, **overrides)
     print(f"apem book: parameter set {params!r} -> configuration {cfg.name} ({cfg.digest()})", flush=True)
     t0 = time.perf_counter()
-    run(cfg, progress=progress)  # the heavy work, once, with a progress bar here in the terminal
+    env = {}
+    if threads is not None:
+        env["APEM_THREADS"] = str(threads)
+    if results_root is not None:
+        env["APEM_RESULTS"] = str(Path(results_root).resolve())
+    run(cfg, progress=progress, root=results_root, threads=threads)  # the heavy work, once, in the terminal
     print(f"results ready in {time.perf_counter() - t0:.0f} s", flush=True)
     todo = [find_chapter(k) for k in chapter_keys] if chapter_keys else chapters()
-    for nb in todo:
-        execute_chapter(nb, params, overrides, force, root)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the chapters' kernels inherit the store and thread count
+    try:
+        outcomes = [execute_chapter(nb, params, overrides, force, root) for nb in todo]
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    failed = [o for o in outcomes if o.status == "failed"]
     if not html:
-        return None
+        return None, outcomes
     index = build_html(root)
     print(f"book built in {time.perf_counter() - t0:.0f} s: {index}")
-    return index
+    if failed:
+        print(f"{len(failed)} chapter(s) failed; their pages say why:", flush=True)
+        for o in failed:
+            print(f"  {o.line()}", flush=True)
+    return index, outcomes
 
 
 def register(sub) -> None:
+    from apem.cli import add_run_args
+
     p = sub.add_parser("book", help="execute the chapters with papermill and build the HTML book")
-    p.add_argument("--params", default="default", help="parameter set in params/ (default: default)")
+    p.add_argument("--params", default="default", help="parameter set in params/ or a YAML file (default: default)")
     p.add_argument("--chapter", action="append", help="only this chapter (number or name); repeatable")
-    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   help="override a configuration field for this build, e.g. -p n_correct 200")
+    add_run_args(p)
     p.add_argument("--force", action="store_true", help="re-execute even up-to-date chapters")
     p.add_argument("--no-html", action="store_true", help="execute chapters only")
     p.set_defaults(func=_cmd_book)
 
 
 def _cmd_book(args) -> int:
-    from apem.config import parse_value
+    from apem.config import parse_overrides
 
-    overrides = {k: parse_value(v) for k, v in args.param}
-    try:
-        build(args.params, args.chapter, overrides, args.force, not args.no_html)
-    except BookError as e:
-        print(f"apem book: {e}", file=sys.stderr)
-        return 1
-    return 0
+    overrides = parse_overrides(args.param)
+    _, outcomes = build(args.params, args.chapter, overrides, args.force, not args.no_html,
+                        threads=args.threads, results_root=args.results)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0

@@ -74,3 +74,22 @@ def fmt_ci(est: float, lo: float, hi: float, digits: int = 1) -> str:
 def method_order(table: pd.DataFrame) -> list[str]:
     """Methods in the order of the configuration (first appearance in the table)."""
     return list(dict.fromkeys(table.method))
+
+
+class NotComputed(Exception):
+    """A chapter's study is switched off by the parameters (``apem book`` renders a short page)."""
+
+
+def require(condition: bool, what: str, how: str = "") -> None:
+    """Stop a chapter, with a note on the page, when the parameters switch its study off.
+
+    ``what``: what is missing (e.g. "the explanation filter ran on 0 images");
+    ``how``: the parameter that turns it on (e.g. "-p filter_images 2").
+    """
+    if condition:
+        return
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"**Not computed with these parameters.** {what}."
+                     + (f" Re-run the chapter with `{how}` to compute it." if how else "")))
+    raise NotComputed(what + (f" (use {how})" if how else ""))

@@ -119,3 +119,13 @@ def test_pages_render_in_headless_chromium(smoke_book, tmp_path):
         subprocess.run([_chromium(), *flags, "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()],
                        capture_output=True, timeout=120)
         assert shot.exists() and shot.stat().st_size > 20_000, "blank screenshot"
+
+
+def test_each_chapter_shows_what_it_ran_on(smoke_book):
+    """The "Setting." line (model, images, methods) is on every results chapter's HTML page."""
+    html = smoke_book / "_build" / "html" / "book" / "chapters"
+    for page in sorted(html.glob("[0-9][0-9]_*.html")):
+        if page.name.startswith("01_"):
+            continue
+        text = page.read_text(errors="ignore")
+        assert "Setting." in text, f"{page.name} hides its setting"

@@ -337,3 +337,77 @@ def test_bad_input_exits_non_zero_with_one_line_and_leaves_no_folder(argv, messa
     assert message in err, err
     assert len(err.splitlines()) == 1, err
     assert not root.exists() or not [p for p in root.iterdir() if p.name != "_predictions"], list(root.iterdir())
+
+
+# ----------------------------------------------------------------------------- the book keeps going
+
+_HEAD = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# {title}
+
+```{{code-cell}} ipython3
+:tags: [parameters]
+
+params = "default"
+overrides = {{}}
+```
+
+```{{code-cell}} ipython3
+{body}
+```
+
+```{{code-cell}} ipython3
+print("UNREACHED_CELL")
+```
+"""
+
+
+def test_the_book_keeps_going_past_a_failing_or_switched_off_chapter(reference, tmp_path, monkeypatch):
+    import json
+
+    from apem import book
+
+    cfg, _ = reference
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    bodies = {"01_ok": 'print("fine")', "02_fails": "1 / 0",
+              "03_off": 'from apem.report import require\nrequire(False, "the study is off", "-p shuffles 3")'}
+    for stem, body in bodies.items():
+        (nbs / f"{stem}.md").write_text(_HEAD.format(title=stem, body=body))
+    monkeypatch.setattr(book, "NOTEBOOKS", nbs)
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    _, outcomes = book.build(str(cfg_file), html=False, progress=False, root=tmp_path / "out",
+                             results_root=tmp_path / "results")
+    status = {o.chapter: o.status for o in outcomes}
+    assert status == {"01_ok": "executed", "02_fails": "failed", "03_off": "not computed"}
+    failed = next(o for o in outcomes if o.status == "failed")
+    assert failed.cell is not None and "ZeroDivisionError" in failed.error and "02_fails" in failed.line()
+    pages = tmp_path / "out" / "book" / "chapters"
+    bad = json.loads((pages / "02_fails.ipynb").read_text())
+    text = json.dumps(bad["cells"])
+    assert "failed to execute" in text and "ZeroDivisionError" in text and "UNREACHED_CELL" not in text
+    assert bad["metadata"]["apem"]["fingerprint"] is None  # re-executed next time
+    off = json.loads((pages / "03_off.ipynb").read_text())
+    text = json.dumps(off["cells"])
+    assert "Not computed with these parameters" in text and "-p shuffles 3" in text
+    assert '"output_type": "error"' not in json.dumps(off["cells"]).replace(": ", ": ")
+    # the failing chapter is executed again on the next build; the others are up to date
+    _, again = book.build(str(cfg_file), html=False, progress=False, root=tmp_path / "out",
+                          results_root=tmp_path / "results")
+    assert {o.chapter: o.status for o in again} == {"01_ok": "up to date", "02_fails": "failed",
+                                                     "03_off": "up to date"}
+    # and the command's exit code says a chapter failed
+    from apem.cli import main
+
+    monkeypatch.setattr(book, "REPO", tmp_path / "out")
+    assert main(["book", "--params", str(cfg_file), "--no-html", "--results", str(tmp_path / "results")]) == 1
