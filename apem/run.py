@@ -218,12 +218,10 @@ def _chunk_starts(cfg: Config, n_images: int) -> list[int]:
 
 def _needs_work(store: Store, cfg: Config) -> bool:
     """True unless every file the configuration needs is present and matches its checksum."""
-    if not store.exists():
+    if not store.exists() or not store.has("images.parquet") or not store.has("results.parquet"):
         return True
-    sel = store.read_frame("images.parquet")
-    if sel is None or not store.has("results.parquet"):
-        return True
-    if any(store.chunk_problem(c) is not None for c in range(len(_chunk_starts(cfg, len(sel))))):
+    n_images = len(pd.read_parquet(store.dir / "images.parquet", columns=["image_id"]))
+    if any(store.chunk_problem(c) is not None for c in range(len(_chunk_starts(cfg, n_images)))):
         return True
     return bool(cfg.filter_images) and not (store.has("filter.parquet") and store.has("filter_maps.npz"))
 
@@ -294,7 +292,7 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
                 bar.update(len(part))
                 if fail_after_chunks is not None and len(store.computed) >= fail_after_chunks:
                     raise _Interrupt(f"stopped after {len(store.computed)} chunk(s) on request")
-    if todo or not store.has("results.parquet"):
+    if todo or store.trusted("results.parquet") is None:
         for c in range(len(starts)):
             if store.chunk_environment(c).key() != env.key():
                 raise StoreError(f"chunk {store.chunk_path(c)} was computed under {store.chunk_environment(c).describe()},"
@@ -303,7 +301,7 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
         store.write_frame("results.parquet", table)
     else:
         table = store.read_frame("results.parquet")
-    if cfg.filter_images and (todo or not (store.has("filter.parquet") and store.has("filter_maps.npz"))):
+    if cfg.filter_images and (todo or store.trusted("filter_maps.npz") is None or store.trusted("filter.parquet") is None):
         run_filter(cfg, lm, images, store, table, progress)
 
 

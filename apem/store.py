@@ -368,8 +368,12 @@ class Store:
         write_checked(path, parquet_bytes(df))
         return path
 
-    def _trusted(self, name: str) -> Path | None:
-        """``name`` when it exists and matches its checksum; a damaged file is reported and removed."""
+    def trusted(self, name: str) -> Path | None:
+        """``name`` when it exists and matches its checksum; a damaged file is reported and removed.
+
+        Only a run holding the lock, or a reader after it, calls this: :meth:`has` checks
+        without removing (a file may be between its data and its checksum being replaced).
+        """
         path = self.dir / name
         if not path.exists():
             return None
@@ -382,10 +386,11 @@ class Store:
         return None
 
     def has(self, name: str) -> bool:
-        return self._trusted(name) is not None
+        """True when ``name`` exists and matches its checksum (no side effect)."""
+        return verified(self.dir / name)
 
     def read_frame(self, name: str) -> pd.DataFrame | None:
-        path = self._trusted(name)
+        path = self.trusted(name)
         return None if path is None else pd.read_parquet(path)
 
     def cached_frame(self, name: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
@@ -401,7 +406,7 @@ class Store:
         write_checked(self.dir / name, npz_bytes(arrays))
 
     def read_arrays(self, name: str) -> dict[str, np.ndarray] | None:
-        path = self._trusted(name)
+        path = self.trusted(name)
         if path is None:
             return None
         with np.load(path) as z:
