@@ -85,6 +85,13 @@ def resolve_threads(threads: int | None, recorded: "NumericEnv | None" = None) -
     return int(threads)
 
 
+def apply(threads: int) -> None:
+    """Put this process in the pinned environment for good: ``threads`` CPU threads, TF32 off."""
+    torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 @contextlib.contextmanager
 def pinned(threads: int):
     """Pin torch's CPU thread count and switch TF32 off for the block; restore afterwards."""

@@ -414,9 +414,18 @@ def _from_storage(a: np.ndarray) -> torch.Tensor:
 
 def results(params: str | Path | Config = "default", *, progress: bool = True, root=None, threads: int | None = None,
             **overrides) -> Results:
-    """Run or reuse the configuration ``params`` (+ overrides) and return its results."""
+    """Run or reuse the configuration ``params`` (+ overrides) and return its results.
+
+    The calling process is left in the store's numeric environment (its CPU thread count,
+    TF32 off), so what a chapter computes from the results matches what the runner stored.
+    """
     cfg = load_config(params, **overrides)
     store = run(cfg, progress=progress, root=root, threads=threads)
+    # what the caller computes next from these results (a chapter's figures, a study) gets the numbers
+    # the runner would: this process takes the store's thread count, and TF32 stays off
+    from apem import numerics
+
+    numerics.apply(store.threads())
     return Results(cfg, store)
 
 

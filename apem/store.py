@@ -394,13 +394,31 @@ class Store:
         return None if path is None else pd.read_parquet(path)
 
     def cached_frame(self, name: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        """``extra/<name>.parquet``, computed once."""
+        """``extra/<name>.parquet``, computed once, in the numeric environment the store records.
+
+        A study that recomputes maps or epsilons (a chapter's extra table) must get the
+        numbers the runner would: it runs with the store's thread count and TF32 off.
+        """
         rel = f"extra/{name}.parquet"
         df = self.read_frame(rel)
         if df is None:
-            df = compute()
+            with self.pinned():
+                df = compute()
             self.write_frame(rel, df)
         return df
+
+    def threads(self) -> int:
+        """The CPU thread count the store's numbers were computed with (this process's when none is recorded)."""
+        import torch
+
+        env = self.environment()
+        return env.threads if env is not None and env.device_type == "cpu" else torch.get_num_threads()
+
+    def pinned(self):
+        """A context that puts this process in the store's numeric environment (threads, TF32 off)."""
+        from apem.numerics import pinned
+
+        return pinned(self.threads())
 
     def write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         write_checked(self.dir / name, npz_bytes(arrays))
