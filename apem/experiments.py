@@ -451,7 +451,7 @@ def _attribution_maps(res, model, x, target, methods, smoothgrad_n, stages) -> d
 
 
 def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None) -> dict:
-    from apem.grad import loss_gradient
+    from apem.metric.clean import loss_gradient
     from apem.metric import evaluate_maps
     from apem.run import item_seed
 

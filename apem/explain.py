@@ -15,7 +15,7 @@ attribution tensor of ``x``'s shape on ``x``'s device::
 The thesis's three methods (section 4.2) explain the **cross-entropy loss**
 ``CE(model(x), target)`` (its gradient is what APEM perturbs along):
 
-``gradient``      ``dCE/dx`` (:func:`apem.grad.loss_gradient`).
+``gradient``      ``dCE/dx`` (:func:`apem.metric.clean.loss_gradient`).
 ``smoothgrad``    ``1/n sum_k dCE(x + e_k)/dx``, ``e_k ~ N(0, sigma^2)`` in pixel units.
 ``lrp_epsilon``   LRP-epsilon (epsilon = 1) from the softmax output relevance.
 
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apem.grad import loss_gradient
+from apem.metric.clean import loss_gradient
 from apem.models import Normalize
 
 

@@ -121,9 +121,9 @@ def explanation_filter(model, x, maps, target=None, *, image_index=None, grad=No
     """
     dev = x.device
     M = len(maps)
-    ii = metric._as_index(image_index, M, dev)
+    ii = metric.as_index(image_index, M, dev)
     maps = maps.to(dev)
-    metric._check_maps(maps)
+    metric.check_maps(maps)
     grad, margin_info, _, _ = metric.prepare_images(model, x, ii, target, grad=grad, margin_info=margin_info,
                                                     mode=mode, slope=slope, batch_size=batch_size)
     K = max(1, int(fast_k))

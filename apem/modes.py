@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from apem import metric
-from apem.grad import loss_gradient
+from apem.metric.clean import loss_gradient
 
 
 def _directions(res, ids, methods, stages, x, grad):

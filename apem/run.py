@@ -129,7 +129,7 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     """Maps and epsilons for one chunk of images: (rows DataFrame, maps arrays)."""
     from apem import maps as M
     from apem import metric
-    from apem.grad import loss_gradient
+    from apem.metric.clean import loss_gradient
 
     dev = lm.device
     x = x.to(dev)
@@ -253,7 +253,7 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
     """Thesis Algorithm 2 on the first ``filter_images`` correct images, every method and stage."""
     from apem import filtering, metric
     from apem.data import load_tensors
-    from apem.grad import loss_gradient
+    from apem.metric.clean import loss_gradient
 
     sel = store.read_frame("images.parquet")
     pick = sel[sel.group == "correct"].head(cfg.filter_images).reset_index(drop=True)

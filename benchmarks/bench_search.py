@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from apem import metric  # noqa: E402
 from apem.data import load_image_set, load_tensors  # noqa: E402
-from apem.grad import loss_gradient  # noqa: E402
+from apem.metric.clean import loss_gradient  # noqa: E402
 from apem.models import load_model  # noqa: E402
 
 

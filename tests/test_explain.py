@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from apem import explain as E
-from apem.grad import loss_gradient
+from apem.metric.clean import loss_gradient
 from apem.models import Normalize
 
 D = torch.float64
