@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from apem import metric
-from apem.metric.bisect import _bisect_candidates, _bisect_estimate, _BisectState
+from apem.metric.bisect import Brackets, candidates, root_estimate
 from apem.metric.directions import _child_seed
 from apem.metric import (
     SEARCH_MODES, apem, apem_norm, directions, evaluate_maps, map_shuffle_permutations, monotonicity_check,
@@ -553,7 +553,7 @@ def test_bisect_creep_guard_jumps_by_doubling_distances_after_two_short_pairs():
     """After `creep_pairs` confident pairs in a row fell short, the next candidate is a single step
     lo + max(r - lo, 1) * 2**(k - creep_pairs + 1), capped at the bracket's midpoint (r: the estimate)."""
     f64 = torch.float64
-    st = _BisectState(1, metric.THESIS_BOUND, torch.tensor([4.0], dtype=f64), torch.tensor([-0.01], dtype=f64),
+    st = Brackets(1, metric.THESIS_BOUND, torch.tensor([4.0], dtype=f64), torch.tensor([-0.01], dtype=f64),
                              torch.tensor([False]), torch.device("cpu"))
     st.lo[:] = 1000
     st.mlo[:] = 0.02
@@ -564,17 +564,17 @@ def test_bisect_creep_guard_jumps_by_doubling_distances_after_two_short_pairs():
     st.bm[:] = torch.tensor([[0.02, 0.03]], dtype=f64)
     mi, U = torch.tensor([0]), torch.tensor([1400])
     tune = metric.BisectTuning()
-    r = float(_bisect_estimate(st, mi, U, None, metric.THESIS_BOUND, tune)[0])
+    r = float(root_estimate(st, mi, U, None, metric.THESIS_BOUND, tune)[0])
     assert 1000 < r < 1010  # close to lo: without the guard a confident pair around r
-    c1, c2, _ = _bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
+    c1, c2, _ = candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
     assert int(c2[0]) == int(c1[0]) + 1 == int(r) + 1
     for k, factor in ((2, 2), (3, 4), (4, 8), (9, None)):
         st.low_pairs[:] = k
-        c1, c2, _ = _bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
+        c1, c2, _ = candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
         want = 1200 if factor is None else round(1000 + max(r - 1000, 1) * factor)
         assert (int(c1[0]), int(c2[0])) == (want, 0), k
     st.low_pairs[:] = 2  # creep_pairs = 0 turns the guard off
-    c1, c2, _ = _bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, dataclasses.replace(tune, creep_pairs=0))
+    c1, c2, _ = candidates(st, mi, U, None, metric.THESIS_BOUND, dataclasses.replace(tune, creep_pairs=0))
     assert int(c2[0]) == int(c1[0]) + 1
 
 

@@ -163,7 +163,7 @@ from apem.metric.directions import (
     REASON_CALLER, REASON_NONFINITE, REASON_ZERO_DIRECTION, REASON_ZERO_NORM, REASONS, directions,
     map_shuffle_permutations, shuffle_permutations,
 )
-from apem.metric.engines import THESIS_PACES
+from apem.metric.engines import ENGINES, THESIS_PACES
 from apem.metric.evaluate import check_maps, evaluate_maps
 from apem.metric.forward import AUTO_BATCH, AUTO_BATCH_ACCELERATOR, resolve_batch_size
 from apem.metric.margin import MarginInfo, changed, margin
@@ -186,6 +186,7 @@ __all__ = [
     "directions",
     "map_shuffle_permutations",
     "shuffle_permutations",
+    "ENGINES",
     "THESIS_PACES",
     "check_maps",
     "evaluate_maps",

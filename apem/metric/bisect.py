@@ -1,6 +1,20 @@
 r"""``bisect``: a bracketed integer root search steered by a log model of the margin.
 
 See the package docstring (:mod:`apem.metric`, "Search modes") for the method.
+The root-finding pieces, each usable (and tested) on its own:
+
+- :func:`log_model_root`: root of the one-parameter log model
+  :math:`m_0 + s_0\tau\log(1 + \epsilon/\tau)`;
+- :func:`fit_tau`: the :math:`\tau` that puts that model through one tested point;
+- :func:`two_point_log_root`: root of the two-parameter model
+  :math:`m_0 - A\tau\log(1+\epsilon/\tau)` through two tested points;
+- :func:`secant_root`: zero of the line through two tested points;
+- :func:`solve_log_tau`: the scalar solver behind the fits (bisection on :math:`\log\tau`);
+- :class:`Brackets`: every member's verified bracket and its best points;
+- :func:`root_estimate` -> :func:`candidates` -> forward pass -> :func:`update_brackets`:
+  one lockstep round of :func:`bracket_search`;
+- :func:`bisect_engine`: the engine registered as ``"bisect"`` in
+  :data:`apem.metric.engines.ENGINES`.
 """
 
 from __future__ import annotations
@@ -9,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from apem.metric.forward import _group_any
+from apem.metric.forward import group_any
 
 
 @dataclass
@@ -42,13 +56,13 @@ BISECT = BisectTuning()
 LOG_TAU_ITERS = 40
 
 
-def _log_model_root(m0, s0, tau):
+def log_model_root(m0, s0, tau):
     r"""Root of :math:`m_0 + s_0 \tau \log(1 + \epsilon/\tau)`: :math:`\tau\,(e^{m_0 / (-s_0 \tau)} - 1)`."""
     z = (m0 / (-s0 * tau)).clamp(max=40.0)
     return tau * torch.expm1(z)
 
 
-def _bisect_log_tau(lhs_of_tau, target, iters=LOG_TAU_ITERS):
+def solve_log_tau(lhs_of_tau, target, iters=LOG_TAU_ITERS):
     """Solve the decreasing-in-tau equation ``lhs(tau) = target`` by bisection on log tau in [e^-20, e^30]."""
     lo = torch.full_like(target, -20.0)
     hi = torch.full_like(target, 30.0)
@@ -60,7 +74,7 @@ def _bisect_log_tau(lhs_of_tau, target, iters=LOG_TAU_ITERS):
     return torch.exp((lo + hi) / 2)
 
 
-def _fit_tau(m0, s0, e, m):
+def fit_tau(m0, s0, e, m):
     r"""Solve :math:`m_0 + s_0 \tau \log(1 + e/\tau) = m` for :math:`\tau` (NaN when impossible).
 
     :math:`\tau \log(1 + e/\tau)` grows from 0 to :math:`e` with :math:`\tau`,
@@ -69,11 +83,11 @@ def _fit_tau(m0, s0, e, m):
     ef = e.to(m0.dtype)
     target = (m0 - m) / (-s0)
     ok = (s0 < 0) & (m0 - m > 0) & (target < ef) & (ef > 0)
-    tau = _bisect_log_tau(lambda t: -(t * torch.log1p(ef / t)), -target)
+    tau = solve_log_tau(lambda t: -(t * torch.log1p(ef / t)), -target)
     return torch.where(ok, tau, torch.full_like(tau, float("nan")))
 
 
-def _fit2_root(m0, e1, m1, e2, m2):
+def two_point_log_root(m0, e1, m1, e2, m2):
     r"""Root of :math:`m_0 - A \tau \log(1 + \epsilon/\tau)` through :math:`(e_1, m_1), (e_2, m_2)`, NaN if none.
 
     The ratio :math:`\log(1+e_1/\tau)/\log(1+e_2/\tau)` (:math:`e_1 < e_2`)
@@ -84,13 +98,13 @@ def _fit2_root(m0, e1, m1, e2, m2):
     d1, d2 = m0 - m1, m0 - m2
     ratio = d1 / d2
     ok = (d1 > 0) & (d2 > 0) & (f1 > 0) & (f1 < f2) & (ratio < 1) & (ratio > f1 / f2)
-    tau = _bisect_log_tau(lambda t: torch.log1p(f1 / t) / torch.log1p(f2 / t), ratio)
+    tau = solve_log_tau(lambda t: torch.log1p(f1 / t) / torch.log1p(f2 / t), ratio)
     A = d2 / (tau * torch.log1p(f2 / tau))
     root = tau * torch.expm1((m0 / (A * tau)).clamp(max=40.0))
     return torch.where(ok, root, torch.full_like(root, float("nan")))
 
 
-def _secant_root(e1, m1, e2, m2):
+def secant_root(e1, m1, e2, m2):
     """Zero of the line through ``(e1, m1)`` and ``(e2, m2)`` (NaN when undefined)."""
     f1, f2 = e1.to(m1.dtype), e2.to(m1.dtype)
     den = m2 - m1
@@ -99,7 +113,7 @@ def _secant_root(e1, m1, e2, m2):
     return torch.where(ok, r, torch.full_like(r, float("nan")))
 
 
-class _BisectState:
+class Brackets:
     """Per-member bracket and history of the bisect search (all tensors (N,))."""
 
     def __init__(self, N, bound, m0, s0, flip0, dev):
@@ -120,7 +134,7 @@ class _BisectState:
         self.m0, self.s0 = m0.to(f64), s0.to(f64)
 
 
-def _bisect_estimate(st: _BisectState, mi, U, hint, bound, tune: BisectTuning):
+def root_estimate(st: Brackets, mi, U, hint, bound, tune: BisectTuning):
     """Real-valued root estimate for members ``mi`` (see the module docstring)."""
     f64 = torch.float64
     lo, mlo, hi, mhi, hik = st.lo[mi], st.mlo[mi], st.hi[mi], st.mhi[mi], st.hik[mi]
@@ -128,21 +142,21 @@ def _bisect_estimate(st: _BisectState, mi, U, hint, bound, tune: BisectTuning):
     lof = lo.to(f64)
     nan = torch.full_like(m0, float("nan"))
     be, bm = st.be[mi], st.bm[mi]
-    rs = _secant_root(be[:, 0], bm[:, 0], be[:, 1], bm[:, 1])
+    rs = secant_root(be[:, 0], bm[:, 0], be[:, 1], bm[:, 1])
     if tune.fit2_best:
         swap = be[:, 0] > be[:, 1]
         e1, e2 = torch.where(swap, be[:, 1], be[:, 0]), torch.where(swap, be[:, 0], be[:, 1])
         g1, g2 = torch.where(swap, bm[:, 1], bm[:, 0]), torch.where(swap, bm[:, 0], bm[:, 1])
-        rf = _fit2_root(m0, e1, g1, e2, g2)
+        rf = two_point_log_root(m0, e1, g1, e2, g2)
         rs = torch.where(torch.isfinite(rf), rf, rs)
     # -- no verified upper end: extrapolate
     r0 = torch.where(s0 < 0, m0 / (-s0), nan)
-    first = _log_model_root(m0, s0, tune.tau_prior * r0)
+    first = log_model_root(m0, s0, tune.tau_prior * r0)
     first = torch.where(torch.isfinite(first) & (first > 0), first, torch.full_like(first, 16.0))
     if hint is not None:
         first = torch.where(hint > 0, hint.to(f64) - 0.5, first)
-    tau = _fit_tau(m0, s0, lo, mlo)
-    refit = _log_model_root(m0, s0, tau)
+    tau = fit_tau(m0, s0, lo, mlo)
+    refit = log_model_root(m0, s0, tau)
     lin = lof + mlo * lof / (m0 - mlo)
     refit = torch.where(torch.isfinite(refit), refit, lin)
     refit = torch.where(torch.isfinite(rs) & (rs > lof), torch.maximum(torch.nan_to_num(refit, nan=-1.0), rs), refit)
@@ -154,7 +168,7 @@ def _bisect_estimate(st: _BisectState, mi, U, hint, bound, tune: BisectTuning):
     Uf = U.to(f64)
     inside = lambda r: torch.isfinite(r) & (r > lof) & (r < Uf)  # noqa: E731
     r_b = torch.where(inside(rs), rs, nan)
-    f2 = torch.where(lo > 0, _fit2_root(m0, lo, mlo, hi, mhi), _log_model_root(m0, s0, _fit_tau(m0, s0, hi, mhi)))
+    f2 = torch.where(lo > 0, two_point_log_root(m0, lo, mlo, hi, mhi), log_model_root(m0, s0, fit_tau(m0, s0, hi, mhi)))
     r_b = torch.where(~inside(r_b) & inside(f2), f2, r_b)
     falsi = lof + (hi.to(f64) - lof) * mlo / (mlo - mhi)
     r_b = torch.where(~inside(r_b) & inside(falsi), falsi, r_b)
@@ -162,10 +176,10 @@ def _bisect_estimate(st: _BisectState, mi, U, hint, bound, tune: BisectTuning):
     return torch.where(hik, r_b, r_un).clamp(max=float(bound))
 
 
-def _bisect_candidates(st: _BisectState, mi, U, hint, bound, tune: BisectTuning):
+def candidates(st: Brackets, mi, U, hint, bound, tune: BisectTuning):
     """Up to two integer candidates in ``(lo, U)`` per member ``mi`` (``c2 = 0``: none)."""
     lo, hik = st.lo[mi], st.hik[mi]
-    r = _bisect_estimate(st, mi, U, hint, bound, tune)
+    r = root_estimate(st, mi, U, hint, bound, tune)
     # distance from the estimate to the nearest tested point
     pts = torch.cat([torch.stack([torch.where(lo > 0, lo, -1), torch.where(hik, st.hi[mi], -1)], 1), st.be[mi]], 1)
     dist = torch.where(pts > 0, (r[:, None] - pts.to(r.dtype)).abs(), torch.full_like(r[:, None], float("inf")))
@@ -204,7 +218,7 @@ def _bisect_candidates(st: _BisectState, mi, U, hint, bound, tune: BisectTuning)
     return c1, c2, ~hik & ~small & ~need & (lo > 0)
 
 
-def _bisect_update(st: _BisectState, mi, U, c1, c2, flip, marg, unbracketed_pass):
+def update_brackets(st: Brackets, mi, U, c1, c2, flip, marg, unbracketed_pass):
     """Shrink the brackets with the tested candidates (pairs ``(c1, c2)`` of members ``mi``, limits ``U``)."""
     N = len(st.lo)
     dev = st.lo.device
@@ -263,7 +277,22 @@ def _bisect_update(st: _BisectState, mi, U, c1, c2, flip, marg, unbracketed_pass
     st.be = torch.where(torch.isfinite(st.bm), st.be, torch.full_like(st.be, -1))
 
 
-def _bisect_engine(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=None, on_pass=None, tune=None):
+def bisect_engine(fwd, target_of, S, G, bound, active, *, info, img_of_member, d, hint=None, on_pass=None,
+                  tune=None, **_):
+    """The ``bisect`` engine: :func:`bracket_search` started from the clean margin and its slope along ``d``.
+
+    ``info`` (:class:`~apem.metric.margin.MarginInfo`) gives each member's
+    image its clean margin, whether the clean input is already changed, and
+    the slope source; ``img_of_member`` maps members to images, ``d`` holds
+    the members' directions.
+    """
+    m0 = info.margin[img_of_member]
+    flip0 = info.changed[img_of_member]
+    s0 = info.slope(d, img_of_member)
+    return bracket_search(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=hint, on_pass=on_pass, tune=tune)
+
+
+def bracket_search(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=None, on_pass=None, tune=None):
     """Bracketed integer root search, groups of ``S`` members in lockstep (see the module docstring).
 
     Invariants per member: the prediction is unchanged at ``lo`` (or ``lo = 0``,
@@ -278,7 +307,7 @@ def _bisect_engine(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=None
     N = G * S
     group = torch.arange(N, device=dev) // S
     mem_active = active[group]
-    st = _BisectState(N, bound, m0, s0, flip0, dev)
+    st = Brackets(N, bound, m0, s0, flip0, dev)
     cap = torch.full((G,), bound, dtype=torch.long, device=dev)
     nfw = torch.zeros(G, dtype=torch.long, device=dev)
     passes = 0
@@ -288,18 +317,18 @@ def _bisect_engine(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=None
         if not bool(live.any()):
             break
         mi = live.nonzero().squeeze(1)
-        c1, c2, unb = _bisect_candidates(st, mi, U[mi], None if hint is None else hint[group[mi]], bound, tune)
+        c1, c2, unb = candidates(st, mi, U[mi], None if hint is None else hint[group[mi]], bound, tune)
         two = c2 > 0
         mem = torch.cat([mi, mi[two]])
         cand = torch.cat([c1, c2[two]])
         pred, marg = fwd(mem, cand)
         flip = pred != target_of[mem]
         nfw.index_add_(0, mem // S, torch.ones_like(mem))
-        _bisect_update(st, mi, U[mi], c1, c2, flip, marg, unb)
+        update_brackets(st, mi, U[mi], c1, c2, flip, marg, unb)
         cap.scatter_reduce_(0, group, torch.where(st.hik, st.hi, torch.full_like(st.hi, bound)), "amin")
         passes += 1
         if on_pass:
-            on_pass(~_group_any(live, group, G))
+            on_pass(~group_any(live, group, G))
     found = cap < bound
     eps = torch.where(active, torch.where(found, cap, torch.full_like(cap, bound)), torch.zeros_like(cap))
     return eps, active & ~found, nfw, passes

@@ -78,7 +78,7 @@ def clean_pass(model, x, target=None, *, need_margin_grad=True, need_loss_grad=T
     return (torch.cat(grads) if grads else None), info
 
 
-def _clean_pass_used(model, x, image_index, target, *, need_margin_grad, need_loss_grad, batch_size):
+def clean_pass_used(model, x, image_index, target, *, need_margin_grad, need_loss_grad, batch_size):
     """:func:`clean_pass` on the images that ``image_index`` refers to only, scattered back to all B images.
 
     Rows of images no map refers to hold zeros (target 0). Returns ``(grad, info, n_images_passed)``.
@@ -129,7 +129,7 @@ def prepare_images(model, x, image_index, target=None, *, grad=None, margin_info
     n_fwd = n_back = 0
     if grad is None or want_mgrad or need_fwd:
         t_in = target if target is not None else (None if info is None else info.target)
-        g2, info2, n_fwd = _clean_pass_used(model, x, image_index, t_in, need_margin_grad=want_mgrad,
+        g2, info2, n_fwd = clean_pass_used(model, x, image_index, t_in, need_margin_grad=want_mgrad,
                                             need_loss_grad=grad is None, batch_size=batch_size)
         n_back = n_fwd * (int(grad is None) + int(want_mgrad))
         grad = g2 if grad is None else grad

@@ -21,7 +21,7 @@ def _expand3(maps: torch.Tensor) -> torch.Tensor:
     return maps.expand(-1, 3, -1, -1)
 
 
-def _normalised(maps: torch.Tensor, dtype, device):
+def normalised(maps: torch.Tensor, dtype, device):
     r"""``(Rn, ok, reason)``: :math:`R / \lVert R \rVert_1` as (M, 3, H, W) in ``dtype`` (zero where undefined).
 
     The division is done in float64 and rounded once to ``dtype``, so a map
@@ -50,7 +50,7 @@ def _normalised(maps: torch.Tensor, dtype, device):
     return Rn, ok, reason
 
 
-def _permute(Rn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+def permute(Rn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """Permute all ``3 H W`` values of each row: ``Rn.flatten(1)[:, perm]``."""
     perm = perm.to(Rn.device).long()
     flat = Rn.reshape(len(Rn), -1)
@@ -75,9 +75,9 @@ def directions(maps, grad, *, image_index=None, shuffle_perm=None, return_reason
         sg = sg[torch.as_tensor(image_index, device=grad.device).long()]
     if maps.shape[0] != sg.shape[0] or tuple(maps.shape[2:]) != tuple(sg.shape[2:]):
         raise ValueError(f"maps {tuple(maps.shape)} do not match gradients {tuple(sg.shape)}")
-    Rn, ok, reason = _normalised(maps, grad.dtype, grad.device)
+    Rn, ok, reason = normalised(maps, grad.dtype, grad.device)
     if shuffle_perm is not None:
-        Rn = _permute(Rn, shuffle_perm)
+        Rn = permute(Rn, shuffle_perm)
     d = torch.mul(Rn, sg, out=out)
     del Rn, sg
     nonzero = (d != 0).flatten(1).any(1)

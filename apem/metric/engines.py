@@ -2,19 +2,25 @@
 
 Every engine works on G groups of S members (member m = g * S + s); a group
 changes at a step as soon as one of its members does. Plain searches have S = 1.
-An engine returns ``(eps, censored, n_forward, passes)`` per group.
+An engine is called as ``engine(fwd, target_of, S, G, bound, active, *,
+block, info, img_of_member, d, hint, on_pass)`` (``fwd`` a
+:class:`~apem.metric.forward.Forward`, ``target_of`` each member's target,
+``active`` which groups have a direction); it takes the keywords it needs and
+returns ``(eps, censored, n_forward, passes)`` per group. :data:`ENGINES` maps
+each search mode to its engine: a new mode is one more entry.
 """
 
 from __future__ import annotations
 
 import torch
 
-from apem.metric.forward import _group_any
+from apem.metric.bisect import bisect_engine
+from apem.metric.forward import group_any
 
 THESIS_PACES = (1000, 100, 10, 1)
 
 
-def _thesis_engine(fwd, target_of, S, G, bound, active, paces=THESIS_PACES, on_pass=None):
+def thesis_engine(fwd, target_of, S, G, bound, active, *, paces=THESIS_PACES, on_pass=None, **_):
     """The thesis's coarse-to-fine loop, one tested sigma per group per pass."""
     dev = active.device
     pace = torch.tensor(paces, dtype=torch.long, device=dev)
@@ -31,7 +37,7 @@ def _thesis_engine(fwd, target_of, S, G, bound, active, paces=THESIS_PACES, on_p
         mem = (ga[:, None] * S + slots).reshape(-1)
         grp = mem // S
         pred, _ = fwd(mem, sigma[grp])
-        flip = _group_any(pred != target_of[mem], grp, G)
+        flip = group_any(pred != target_of[mem], grp, G)
         nfw.index_add_(0, grp, torch.ones_like(grp))
         act = ~done
         unchanged = act & ~flip
@@ -52,7 +58,7 @@ def _thesis_engine(fwd, target_of, S, G, bound, active, paces=THESIS_PACES, on_p
     return eps, censored & active, nfw, passes
 
 
-def _linear_engine(fwd, target_of, S, G, bound, active, block, on_pass=None):
+def linear_engine(fwd, target_of, S, G, bound, active, *, block=32, on_pass=None, **_):
     """Scan ``block`` consecutive steps per group per pass; the first changed step wins."""
     dev = active.device
     nxt = torch.ones(G, dtype=torch.long, device=dev)
@@ -86,3 +92,7 @@ def _linear_engine(fwd, target_of, S, G, bound, active, block, on_pass=None):
     censored = active & (eps >= bound)
     eps = torch.where(active, eps, torch.zeros_like(eps))
     return eps, censored, nfw, passes
+
+
+#: The engine of every search mode, by name (the order is :data:`apem.metric.SEARCH_MODES`).
+ENGINES = {"thesis": thesis_engine, "linear": linear_engine, "bisect": bisect_engine}

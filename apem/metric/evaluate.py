@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from apem.metric.clean import prepare_images
-from apem.metric.directions import _child_seed, _normalised, _permute, directions, shuffle_permutations
-from apem.metric.forward import _fixed_directions, _Forward, _group_any, _PerStepShuffles
-from apem.metric.search import SHUFFLE_MODES, THESIS_BOUND, as_index, _check_mode, _run_engine, search
+from apem.metric.directions import _child_seed, normalised, permute, directions, shuffle_permutations
+from apem.metric.forward import fixed_directions, Forward, group_any, PerStepShuffles
+from apem.metric.search import SHUFFLE_MODES, THESIS_BOUND, as_index, check_mode, run_engine, search
 
 
 def _progress_bar(progress, total, desc):
@@ -47,7 +47,7 @@ def evaluate_maps(model, x, maps, target=None, *, image_index=None, grad=None, m
     eps_shuffle_plus, censored_shuffle_minus, censored_shuffle_plus,
     n_forward_shuffle_minus, n_forward_shuffle_plus`` (S images per tested step).
     """
-    _check_mode(mode, bound)
+    check_mode(mode, bound)
     if shuffle_mode not in SHUFFLE_MODES:
         raise ValueError(f"unknown shuffle_mode {shuffle_mode!r}; choose one of {SHUFFLE_MODES}")
     if shuffles and shuffle_mode == "per_step" and mode == "bisect":
@@ -138,8 +138,8 @@ def _shuffle_chunk(model, x, maps, ii, grad, info, mode, bound, clip, batch_size
     """Shuffled epsilons of a chunk: groups (map, minus|plus) of S shuffled members."""
     dev = x.device
     n = 3 * maps.shape[-2] * maps.shape[-1]
-    Rm, ok_m, _ = _normalised(maps, grad.dtype, dev)
-    Rp, ok_p, _ = _normalised(1 - maps, grad.dtype, dev)
+    Rm, ok_m, _ = normalised(maps, grad.dtype, dev)
+    Rp, ok_p, _ = normalised(1 - maps, grad.dtype, dev)
     Rn = _interleave(Rm, Rp)
     del Rm, Rp
     active = _interleave(ok_m, ok_p)
@@ -150,14 +150,14 @@ def _shuffle_chunk(model, x, maps, ii, grad, info, mode, bound, clip, batch_size
     sign = torch.sign(grad)
     if shuffle_mode == "fixed":
         perms = torch.cat([shuffle_permutations(int(s), n, S) for s in item_seeds.tolist()])
-        d = _permute(Rn.repeat_interleave(S, 0), perms) * sign[img_of_member]
-        direction = _fixed_directions(d)
-        active = active & _group_any((d != 0).flatten(1).any(1), torch.arange(G * S, device=dev) // S, G)
+        d = permute(Rn.repeat_interleave(S, 0), perms) * sign[img_of_member]
+        direction = fixed_directions(d)
+        active = active & group_any((d != 0).flatten(1).any(1), torch.arange(G * S, device=dev) // S, G)
     else:
         d = None
-        direction = _PerStepShuffles(Rn, sign, img_of_item, item_seeds, S)
+        direction = PerStepShuffles(Rn, sign, img_of_item, item_seeds, S)
     target_of = info.target[img_of_member]
-    fwd = _Forward(model, x, info.target, img_of_member, direction, clip=clip, batch_size=batch_size)
-    eps, cens, nfw, _ = _run_engine(mode, fwd, target_of, S, G, int(bound), active, block=block, info=info,
+    fwd = Forward(model, x, info.target, img_of_member, direction, clip=clip, batch_size=batch_size)
+    eps, cens, nfw, _ = run_engine(mode, fwd, target_of, S, G, int(bound), active, block=block, info=info,
                                     img_of_member=img_of_member, d=d, on_pass=_bar_hook(bar))
     return {"eps": eps, "censored": cens, "n_forward": nfw}

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from apem.metric.directions import _permute
+from apem.metric.directions import permute
 from apem.metric.margin import margin
 
 #: Perturbed images per model call when ``batch_size`` is None, per device type. On the CPU the
@@ -35,7 +35,7 @@ def _wants_channels_last(model) -> bool:
     return False
 
 
-class _Forward:
+class Forward:
     """Forward perturbed images ``x[img] + e * d`` in batches of ``batch_size``.
 
     ``direction(members, steps)`` returns the directions of the requested
@@ -78,11 +78,11 @@ class _Forward:
         return torch.cat(preds), torch.cat(margins)
 
 
-def _fixed_directions(d: torch.Tensor) -> Callable:
+def fixed_directions(d: torch.Tensor) -> Callable:
     return lambda members, steps: d[members]
 
 
-class _PerStepShuffles:
+class PerStepShuffles:
     """Directions drawn afresh at every tested step: ``permute(Rn) * sign(g)``.
 
     Member ``m = item * S + s`` is shuffle ``s`` of ``item``. Each item owns a
@@ -100,10 +100,10 @@ class _PerStepShuffles:
     def __call__(self, members, steps):
         it = members // self.S
         perms = torch.stack([torch.randperm(self.n, generator=self.gens[i]) for i in it.tolist()])
-        return _permute(self.Rn[it], perms) * self.sign[self.img_of_item[it]]
+        return permute(self.Rn[it], perms) * self.sign[self.img_of_item[it]]
 
 
-def _group_any(flags: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+def group_any(flags: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
     out = torch.zeros(n_groups, dtype=torch.long, device=flags.device)
     return out.scatter_add_(0, groups, flags.long()) > 0
 

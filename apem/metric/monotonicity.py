@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from apem.metric.clean import clean_pass
-from apem.metric.forward import _fixed_directions, _Forward
+from apem.metric.forward import fixed_directions, Forward
 from apem.metric.search import THESIS_BOUND, as_index
 
 
@@ -34,7 +34,7 @@ def monotonicity_check(model, x, d, eps, target=None, *, image_index=None, horiz
     live = (eps >= 1) & (eps < bound) & (nxt <= stop)
     back = torch.zeros(M, dtype=torch.long, device=dev)
     nfw = torch.zeros(M, dtype=torch.long, device=dev)
-    fwd = _Forward(model, x, target, ii, _fixed_directions(d), clip=clip, batch_size=batch_size)
+    fwd = Forward(model, x, target, ii, fixed_directions(d), clip=clip, batch_size=batch_size)
     ks = torch.arange(int(block), device=dev)
     while bool(live.any()):
         mi = live.nonzero().squeeze(1)

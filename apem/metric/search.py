@@ -6,14 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from apem.metric.bisect import _bisect_engine
-from apem.metric.clean import _clean_pass_used, clean_pass
+from apem.metric.clean import clean_pass_used, clean_pass
 from apem.metric.directions import REASON_CALLER, REASON_NONFINITE, REASON_ZERO_DIRECTION, REASONS
-from apem.metric.engines import _linear_engine, _thesis_engine
-from apem.metric.forward import _fixed_directions, _Forward
+from apem.metric.engines import ENGINES
+from apem.metric.forward import fixed_directions, Forward
 from apem.metric.margin import MarginInfo
 
-SEARCH_MODES = ("thesis", "linear", "bisect")
+SEARCH_MODES = tuple(ENGINES)
 SHUFFLE_MODES = ("fixed", "per_step")
 THESIS_BOUND = 10001
 
@@ -46,7 +45,7 @@ class SearchResult:
                             None if self.reason is None else self.reason.cpu(), self.n_passes)
 
 
-def _check_mode(mode: str, bound: int) -> None:
+def check_mode(mode: str, bound: int) -> None:
     if mode not in SEARCH_MODES:
         raise ValueError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")
     if int(bound) < 2:
@@ -73,22 +72,15 @@ def _image_info(model, x, target, mode, margin_info, batch_size, image_index=Non
         t = torch.as_tensor(target, device=x.device).long()
         return MarginInfo(t, None, None, torch.zeros(len(t), dtype=torch.bool, device=x.device)), 0
     ii = torch.arange(len(x), device=x.device) if image_index is None else image_index
-    _, info, n = _clean_pass_used(model, x, ii, target, need_margin_grad=mode == "bisect", need_loss_grad=False,
+    _, info, n = clean_pass_used(model, x, ii, target, need_margin_grad=mode == "bisect", need_loss_grad=False,
                                   batch_size=batch_size)
     return info, n
 
 
-def _run_engine(mode, fwd, target_of, S, G, bound, active, *, block=32, info=None, img_of_member=None,
-                d=None, hint=None, on_pass=None):
-    """Dispatch to the engine of ``mode``; returns ``(eps, censored, n_forward, passes)`` per group."""
-    if mode == "thesis":
-        return _thesis_engine(fwd, target_of, S, G, bound, active, on_pass=on_pass)
-    if mode == "linear":
-        return _linear_engine(fwd, target_of, S, G, bound, active, int(block), on_pass=on_pass)
-    m0 = info.margin[img_of_member]
-    flip0 = info.changed[img_of_member]
-    s0 = info.slope(d, img_of_member)
-    return _bisect_engine(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=hint, on_pass=on_pass)
+def run_engine(mode, fwd, target_of, S, G, bound, active, **kw):
+    """The engine of ``mode`` (:data:`~apem.metric.engines.ENGINES`): ``(eps, censored, n_forward, passes)`` per group."""
+    kw["block"] = int(kw.get("block", 32))
+    return ENGINES[mode](fwd, target_of, S, G, bound, active, **kw)
 
 
 def search(model, x, d, target=None, *, image_index=None, mode="bisect", bound=THESIS_BOUND, clip=False,
@@ -105,7 +97,7 @@ def search(model, x, d, target=None, *, image_index=None, mode="bisect", bound=T
     ``eps`` per item (``bisect`` tests ``hint - 1, hint`` first; 0 = none).
     See the module docstring for the modes; the result is on ``x``'s device.
     """
-    _check_mode(mode, bound)
+    check_mode(mode, bound)
     dev = x.device
     M = len(d)
     ii = as_index(image_index, M, dev)
@@ -129,9 +121,9 @@ def search(model, x, d, target=None, *, image_index=None, mode="bisect", bound=T
         return SearchResult(z, z.bool(), z.bool(), z, z, 0)
     info, _ = _image_info(model, x, target, mode, margin_info, batch_size, ii)
     target_of = info.target[ii]
-    fwd = _Forward(model, x, info.target, ii, _fixed_directions(d), clip=clip, batch_size=batch_size, record=_record)
+    fwd = Forward(model, x, info.target, ii, fixed_directions(d), clip=clip, batch_size=batch_size, record=_record)
     hint_t = None if hint is None else torch.as_tensor(hint, device=dev).long()
-    eps, cens, nfw, passes = _run_engine(mode, fwd, target_of, 1, M, int(bound), active, block=block, info=info,
+    eps, cens, nfw, passes = run_engine(mode, fwd, target_of, 1, M, int(bound), active, block=block, info=info,
                                          img_of_member=ii, d=d, hint=hint_t, on_pass=_on_pass)
     return SearchResult(eps, cens, ~active, nfw, reason, passes)
 
