@@ -81,12 +81,10 @@ class Config:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
-        if self.search_mode not in ("thesis", "linear", "bisect"):
-            raise ConfigError(f"unknown search_mode {self.search_mode!r}; choose thesis, linear or bisect")
-        if self.shuffle_mode not in ("fixed", "per_step"):
-            raise ConfigError(f"unknown shuffle_mode {self.shuffle_mode!r}; choose fixed or per_step")
-        if self.shuffle_mode == "per_step" and self.search_mode != "thesis":
-            raise ConfigError("shuffle_mode 'per_step' is defined for search_mode 'thesis' only")
+        try:  # the search settings are checked where they are defined, by SearchSpec
+            self.search()
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"search settings (search_mode, search_bound, clip, shuffles, shuffle_mode, search_batch_size): {e}") from None
         bad = [s for s in self.stages if s not in (1, 2, 3)]
         if bad or not self.stages:
             raise ConfigError(f"stages must be a non-empty subset of 1, 2, 3; got {list(self.stages)}")
@@ -133,6 +131,13 @@ class Config:
         d = self.to_dict()
         d.update(overrides)
         return Config.from_dict(d, "overrides")
+
+    def search(self):
+        """The :class:`apem.metric.SearchSpec` of this configuration: every search it runs gets this one object."""
+        from apem.metric.spec import SearchSpec
+
+        return SearchSpec(mode=self.search_mode, bound=int(self.search_bound), clip=bool(self.clip),
+                          batch_size=self.search_batch_size, shuffles=int(self.shuffles), shuffle_mode=self.shuffle_mode)
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict:

@@ -217,8 +217,7 @@ def _faithfulness(res, ids, stage, metrics, methods, metric_params, seed) -> pd.
         counter = FA.CountingModel(net)
         t0 = time.perf_counter()
         out = evaluate_maps(counter, xi, maps, yi, image_index=torch.zeros(M, dtype=torch.long, device=dev),
-                            grad=None, mode=cfg.search_mode, bound=cfg.search_bound, shuffles=0, clip=cfg.clip,
-                            batch_size=cfg.batch_size)
+                            grad=None, spec=cfg.search().replace(shuffles=0))
         dt = time.perf_counter() - t0
         for j, m in enumerate(methods):
             t = Ts.loc[(iid, m)]
@@ -500,8 +499,8 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
             keys.append((step, layer, m))
     all_maps = torch.cat(blocks).to(dev)
     image_index = torch.arange(n, device=dev).repeat(len(blocks))
-    out = evaluate_maps(trained, x, all_maps, target, image_index=image_index, grad=grad, mode=cfg.search_mode,
-                        bound=cfg.search_bound, shuffles=0, clip=cfg.clip, batch_size=cfg.search_batch_size)
+    out = evaluate_maps(trained, x, all_maps, target, spec=cfg.search().replace(shuffles=0), image_index=image_index,
+                        grad=grad)
     apem = _apem_of(out)
     T = res.table
     Ts = T[T.stage == stage].set_index(["image_id", "method"])

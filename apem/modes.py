@@ -63,8 +63,8 @@ def _compare(res, n_images: int, horizon: int, linear_cap: int) -> pd.DataFrame:
             sub = torch.as_tensor((out.eps_bisect <= linear_cap).to_numpy().copy(), device=x.device) & defined
         idx = torch.nonzero(sub).flatten()
         t0 = time.perf_counter()
-        r = metric.search(lm.model, x, d[idx], target, image_index=ii[idx], mode=mode, bound=cfg.search_bound,
-                          batch_size=cfg.search_batch_size, defined=defined[idx])
+        r = metric.search(lm.model, x, d[idx], target, spec=cfg.search().replace(mode=mode, shuffles=0),
+                          image_index=ii[idx], defined=defined[idx])
         dt = (time.perf_counter() - t0) / max(1, len(idx))
         for col, v in (("eps", r.eps), ("censored", r.censored), ("forward", r.n_forward)):
             full = pd.Series(float("nan"), index=out.index)
@@ -74,8 +74,7 @@ def _compare(res, n_images: int, horizon: int, linear_cap: int) -> pd.DataFrame:
     have = torch.as_tensor(out.eps_linear.notna().to_numpy().copy(), device=x.device)
     idx = torch.nonzero(have).flatten()
     mono = metric.monotonicity_check(lm.model, x, d[idx], torch.as_tensor(out.eps_linear.to_numpy()[idx.cpu().numpy()].astype("int64"),
-                                     device=x.device), target, image_index=ii[idx], horizon=horizon,
-                                     bound=cfg.search_bound, batch_size=cfg.search_batch_size)
+                                     device=x.device), target, spec=cfg.search(), image_index=ii[idx], horizon=horizon)
     out["non_monotone"] = pd.Series(float("nan"), index=out.index)
     out.loc[out.index[idx.cpu().numpy()], "non_monotone"] = mono["non_monotone"].cpu().numpy().astype(float)
     out["undefined"] = (~defined).cpu().numpy()

@@ -153,9 +153,8 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
         [item_seed(cfg.seed, iid, name, s) for name, s, _ in keys for iid in sel.image_id], dtype=torch.long
     )
     out = metric.evaluate_maps(
-        lm.model, x, maps_all, target, image_index=image_index, grad=grad, mode=cfg.search_mode,
-        bound=cfg.search_bound, shuffles=cfg.shuffles, shuffle_mode=cfg.shuffle_mode, seeds=seeds,
-        clip=cfg.clip, batch_size=cfg.search_batch_size, margin_info=info,
+        lm.model, x, maps_all, target, spec=cfg.search(), image_index=image_index, grad=grad, seeds=seeds,
+        margin_info=info,
     )
     per_item = {k: v for k, v in out.items() if v.dim() == 1 and len(v) == len(maps_all)}
     rows = []
@@ -269,8 +268,7 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
             m = torch.stack([res.map(iid, name, s) for iid in pick.image_id]).to(lm.device)
             t0 = time.perf_counter()
             fr = filtering.explanation_filter(
-                lm.model, x, m, target, grad=grad, mode=cfg.search_mode, bound=cfg.search_bound,
-                fast_k=cfg.filter_fast_k, batch_size=cfg.search_batch_size, margin_info=info,
+                lm.model, x, m, target, spec=cfg.search(), grad=grad, fast_k=cfg.filter_fast_k, margin_info=info,
             )
             dt = time.perf_counter() - t0
             arrays[f"{name}__s{s}"] = _to_storage(fr.maps.detach().cpu(), cfg.quantize)

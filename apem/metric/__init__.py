@@ -169,7 +169,8 @@ from apem.metric.forward import AUTO_BATCH, AUTO_BATCH_ACCELERATOR, resolve_batc
 from apem.metric.margin import MarginInfo, changed, margin
 from apem.metric.monotonicity import monotonicity_check
 from apem.metric.score import apem, apem_norm
-from apem.metric.search import SEARCH_MODES, SHUFFLE_MODES, THESIS_BOUND, SearchResult, as_index, search, trace
+from apem.metric.search import SearchResult, as_index, search, trace
+from apem.metric.spec import SEARCH_MODES, SHUFFLE_MODES, THESIS_BOUND, SearchSpec
 
 __all__ = [
     "BISECT",
@@ -203,6 +204,7 @@ __all__ = [
     "SHUFFLE_MODES",
     "THESIS_BOUND",
     "SearchResult",
+    "SearchSpec",
     "as_index",
     "search",
     "trace",

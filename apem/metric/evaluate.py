@@ -7,7 +7,8 @@ import torch
 from apem.metric.clean import prepare_images
 from apem.metric.directions import _child_seed, normalised, permute, directions, shuffle_permutations
 from apem.metric.forward import fixed_directions, Forward, group_any, PerStepShuffles
-from apem.metric.search import SHUFFLE_MODES, THESIS_BOUND, as_index, check_mode, run_engine, search
+from apem.metric.search import as_index, run_engine, search
+from apem.metric.spec import SearchSpec
 
 
 def _progress_bar(progress, total, desc):
@@ -23,18 +24,18 @@ def check_maps(maps):
         raise ValueError(f"maps must lie in [0, 1] (got [{float(maps.amin()):g}, {float(maps.amax()):g}])")
 
 
-def evaluate_maps(model, x, maps, target=None, *, image_index=None, grad=None, mode="bisect",
-                  bound=THESIS_BOUND, shuffles=0, shuffle_mode="fixed", seeds=None, clip=False, batch_size=None,
-                  progress=False, block=32, margin_info=None, hints=None, max_directions=256,
-                  slope="loss") -> dict:
+def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None, image_index=None, grad=None,
+                  seeds=None, progress=False, margin_info=None, hints=None, max_directions=256, **settings) -> dict:
     r"""Epsilons of relevance maps: :math:`\epsilon^-` from ``maps``, :math:`\epsilon^+` from ``1 - maps``.
 
     ``x`` (B, 3, H, W) images in the model's input space; ``maps`` (M, 1 or 3,
     H, W) in [0, 1]; ``image_index`` (M,) the image of each map (default
     ``arange(M)``). ``grad`` (B, 3, H, W): the loss gradients giving
     :math:`\operatorname{sign}(g)` (computed with the cross-entropy at
-    ``target``, default the prediction, when None). ``shuffles = S > 0`` adds
-    the shuffled baseline (thesis 5.2) with per-map ``seeds`` (M,) (default
+    ``target``, default the prediction, when None). ``spec``: the
+    :class:`~apem.metric.spec.SearchSpec` (keyword ``settings`` such as
+    ``mode="linear", shuffles=2`` are applied on top); ``spec.shuffles = S > 0``
+    adds the shuffled baseline (thesis 5.2) with per-map ``seeds`` (M,) (default
     ``arange(M)``). ``hints``: optional ``(eps_minus, eps_plus)`` expected
     values (``bisect`` starts there). ``max_directions`` bounds how many
     (M, 3, H, W) direction tensors are held at once.
@@ -47,11 +48,9 @@ def evaluate_maps(model, x, maps, target=None, *, image_index=None, grad=None, m
     eps_shuffle_plus, censored_shuffle_minus, censored_shuffle_plus,
     n_forward_shuffle_minus, n_forward_shuffle_plus`` (S images per tested step).
     """
-    check_mode(mode, bound)
-    if shuffle_mode not in SHUFFLE_MODES:
-        raise ValueError(f"unknown shuffle_mode {shuffle_mode!r}; choose one of {SHUFFLE_MODES}")
-    if shuffles and shuffle_mode == "per_step" and mode == "bisect":
-        raise ValueError("per-step shuffles need a scan (mode 'thesis' or 'linear'); bisect uses shuffle_mode='fixed'")
+    spec = SearchSpec.build(spec, **settings)
+    mode, bound, clip, batch_size, block = spec.mode, spec.bound, spec.clip, spec.batch_size, spec.block
+    shuffles, shuffle_mode, slope = spec.shuffles, spec.shuffle_mode, spec.slope
     dev = x.device
     M = len(maps)
     ii = as_index(image_index, M, dev)

@@ -6,21 +6,25 @@ import torch
 
 from apem.metric.clean import clean_pass
 from apem.metric.forward import fixed_directions, Forward
-from apem.metric.search import THESIS_BOUND, as_index
+from apem.metric.search import as_index
+from apem.metric.spec import SearchSpec
 
 
 @torch.inference_mode()
-def monotonicity_check(model, x, d, eps, target=None, *, image_index=None, horizon=64, bound=THESIS_BOUND,
-                       clip=False, batch_size=None, block=16) -> dict:
+def monotonicity_check(model, x, d, eps, target=None, *, spec: SearchSpec | None = None, image_index=None, horizon=64,
+                       block=16, **settings) -> dict:
     """Does the prediction flip back after its first change? A linear scan past ``eps``.
 
     ``eps`` (M,): each item's first changing step (``linear``'s answer).
     Scans steps ``eps + 1 .. min(eps + horizon, bound - 1)`` (``block`` per item
     per pass) and reports ``non_monotone`` (M,): some scanned step does *not*
     change the prediction; ``first_back`` (M,): the first such step (0 if
-    none); ``n_forward`` (M,). Censored (``eps >= bound``) and undefined
+    none); ``n_forward`` (M,). ``spec`` gives the bound, clipping and batch size
+    (``block`` here is the scan width). Censored (``eps >= bound``) and undefined
     (``eps < 1``) items are skipped (False).
     """
+    spec = SearchSpec.build(spec, **settings)
+    bound, clip, batch_size = spec.bound, spec.clip, spec.batch_size
     dev = x.device
     M = len(d)
     ii = as_index(image_index, M, dev)

@@ -11,10 +11,8 @@ from apem.metric.directions import REASON_CALLER, REASON_NONFINITE, REASON_ZERO_
 from apem.metric.engines import ENGINES
 from apem.metric.forward import fixed_directions, Forward
 from apem.metric.margin import MarginInfo
+from apem.metric.spec import SearchSpec
 
-SEARCH_MODES = tuple(ENGINES)
-SHUFFLE_MODES = ("fixed", "per_step")
-THESIS_BOUND = 10001
 
 
 @dataclass
@@ -43,13 +41,6 @@ class SearchResult:
     def cpu(self) -> "SearchResult":
         return SearchResult(self.eps.cpu(), self.censored.cpu(), self.undefined.cpu(), self.n_forward.cpu(),
                             None if self.reason is None else self.reason.cpu(), self.n_passes)
-
-
-def check_mode(mode: str, bound: int) -> None:
-    if mode not in SEARCH_MODES:
-        raise ValueError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")
-    if int(bound) < 2:
-        raise ValueError(f"bound must be >= 2 (steps 1 .. bound-1 are tested), got {bound}")
 
 
 def as_index(image_index, n, dev):
@@ -83,9 +74,8 @@ def run_engine(mode, fwd, target_of, S, G, bound, active, **kw):
     return ENGINES[mode](fwd, target_of, S, G, bound, active, **kw)
 
 
-def search(model, x, d, target=None, *, image_index=None, mode="bisect", bound=THESIS_BOUND, clip=False,
-           batch_size=None, block=32, defined=None, margin_info=None, hint=None, reason=None,
-           _record=None, _on_pass=None) -> SearchResult:
+def search(model, x, d, target=None, *, spec: SearchSpec | None = None, image_index=None, defined=None,
+           margin_info=None, hint=None, reason=None, _record=None, _on_pass=None, **settings) -> SearchResult:
     r"""The smallest integer step :math:`\epsilon \in [1, bound)` with ``argmax f(x + eps d) != target``.
 
     ``x`` (B, 3, H, W) images; ``d`` (M, 3, H, W) directions (see
@@ -95,9 +85,13 @@ def search(model, x, d, target=None, *, image_index=None, mode="bisect", bound=T
     (default: ``d`` non-zero and finite). ``margin_info``: the per-image
     :class:`MarginInfo` (computed here when None). ``hint`` (M,) an expected
     ``eps`` per item (``bisect`` tests ``hint - 1, hint`` first; 0 = none).
-    See the module docstring for the modes; the result is on ``x``'s device.
+    ``spec``: the :class:`~apem.metric.spec.SearchSpec` (mode, bound, clip,
+    batch size, block; keyword ``settings`` such as ``mode="linear"`` are
+    applied on top). See the package docstring for the modes; the result is
+    on ``x``'s device.
     """
-    check_mode(mode, bound)
+    spec = SearchSpec.build(spec, **settings)
+    mode, bound, clip, batch_size, block = spec.mode, spec.bound, spec.clip, spec.batch_size, spec.block
     dev = x.device
     M = len(d)
     ii = as_index(image_index, M, dev)
@@ -128,8 +122,7 @@ def search(model, x, d, target=None, *, image_index=None, mode="bisect", bound=T
     return SearchResult(eps, cens, ~active, nfw, reason, passes)
 
 
-def trace(model, x, d, target=None, *, mode="bisect", bound=THESIS_BOUND, clip=False, block=32,
-          margin_info=None) -> list[dict]:
+def trace(model, x, d, target=None, *, spec: SearchSpec | None = None, margin_info=None, **settings) -> list[dict]:
     """Every tested step of ONE item, in the order tested.
 
     ``x`` (3, H, W) or (1, 3, H, W), ``d`` likewise. Returns a list of
@@ -137,6 +130,8 @@ def trace(model, x, d, target=None, *, mode="bisect", bound=THESIS_BOUND, clip=F
     that tested it); the last entry also holds ``result``: the item's
     ``eps``, ``censored``, ``undefined`` and ``n_forward``.
     """
+    spec = SearchSpec.build(spec, **settings)
+    mode, block = spec.mode, spec.block
     x = x if x.dim() == 4 else x[None]
     d = d if d.dim() == 4 else d[None]
     info, _ = _image_info(model, x, target, mode, margin_info, 64)
@@ -144,8 +139,8 @@ def trace(model, x, d, target=None, *, mode="bisect", bound=THESIS_BOUND, clip=F
         _, info = clean_pass(model, x, info.target, need_loss_grad=False)
     t = int(info.target[0])
     rec: list = []
-    res = search(model, x, d, info.target, mode=mode, bound=bound, clip=clip, batch_size=max(2, int(block)),
-                 block=block, margin_info=info, _record=rec)
+    res = search(model, x, d, info.target, spec=spec.replace(batch_size=max(2, int(block))), margin_info=info,
+                 _record=rec)
     out = [dict(eps=int(e), pred=int(p), margin=float(m), changed=int(p) != t, pass_=k)
            for k, (_, eb, pb, mg) in enumerate(rec) for e, p, m in zip(eb.tolist(), pb.tolist(), mg.tolist())]
     if out:
