@@ -343,7 +343,7 @@ def cascade_steps(n_stages: int, every: int = 2) -> list[int]:
 def sanity_params(res, method: str, smoothgrad_n: int = 16) -> dict:
     """The method parameters the sanity check uses (see the module docstring)."""
     from apem.explain import method_params
-    from apem.run import item_seed
+    from apem.seeds import seed_of
 
     p = dict(res.cfg.methods.get(method, {}))
     defaults = method_params(method)
@@ -351,7 +351,7 @@ def sanity_params(res, method: str, smoothgrad_n: int = 16) -> dict:
         p["n"] = min(int(p.get("n", defaults["n"])), int(smoothgrad_n))
         p["noise_target"] = "fixed"
     if "seed" in defaults and "seed" not in p:
-        p["seed"] = item_seed(res.cfg.seed, method, "sanity") % (2**62)
+        p["seed"] = seed_of(res.cfg.seed, method, "sanity")
     if "batch_size" in defaults and "batch_size" not in p:
         p["batch_size"] = res.cfg.batch_size
     if method == "gradcam" and not p.get("layer"):
@@ -452,7 +452,6 @@ def _attribution_maps(res, model, x, target, methods, smoothgrad_n, stages) -> d
 def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None) -> dict:
     from apem.metric.clean import loss_gradient
     from apem.metric import evaluate_maps
-    from apem.run import item_seed
 
     cfg, lm = res.cfg, res.model
     dev = lm.device

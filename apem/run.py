@@ -34,15 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from apem.config import Config, load_config
+from apem.seeds import seed_of
 from apem.store import Store
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def item_seed(*parts) -> int:
-    """A 63-bit seed from the parts' text: the same item gets the same seed in any batch."""
-    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 def _load(cfg: Config):
@@ -117,7 +112,7 @@ def _method_call(name: str, params: dict, cfg: Config, chunk: int, lm=None):
     defaults = explain.method_params(name)
     p = dict(params)
     if "seed" in defaults and "seed" not in p:
-        p["seed"] = item_seed(cfg.seed, name, "chunk", chunk)
+        p["seed"] = seed_of(cfg.seed, name, "chunk", chunk)
     if "batch_size" in defaults and "batch_size" not in p:
         p["batch_size"] = cfg.batch_size
     if name == "gradcam" and p.get("layer") in (None, "") and lm is not None:
@@ -150,7 +145,7 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     maps_all = torch.cat(blocks)  # (n * methods * stages, 3, H, W), block-major
     image_index = torch.arange(n, device=dev).repeat(len(blocks))
     seeds = torch.tensor(
-        [item_seed(cfg.seed, iid, name, s) for name, s, _ in keys for iid in sel.image_id], dtype=torch.long
+        [seed_of(cfg.seed, iid, name, s) for name, s, _ in keys for iid in sel.image_id], dtype=torch.long
     )
     out = metric.evaluate_maps(
         lm.model, x, maps_all, target, spec=cfg.search(), image_index=image_index, grad=grad, seeds=seeds,

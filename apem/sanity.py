@@ -56,7 +56,6 @@ Reference
 from __future__ import annotations
 
 import copy
-import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -64,6 +63,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from apem.seeds import seed_of
 
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -115,7 +116,7 @@ def randomization_stages(model) -> list[Stage]:
 
 
 def _stage_seed(seed: int, name: str) -> int:
-    return zlib.crc32(f"{int(seed)}:{name}".encode())
+    return seed_of(int(seed), name)
 
 
 def _reinit_module(mod: nn.Module, batchnorm: str) -> None:

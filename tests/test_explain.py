@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from apem import explain as E
+from apem.seeds import seed_of
 from apem.metric.clean import loss_gradient
 from apem.models import Normalize
 
@@ -142,7 +143,7 @@ def test_smoothgrad_noise_depends_on_seed_and_position_only():
 
 
 def test_image_seeds_do_not_collide():
-    seeds = {E.image_seed(s, i) for s in range(20) for i in range(200)}
+    seeds = {seed_of(s, i) for s in range(20) for i in range(200)}
     assert len(seeds) == 20 * 200
 
 

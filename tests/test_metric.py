@@ -16,7 +16,7 @@ from torch import nn
 
 from apem import metric
 from apem.metric.bisect import Brackets, candidates, root_estimate
-from apem.metric.directions import _child_seed
+from apem.metric.directions import side_seed
 from apem.metric import (
     SEARCH_MODES, apem, apem_norm, directions, evaluate_maps, map_shuffle_permutations, monotonicity_check,
     search, trace,
@@ -498,7 +498,7 @@ def test_per_step_shuffles_match_the_original_loop():
         for k, key in ((0, "minus"), (1, "plus")):
             R = (maps[i] if k == 0 else 1 - maps[i]).expand(3, -1, -1)
             Rn = R / R.sum()
-            eps, count = thesis_loop_per_step(model, x, Rn, g.sign(), _child_seed(int(seeds[i]), k), 3,
+            eps, count = thesis_loop_per_step(model, x, Rn, g.sign(), side_seed(int(seeds[i]), k), 3,
                                               int(t[0]), 3000)
             assert int(a[f"eps_shuffle_{key}"][i]) == eps
             assert int(a[f"n_forward_shuffle_{key}"][i]) == count

@@ -39,7 +39,7 @@ from apem.explain.base import (
     METHODS, OBJECTIVES, AttributionError, Method, attribute, get_method, last_conv_name, method_params,
     predict_targets, register,
 )
-from apem.explain.gradient import Gradient, SmoothGrad, image_seed, smoothgrad_noise
+from apem.explain.gradient import Gradient, SmoothGrad, smoothgrad_noise
 from apem.explain.lrp import LRPEpsilon, lrp_composite, lrp_layer_map, lrp_relevance
 from apem.explain.captum_methods import GradCAM, GuidedBackprop, InputXGradient, IntegratedGradients
 from apem.explain.timm_canonizers import canonizer_classes, conv_bn_pairs, lrp_canonizers
@@ -58,7 +58,6 @@ __all__ = [
     "register",
     "Gradient",
     "SmoothGrad",
-    "image_seed",
     "smoothgrad_noise",
     "LRPEpsilon",
     "lrp_composite",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from apem.seeds import seed_of
 from apem.explain.base import (
     Method, choice, nonneg_float, objective_gradient, nonneg_int, optional_int, positive_int, register, resolve_target,
 )
@@ -21,26 +21,16 @@ class Gradient(Method):
         return objective_gradient(model, x, target, self.params["objective"])
 
 
-def image_seed(seed: int, index: int) -> int:
-    """A 64-bit seed for image ``index`` under run seed ``seed``.
-
-    numpy's SeedSequence mixes the pair, so that nearby ``(seed, index)``
-    pairs give unrelated streams (``seed * K + index`` would collide).
-    """
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 32) | int(state[1])
-
-
 def smoothgrad_noise(x_i: torch.Tensor, n: int, seed: int, index: int) -> torch.Tensor:
     """The ``n`` noise draws ``e_k ~ N(0, 1)`` (shape (n, *x_i.shape)) for the image at ``index``.
 
     One ``torch.Generator`` on ``x_i``'s device, seeded with
-    :func:`image_seed` ``(seed, index)``, draws all ``n`` at once. The noise
+    :func:`apem.seeds.seed_of` ``(seed, index)``, draws all ``n`` at once. The noise
     therefore depends only on (seed, index, n, shape, dtype, device type):
     not on the other images in the batch nor on ``batch_size``.
     """
     g = torch.Generator(device=x_i.device)
-    g.manual_seed(image_seed(seed, index))
+    g.manual_seed(seed_of(seed, index))
     return torch.randn((n, *x_i.shape), generator=g, device=x_i.device, dtype=x_i.dtype)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from apem.seeds import seed_of
+
 #: Reason codes for undefined items (``SearchResult.reason``); 0 = defined.
 REASONS = (
     "",
@@ -86,12 +88,9 @@ def directions(maps, grad, *, image_index=None, shuffle_perm=None, return_reason
     return (d, defined, reason) if return_reason else (d, defined)
 
 
-def _child_seed(seed: int, k: int) -> int:
-    """A 63-bit seed derived from ``(seed, k)`` (splitmix64), so streams do not overlap."""
-    z = (int(seed) + 0x9E3779B97F4A7C15 * (k + 1)) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+def side_seed(seed: int, irrelevance: bool) -> int:
+    """The seed of one side of a map: :func:`apem.seeds.seed_of` ``(seed, 0)`` (relevance) or ``(seed, 1)``."""
+    return seed_of(int(seed), int(bool(irrelevance)))
 
 
 def shuffle_permutations(seed: int, n_values: int, shuffles: int) -> torch.Tensor:
@@ -103,8 +102,8 @@ def shuffle_permutations(seed: int, n_values: int, shuffles: int) -> torch.Tenso
 def map_shuffle_permutations(seed: int, n_values: int, shuffles: int, irrelevance: bool = False) -> torch.Tensor:
     """The ``shuffles`` fixed permutations :func:`evaluate_maps` uses for a map with per-item ``seed``.
 
-    The relevance map (``eps_shuffle_minus``) draws from ``_child_seed(seed, 0)``
-    and the irrelevance map (``eps_shuffle_plus``) from ``_child_seed(seed, 1)``;
+    The relevance map (``eps_shuffle_minus``) draws from ``side_seed(seed, False)``
+    and the irrelevance map (``eps_shuffle_plus``) from ``side_seed(seed, True)``;
     per-step shuffles draw from the same generators, ``shuffles`` per tested step.
     """
-    return shuffle_permutations(_child_seed(int(seed), 1 if irrelevance else 0), n_values, shuffles)
+    return shuffle_permutations(side_seed(seed, irrelevance), n_values, shuffles)

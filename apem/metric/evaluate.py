@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from apem.metric.clean import prepare_images
-from apem.metric.directions import _child_seed, normalised, permute, directions, shuffle_permutations
+from apem.metric.directions import directions, normalised, permute, shuffle_permutations, side_seed
 from apem.metric.forward import fixed_directions, Forward, group_any, PerStepShuffles
 from apem.metric.search import as_index, run_engine, search
 from apem.metric.spec import SearchSpec
@@ -142,7 +142,7 @@ def _shuffle_chunk(model, x, maps, ii, grad, info, mode, bound, clip, batch_size
     Rn = _interleave(Rm, Rp)
     del Rm, Rp
     active = _interleave(ok_m, ok_p)
-    item_seeds = torch.tensor([_child_seed(int(s), k) for s in seeds.tolist() for k in (0, 1)], dtype=torch.long)
+    item_seeds = torch.tensor([side_seed(s, k) for s in seeds.tolist() for k in (False, True)], dtype=torch.long)
     G = len(Rn)
     img_of_item = ii.repeat_interleave(2)
     img_of_member = img_of_item.repeat_interleave(S)
