@@ -20,15 +20,14 @@ from typing import Any
 
 import yaml
 
+from apem.thesis import THESIS_METHOD_PARAMS
+
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO / "params"
 
 
 class ConfigError(ValueError):
     """A configuration cannot be loaded: unknown field, unknown method, bad value."""
-
-
-THESIS_METHODS = {"gradient": {}, "smoothgrad": {"n": 100, "sigma": 0.2}, "lrp_epsilon": {"epsilon": 1.0}}
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class Config:
     n_correct: int = 50
     n_misclassified: int = 20
     # explanations
-    methods: dict = field(default_factory=lambda: {k: dict(v) for k, v in THESIS_METHODS.items()})
+    methods: dict = field(default_factory=lambda: {k: dict(v) for k, v in THESIS_METHOD_PARAMS.items()})
     stages: tuple = (1, 2, 3)
     quantize: bool = True  # 256 levels, as the thesis's 8-bit PNGs
     # the metric

@@ -100,10 +100,9 @@ def zero_up_to(maps: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
 
 
 def _map_apem(res: dict) -> torch.Tensor:
-    """Per-map APEM ``eps_plus - eps_minus`` as float64, NaN where undefined."""
-    a = (res["eps_plus"] - res["eps_minus"]).double()
+    """Per-map APEM ``eps_plus - eps_minus`` as float64, NaN where undefined (:func:`apem.metric.apem_terms`)."""
     und = res["undefined_minus"] | res["undefined_plus"]
-    return torch.where(und, torch.full_like(a, float("nan")), a)
+    return torch.from_numpy(metric.apem_terms(res["eps_plus"], res["eps_minus"], und))
 
 
 def explanation_filter(model, x, maps, target=None, *, spec: metric.SearchSpec | None = None, image_index=None,

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from apem.config import Config, load_config
 from apem.seeds import seed_of
+from apem.maps import from_storage, to_storage
 from apem.store import Store
 
 # ----------------------------------------------------------------------------- helpers
@@ -57,7 +58,7 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     from tqdm import tqdm
 
     from apem.data import iter_batches
-    from apem.store import atomic_write_bytes, _parquet_bytes
+    from apem.store import atomic_write_bytes, parquet_bytes
 
     key = hashlib.sha256(repr(sorted(cfg.classification_key().items())).encode()).hexdigest()[:12]
     path = Path(store_root) / "_predictions" / f"{cfg.model}-{cfg.preset}-{key}.parquet"
@@ -80,7 +81,7 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     df = pd.DataFrame(rows, columns=["set_position", "image_id", "label", "pred", "confidence", "loss"])
     df["correct"] = df.label == df.pred
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _parquet_bytes(df))
+    atomic_write_bytes(path, parquet_bytes(df))
     return df
 
 
@@ -157,7 +158,7 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     facts = sel.drop(columns=["set_position"]).to_dict("records")
     for b, (name, s, m) in enumerate(keys):
         arr_name = f"{name}__s{s}"
-        arrays[arr_name] = _to_storage(m, cfg.quantize)
+        arrays[arr_name] = to_storage(m, cfg.quantize)
         for j in range(n):
             k = b * n + j
             r = dict(facts[j])
@@ -169,19 +170,12 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     return _finish_rows(df, cfg), arrays
 
 
-def _to_storage(m: torch.Tensor, quantized: bool) -> np.ndarray:
-    """Maps in [0, 1] -> uint8 (exact for 256-level maps) or float16."""
-    if quantized:
-        return torch.round(m.float() * 255).to(torch.uint8).numpy()
-    return m.float().numpy().astype(np.float16)
-
-
 def _finish_rows(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """APEM per row (NaN when an epsilon is undefined) and a readable reason."""
-    undefined = df.undefined_minus | df.undefined_plus
-    df["apem"] = (df.eps_plus - df.eps_minus).where(~undefined).astype(float)
-    from apem.metric import REASONS
+    from apem.metric import REASONS, apem_norm_terms, apem_terms
 
+    undefined = df.undefined_minus | df.undefined_plus
+    df["apem"] = apem_terms(df.eps_plus, df.eps_minus, undefined)
     reasons = np.full(len(df), "", dtype=object)
     cens = (df.censored_minus | df.censored_plus).to_numpy() & ~undefined.to_numpy()
     reasons[cens] = f"censored: no change up to step {cfg.search_bound - 1}"
@@ -191,8 +185,9 @@ def _finish_rows(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             reasons[i] = f"{what} map undefined: {REASONS[codes[i]]}"
     df["reason"] = reasons
     if "eps_shuffle_minus" in df:
-        df["apem_shuffle"] = (df.eps_shuffle_plus - df.eps_shuffle_minus).where(~undefined).astype(float)
-        df["apem_norm_term"] = (df.eps_plus / df.eps_shuffle_plus - df.eps_minus / df.eps_shuffle_minus).where(~undefined)
+        df["apem_shuffle"] = apem_terms(df.eps_shuffle_plus, df.eps_shuffle_minus, undefined)
+        df["apem_norm_term"] = apem_norm_terms(df.eps_plus, df.eps_minus, df.eps_shuffle_plus, df.eps_shuffle_minus,
+                                               undefined)
     return df
 
 
@@ -266,7 +261,7 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
                 lm.model, x, m, target, spec=cfg.search(), grad=grad, fast_k=cfg.filter_fast_k, margin_info=info,
             )
             dt = time.perf_counter() - t0
-            arrays[f"{name}__s{s}"] = _to_storage(fr.maps.detach().cpu(), cfg.quantize)
+            arrays[f"{name}__s{s}"] = to_storage(fr.maps.detach().cpu(), cfg.quantize)
             for j, iid in enumerate(pick.image_id):
                 rows.append(dict(
                     image_id=iid, method=name, stage=s, map_row=j,
@@ -333,7 +328,7 @@ class Results:
         if r.empty:
             raise KeyError(f"no map for image {image_id!r}, method {method!r}, stage {stage}")
         r = r.iloc[0]
-        return _from_storage(self._chunk_maps(int(r.chunk))[r.map_array][int(r.map_row)])
+        return from_storage(self._chunk_maps(int(r.chunk))[r.map_array][int(r.map_row)])
 
     def filtered_map(self, image_id: str, method: str, stage: int) -> torch.Tensor:
         ft = self.filter_table
@@ -341,12 +336,7 @@ class Results:
             raise KeyError("this configuration ran no filter (filter_images = 0)")
         r = ft[(ft.image_id == image_id) & (ft.method == method) & (ft.stage == stage)].iloc[0]
         arrays = self.store.read_arrays("filter_maps.npz")
-        return _from_storage(arrays[f"{method}__s{stage}"][int(r.map_row)])
-
-
-def _from_storage(a: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.asarray(a))
-    return t.float() / 255 if t.dtype == torch.uint8 else t.float()
+        return from_storage(arrays[f"{method}__s{stage}"][int(r.map_row)])
 
 
 def results(params: str | Path | Config = "default", *, progress: bool = True, root=None, **overrides) -> Results:

@@ -363,15 +363,15 @@ def spearman_table(df: pd.DataFrame, groups: Sequence[str] | Mapping[str, Callab
     return table
 
 
-def _rank_pearson(x, y, axis=-1):
-    """Spearman's rho along ``axis`` (vectorised): Pearson's r of average-tie ranks."""
+def rank_correlation(x, y, axis=-1):
+    """Spearman's rho along ``axis`` (vectorised): Pearson's r of average-tie ranks; NaN where one side is constant."""
     rx = sps.rankdata(x, axis=axis)
     ry = sps.rankdata(y, axis=axis)
     rx = rx - rx.mean(axis=axis, keepdims=True)
     ry = ry - ry.mean(axis=axis, keepdims=True)
     den = np.sqrt((rx**2).sum(axis=axis) * (ry**2).sum(axis=axis))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (rx * ry).sum(axis=axis) / den
+        return np.where(den > 0, (rx * ry).sum(axis=axis) / np.where(den > 0, den, 1.0), np.nan)
 
 
 def spearman_ci(x, y, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
@@ -392,7 +392,7 @@ def spearman_ci(x, y, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
         return (np.nan, np.nan, np.nan)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(int(n_boot), x.size))
-    boot = _rank_pearson(x[idx], y[idx], axis=1)
+    boot = rank_correlation(x[idx], y[idx], axis=1)
     tail = (1 - level) / 2 * 100
     lo, hi = np.nanpercentile(boot, [tail, 100 - tail]) if np.isfinite(boot).any() else (np.nan, np.nan)
     return (float(r), float(lo), float(hi))

@@ -66,7 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
+def parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     return buf.getvalue()
@@ -113,7 +113,7 @@ class Store:
     def write_chunk(self, i: int, rows: pd.DataFrame, maps: dict[str, np.ndarray]) -> None:
         tmp = self.chunks_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
-        files = {"rows.parquet": _parquet_bytes(rows), "maps.npz": _npz_bytes(maps)}
+        files = {"rows.parquet": parquet_bytes(rows), "maps.npz": _npz_bytes(maps)}
         for name, blob in files.items():
             _fsync_write(tmp / name, blob)
         manifest = {name: hashlib.sha256(blob).hexdigest() for name, blob in files.items()}
@@ -155,7 +155,7 @@ class Store:
     def write_frame(self, name: str, df: pd.DataFrame) -> Path:
         path = self.dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, _parquet_bytes(df))
+        atomic_write_bytes(path, parquet_bytes(df))
         return path
 
     def read_frame(self, name: str) -> pd.DataFrame | None:

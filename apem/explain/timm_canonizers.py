@@ -77,7 +77,7 @@ def _check_batch_norms_foldable(model: nn.Module, pairs) -> None:
         raise ValueError(
             f"LRP: batch norm layer(s) {left[:5]} follow no convolution that apem knows how to fold them into; "
             "their affine shift would be ignored by the relevance. Add their (conv, bn) pair to "
-            "apem.explain._timm_conv_bn_names."
+            "apem.explain.timm_canonizers._timm_conv_bn_names."
         )
 
 

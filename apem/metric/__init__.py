@@ -168,7 +168,7 @@ from apem.metric.evaluate import check_maps, evaluate_maps
 from apem.metric.forward import AUTO_BATCH, AUTO_BATCH_ACCELERATOR, resolve_batch_size
 from apem.metric.margin import MarginInfo, changed, margin
 from apem.metric.monotonicity import monotonicity_check
-from apem.metric.score import apem, apem_norm
+from apem.metric.score import apem, apem_norm, apem_norm_terms, apem_terms
 from apem.metric.search import SearchResult, as_index, search, trace
 from apem.metric.spec import SEARCH_MODES, SHUFFLE_MODES, THESIS_BOUND, SearchSpec
 
@@ -200,6 +200,8 @@ __all__ = [
     "monotonicity_check",
     "apem",
     "apem_norm",
+    "apem_norm_terms",
+    "apem_terms",
     "SEARCH_MODES",
     "SHUFFLE_MODES",
     "THESIS_BOUND",

@@ -68,7 +68,7 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
         for k in out:
             out[k].append(getattr(res, k))
     res = {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
-    result = _split_pm(res, "")
+    result = _split_pm(res)
     result["n_forward"] = result["n_forward_minus"] + result["n_forward_plus"]
     result["n_image_passes"] = torch.tensor(n_clean)
     result["n_image_backward"] = torch.tensor(n_back)
@@ -82,7 +82,7 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
                                int(shuffles), shuffle_mode, seeds[sl], bar)
             for k in outs:
                 outs[k].append(r[k])
-        sh = _split_pm({k: torch.cat(v) for k, v in outs.items()}, "")
+        sh = _split_pm({k: torch.cat(v) for k, v in outs.items()})
         result.update({"eps_shuffle_minus": sh["eps_minus"], "eps_shuffle_plus": sh["eps_plus"],
                        "censored_shuffle_minus": sh["censored_minus"], "censored_shuffle_plus": sh["censored_plus"],
                        "n_forward_shuffle_minus": sh["n_forward_minus"],
@@ -92,12 +92,12 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
     return result
 
 
-def _split_pm(res: dict, prefix: str) -> dict:
+def _split_pm(res: dict) -> dict:
     """Chunks store [minus rows, plus rows] per chunk: undo that into ``*_minus`` / ``*_plus``."""
     out = {}
     for k, v in res.items():
         v = v.cpu()
-        out[f"{prefix}{k}_minus"], out[f"{prefix}{k}_plus"] = v[0::2], v[1::2]
+        out[f"{k}_minus"], out[f"{k}_plus"] = v[0::2], v[1::2]
     return out
 
 
@@ -106,7 +106,7 @@ def _interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, b], 1).reshape(-1, *a.shape[1:])
 
 
-def _bar_hook(bar, offset=0):
+def _bar_hook(bar):
     if bar is None:
         return None
     state = {"last": 0}

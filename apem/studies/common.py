@@ -6,7 +6,6 @@ import hashlib
 import json
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -53,12 +52,6 @@ def table_methods(res, methods) -> list[str]:
 def predictions(res, ids) -> torch.Tensor:
     p = res.images.set_index("image_id").loc[list(ids), "pred"].to_numpy().copy()
     return torch.tensor(p, dtype=torch.long)
-
-
-def apem_of(out: dict) -> np.ndarray:
-    und = (out["undefined_minus"] | out["undefined_plus"]).numpy()
-    a = (out["eps_plus"] - out["eps_minus"]).double().numpy()
-    return np.where(und, np.nan, a)
 
 
 def study_name(study: str, **params) -> str:

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from apem import sanity as SN
-from apem.studies.common import apem_of, cached_study, correct_ids, pick_stage, predictions, study_name, table_methods
+from apem.metric.score import apem_terms
+from apem.studies.common import cached_study, correct_ids, pick_stage, predictions, study_name, table_methods
 
 
 def cascade_steps(n_stages: int, every: int = 2) -> list[int]:
@@ -81,7 +82,7 @@ def sanity_example_maps(res, *, n_images: int = 8, stage: int | None = None, see
     ``{(method, step): tensor (k, C, H, W)}`` with step 0 the trained model;
     the same parameters as :func:`sanity_check` (computed if missing).
     """
-    from apem.run import _from_storage
+    from apem.maps import from_storage
 
     job = _SanityJob(res, n_images, stage, every, smoothgrad_n, methods, seed)
     arrays = res.store.read_arrays(job.maps_file)
@@ -91,7 +92,7 @@ def sanity_example_maps(res, *, n_images: int = 8, stage: int | None = None, see
     out = {}
     for k, v in arrays.items():
         m, step = k.rsplit("__", 1)
-        out[(m, int(step))] = _from_storage(v)
+        out[(m, int(step))] = from_storage(v)
     return out
 
 
@@ -168,9 +169,9 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
                                      "ssim": float(sim.ssim[j]), "constant": bool(constant[j])})
 
     if maps_file is not None:
-        from apem.run import _to_storage
+        from apem.maps import to_storage
 
-        res.store.write_arrays(maps_file, {f"{m}__{step}": _to_storage(mm[m][stage][:N_EXAMPLE], res.cfg.quantize)
+        res.store.write_arrays(maps_file, {f"{m}__{step}": to_storage(mm[m][stage][:N_EXAMPLE], res.cfg.quantize)
                                            for step, (_, mm) in maps.items() for m in methods})
 
     # APEM on the trained model of every map of the chosen stage, in one batched search
@@ -184,7 +185,7 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
     image_index = torch.arange(n, device=dev).repeat(len(blocks))
     out = evaluate_maps(trained, x, all_maps, target, spec=cfg.search().replace(shuffles=0), image_index=image_index,
                         grad=grad)
-    apem = apem_of(out)
+    apem = apem_terms(out["eps_plus"], out["eps_minus"], out["undefined_minus"] | out["undefined_plus"])
     T = res.table
     Ts = T[T.stage == stage].set_index(["image_id", "method"])
     ap_rows = []
