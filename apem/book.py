@@ -51,8 +51,9 @@ def find_chapter(key: str | int) -> Path:
 
 def _package_source_digest() -> str:
     h = hashlib.sha256()
-    for p in sorted((REPO / "apem").glob("*.py")):
-        h.update(p.name.encode())
+    pkg = REPO / "apem"
+    for p in sorted(pkg.rglob("*.py")):  # every module of every sub-package: a change anywhere re-executes
+        h.update(p.relative_to(pkg).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 

@@ -202,8 +202,10 @@ def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, f
     """Compute whatever the store of ``cfg`` lacks; return the store."""
     from tqdm import tqdm
 
+    from apem.alloc import tune_malloc
     from apem.data import load_tensors
 
+    tune_malloc()  # small-batch CPU forwards run up to ~1.8x faster with buffers kept on the heap (apem.alloc)
     torch.manual_seed(cfg.seed)
     store = Store(cfg, root).open()
     done = store.read_frame("results.parquet")
