@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from apem.seeds import seed_of
-from apem.stats import rank_correlation
+from apem.correlation import rank_correlation
 
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 

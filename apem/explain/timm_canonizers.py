@@ -157,27 +157,24 @@ def _skip_sum(self, branch, shortcut):
     return self.canonizer_sum(torch.stack([shortcut, self.drop_path(branch)], dim=-1))
 
 
+def _space_to_depth(self, x):
+    """timm 1.0's optional space-to-depth stem of a block (identity when the block has none)."""
+    return x if self.conv_s2d is None else self.bn_s2d(self.conv_s2d(x))
+
+
 def _inverted_residual_forward(self, x):
     """timm ``InvertedResidual.forward`` (timm 1.0) with the skip through ``canonizer_sum``."""
-    shortcut = x
-    if self.conv_s2d is not None:
-        x = self.bn_s2d(self.conv_s2d(x))
-    x = self.bn1(self.conv_pw(x))
-    x = self.bn2(self.conv_dw(x))
-    x = self.se(self.aa(x))
-    x = self.bn3(self.conv_pwl(x))
-    return _skip_sum(self, x, shortcut)
+    x_in = x
+    x = self.bn1(self.conv_pw(_space_to_depth(self, x)))
+    x = self.se(self.aa(self.bn2(self.conv_dw(x))))
+    return _skip_sum(self, self.bn3(self.conv_pwl(x)), x_in)
 
 
 def _depthwise_separable_forward(self, x):
     """timm ``DepthwiseSeparableConv.forward`` (timm 1.0) with the skip through ``canonizer_sum``."""
-    shortcut = x
-    if self.conv_s2d is not None:
-        x = self.bn_s2d(self.conv_s2d(x))
-    x = self.bn1(self.conv_dw(x))
-    x = self.se(self.aa(x))
-    x = self.bn2(self.conv_pw(x))
-    return _skip_sum(self, x, shortcut)
+    x_in = x
+    x = self.se(self.aa(self.bn1(self.conv_dw(_space_to_depth(self, x)))))
+    return _skip_sum(self, self.bn2(self.conv_pw(x)), x_in)
 
 
 def _conv_bn_act_forward(self, x):

@@ -125,6 +125,20 @@ map; all state stays on the model's device.
     predicted as the target, the bracket cannot start at 0: step 1 is tested
     first and, if it changes the prediction, ``eps = 1`` (as ``linear``).
 
+Modules
+-------
+:mod:`~apem.metric.margin` (margin, :class:`MarginInfo`),
+:mod:`~apem.metric.clean` (loss gradient, clean pass),
+:mod:`~apem.metric.directions` (directions, reason codes, shuffle permutations),
+:mod:`~apem.metric.forward` (batched forwarding),
+:mod:`~apem.metric.engines` (the ``thesis`` and ``linear`` engines and the
+registry :data:`ENGINES`), :mod:`~apem.metric.bisect` (the bracketed root
+search), :mod:`~apem.metric.spec` (:class:`SearchSpec`),
+:mod:`~apem.metric.search` (:func:`search`, :func:`trace`),
+:mod:`~apem.metric.evaluate` (:func:`evaluate_maps`),
+:mod:`~apem.metric.score` (:func:`apem`, :func:`apem_norm`),
+:mod:`~apem.metric.monotonicity`.
+
 :func:`monotonicity_check` measures how often the flip is non-monotone on real
 images (a linear scan past the first flip, up to a horizon).
 
