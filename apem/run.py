@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from apem.config import Config, load_config
-from apem.seeds import seed_of
 from apem.maps import from_storage, to_storage
+from apem.seeds import seed_of
 from apem.store import Store
 
 # ----------------------------------------------------------------------------- helpers
