@@ -4,12 +4,13 @@ The package is the shared core every chapter of the book imports:
 
 - :mod:`apem.models`    named classifiers that take images in [0, 1] pixel units
 - :mod:`apem.data`      image sets with their true labels
+- :mod:`apem.explain`   explanation methods behind one interface
+- :mod:`apem.metric`    the epsilon searches and the APEM scores
+- :mod:`apem.run`       the experiment runner and its results store
+
+Importing apem changes nothing in the process: the runner (:func:`apem.run.run`)
+applies the allocator tuning of :mod:`apem.alloc` explicitly when it starts.
+See ``apem/README.md`` for where each thesis concept lives.
 """
 
 __version__ = "0.1.0"
-
-from apem.alloc import tune_malloc as _tune_malloc
-
-# CPU forward passes in small batches run up to ~1.8x faster with PyTorch's activation buffers kept
-# on the heap (see apem.alloc); process-wide, glibc only, APEM_MALLOC_TUNING=0 turns it off.
-_tune_malloc()

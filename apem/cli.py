@@ -57,7 +57,10 @@ def cmd_download_samples(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from apem import __version__
+
     parser = argparse.ArgumentParser(prog="apem", description="Adversarial Perturbation Explanation Metric")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", help="classify an image set and print top-1 accuracy")

@@ -21,15 +21,14 @@ from typing import Any
 
 import yaml
 
+from apem.thesis import THESIS_METHOD_PARAMS
+
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO / "params"
 
 
 class ConfigError(ValueError):
     """A configuration cannot be loaded: unknown field, unknown method, bad value."""
-
-
-THESIS_METHODS = {"gradient": {}, "smoothgrad": {"n": 100, "sigma": 0.2}, "lrp_epsilon": {"epsilon": 1.0}}
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Config:
     n_correct: int = 50
     n_misclassified: int = 20
     # explanations
-    methods: dict = field(default_factory=lambda: {k: dict(v) for k, v in THESIS_METHODS.items()})
+    methods: dict = field(default_factory=lambda: {k: dict(v) for k, v in THESIS_METHOD_PARAMS.items()})
     stages: tuple = (1, 2, 3)
     quantize: bool = True  # 256 levels, as the thesis's 8-bit PNGs
     # the metric
@@ -92,12 +91,10 @@ class Config:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
-        if self.search_mode not in ("thesis", "linear", "bisect"):
-            raise ConfigError(f"unknown search_mode {self.search_mode!r}; choose thesis, linear or bisect")
-        if self.shuffle_mode not in ("fixed", "per_step"):
-            raise ConfigError(f"unknown shuffle_mode {self.shuffle_mode!r}; choose fixed or per_step")
-        if self.shuffle_mode == "per_step" and self.search_mode != "thesis":
-            raise ConfigError("shuffle_mode 'per_step' is defined for search_mode 'thesis' only")
+        try:  # the search settings are checked where they are defined, by SearchSpec
+            self.search()
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"search settings: {e}") from None
         bad = [s for s in self.stages if s not in (1, 2, 3)]
         if bad or not self.stages:
             raise ConfigError(f"stages must be a non-empty subset of 1, 2, 3; got {list(self.stages)}")
@@ -160,6 +157,13 @@ class Config:
         d = self.to_dict()
         d.update(overrides)
         return Config.from_dict(d, "parameter override")
+
+    def search(self):
+        """The :class:`apem.metric.SearchSpec` of this configuration: every search it runs gets this one object."""
+        from apem.metric.spec import SearchSpec
+
+        return SearchSpec(mode=self.search_mode, bound=int(self.search_bound), clip=bool(self.clip),
+                          batch_size=self.search_batch_size, shuffles=int(self.shuffles), shuffle_mode=self.shuffle_mode)
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict:

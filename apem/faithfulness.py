@@ -112,14 +112,12 @@ References
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -365,52 +363,3 @@ def quantus_scores(metric_name: str, model, x, y, maps, *, params: dict | None =
     """Per-image scores, higher = more faithful: :func:`quantus_evaluate`'s ``scores``."""
     return quantus_evaluate(metric_name, model, x, y, maps, params=params, device=device,
                             batch_size=batch_size, seed=seed).scores
-
-
-# ----------------------------------------------------------------------------- agreement
-
-
-def ranking_agreement(scores_df: pd.DataFrame, metric: str = "metric", method: str = "method",
-                      image: str = "image_id", score: str = "score") -> pd.DataFrame:
-    """Kendall's tau between two metrics' rankings of the methods, per image and overall.
-
-    ``scores_df`` is long: one row per (image, method, metric) with a score
-    where higher is better for every metric (APEM and :func:`quantus_scores`
-    both are). For each unordered pair of metrics (order of appearance):
-
-    - ``tau_mean``, ``tau_median``: the mean and median over images of
-      Kendall's tau-b between the two metrics' scores of the methods on that
-      image (:func:`scipy.stats.kendalltau`; with 3 methods tau is one of
-      -1, -1/3, 1/3, 1 without ties); ``n_images`` counts the images where
-      tau is defined (both metrics score >= 2 methods, neither constant);
-      ``agree`` is the fraction of those images with tau = 1 (same order);
-    - ``tau_overall``, ``p_overall``: tau between the two metrics' rankings of
-      the methods by their mean score over the images both metrics scored
-      (with few methods, the p-value has little power).
-    """
-    from scipy.stats import kendalltau
-
-    wide = scores_df.pivot_table(index=[image, method], columns=metric, values=score, aggfunc="first")
-    metrics = [m for m in pd.unique(scores_df[metric]) if m in wide.columns]
-    rows = []
-    for ma, mb in itertools.combinations(metrics, 2):
-        pair = wide[[ma, mb]].dropna()
-        taus = []
-        for _, g in pair.groupby(level=0, sort=False):
-            if len(g) >= 2 and g[ma].nunique() > 1 and g[mb].nunique() > 1:
-                taus.append(kendalltau(g[ma], g[mb]).statistic)
-        taus = np.asarray(taus, dtype=float)
-        means = pair.groupby(level=1, sort=False).mean()
-        if len(means) >= 2 and means[ma].nunique() > 1 and means[mb].nunique() > 1:
-            res = kendalltau(means[ma], means[mb])
-            t_all, p_all = float(res.statistic), float(res.pvalue)
-        else:
-            t_all, p_all = np.nan, np.nan
-        rows.append({
-            "metric_a": ma, "metric_b": mb, "n_images": int(taus.size),
-            "tau_mean": float(taus.mean()) if taus.size else np.nan,
-            "tau_median": float(np.median(taus)) if taus.size else np.nan,
-            "agree": float(np.mean(np.isclose(taus, 1.0))) if taus.size else np.nan,
-            "n_methods": int(len(means)), "tau_overall": t_all, "p_overall": p_all,
-        })
-    return pd.DataFrame(rows)

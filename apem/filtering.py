@@ -100,37 +100,39 @@ def zero_up_to(maps: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
 
 
 def _map_apem(res: dict) -> torch.Tensor:
-    """Per-map APEM ``eps_plus - eps_minus`` as float64, NaN where undefined."""
-    a = (res["eps_plus"] - res["eps_minus"]).double()
+    """Per-map APEM ``eps_plus - eps_minus`` as float64, NaN where undefined (:func:`apem.metric.apem_terms`)."""
     und = res["undefined_minus"] | res["undefined_plus"]
-    return torch.where(und, torch.full_like(a, float("nan")), a)
+    return torch.from_numpy(metric.apem_terms(res["eps_plus"], res["eps_minus"], und))
 
 
-def explanation_filter(model, x, maps, target=None, *, image_index=None, grad=None, mode="bisect",
-                       bound=metric.THESIS_BOUND, fast_k=0, batch_size=None, clip=False, margin_info=None,
-                       use_hints=True, block=32, slope="loss", progress=False) -> FilterResult:
+def explanation_filter(model, x, maps, target=None, *, spec: metric.SearchSpec | None = None, image_index=None,
+                       grad=None, fast_k=0, margin_info=None, use_hints=True, progress=False,
+                       **settings) -> FilterResult:
     """Algorithm 2 on M maps in lockstep (see the module docstring).
 
     ``x`` (B, 3, H, W), ``maps`` (M, 1 or 3, H, W) in [0, 1], ``image_index``
     (M,) (default ``arange(M)``); ``grad``/``margin_info`` per image are
-    computed once when None (``slope``: see
+    computed once when None. ``spec``: the :class:`apem.metric.SearchSpec`
+    of every search (keyword ``settings`` such as ``mode="linear"`` are
+    applied on top; its shuffles are not used; ``slope``: see
     :func:`apem.metric.prepare_images`). ``fast_k = K > 0``: K candidate levels per round.
     ``use_hints``: ``bisect`` starts each candidate's search at the input
     map's epsilons (a cost saving; the answers are verified steps either way,
     equal whenever the flip is monotone).
     """
+    spec = metric.SearchSpec.build(spec, **settings).replace(shuffles=0)
+    mode = spec.mode
     dev = x.device
     M = len(maps)
-    ii = metric._as_index(image_index, M, dev)
+    ii = metric.as_index(image_index, M, dev)
     maps = maps.to(dev)
-    metric._check_maps(maps)
+    metric.check_maps(maps)
     grad, margin_info, _, _ = metric.prepare_images(model, x, ii, target, grad=grad, margin_info=margin_info,
-                                                    mode=mode, slope=slope, batch_size=batch_size)
+                                                    mode=mode, slope=spec.slope, batch_size=spec.batch_size)
     K = max(1, int(fast_k))
 
     def evaluate(cand, idx, hints):
-        res = metric.evaluate_maps(model, x, cand, image_index=ii[idx], grad=grad, mode=mode, bound=bound,
-                                   clip=clip, batch_size=batch_size, margin_info=margin_info, block=block,
+        res = metric.evaluate_maps(model, x, cand, spec=spec, image_index=ii[idx], grad=grad, margin_info=margin_info,
                                    hints=hints if use_hints and mode == "bisect" else None)
         return res
 

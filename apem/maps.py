@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 STAGES = (1, 2, 3)
@@ -118,3 +119,19 @@ def stage_map(a: torch.Tensor, x: torch.Tensor, stage: int, quantize: bool = Tru
 
 
 _quantize = quantize  # the stage functions' `quantize` flag shadows the function's name
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def to_storage(m: torch.Tensor, quantized: bool) -> np.ndarray:
+    """Maps in [0, 1] -> uint8 (exact for 256-level maps) or float16."""
+    if quantized:
+        return torch.round(m.float() * 255).to(torch.uint8).numpy()
+    return m.float().numpy().astype(np.float16)
+
+
+def from_storage(a: np.ndarray) -> torch.Tensor:
+    """Stored maps (uint8 or float16) back to float32 maps in [0, 1]."""
+    t = torch.from_numpy(np.asarray(a))
+    return t.float() / 255 if t.dtype == torch.uint8 else t.float()

@@ -245,10 +245,3 @@ def load_model(
         name=name, preset=preset, model=model, transform=make_transform(preset, interp),
         mean=tuple(mean), std=tuple(std), weights=source, gradcam_layer=f"net.{cam}", device=dev,
     )
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Logits for ``x`` in batches (no gradient)."""
-    outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0)

@@ -30,13 +30,6 @@ class Claim:
             raise ValueError(f"verdict must be one of {list(_BADGE)}, got {self.verdict!r}")
 
 
-def claims_table(claims: list[Claim]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {"thesis's claim": [c.text for c in claims], "on our model": [_BADGE[c.verdict] for c in claims],
-         "evidence": [c.evidence for c in claims]}
-    )
-
-
 def show_claims(claims: list[Claim], title: str = "Did the thesis's claims hold on our model?") -> None:
     """Display the verdicts as a Markdown table."""
     from IPython.display import Markdown, display

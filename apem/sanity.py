@@ -56,7 +56,6 @@ Reference
 from __future__ import annotations
 
 import copy
-import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -64,6 +63,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from apem.seeds import seed_of
+from apem.correlation import rank_correlation
 
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -115,7 +117,7 @@ def randomization_stages(model) -> list[Stage]:
 
 
 def _stage_seed(seed: int, name: str) -> int:
-    return zlib.crc32(f"{int(seed)}:{name}".encode())
+    return seed_of(int(seed), name)
 
 
 def _reinit_module(mod: nn.Module, batchnorm: str) -> None:
@@ -226,18 +228,6 @@ def _as_maps(a) -> np.ndarray:
     return a
 
 
-def _rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman's rho per row: Pearson's r of the (average-tie) ranks. NaN for a constant row."""
-    from scipy.stats import rankdata
-
-    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
-    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), np.nan)
-
-
 def map_similarity(a, b, abs: bool = True) -> pd.DataFrame:
     """Per-image similarity of two batches of maps: Spearman rank correlation and SSIM.
 
@@ -265,7 +255,7 @@ def map_similarity(a, b, abs: bool = True) -> pd.DataFrame:
         raise ValueError("map_similarity expects maps in [0, 1] (SSIM uses data_range=1): normalise them first")
     n, c = a.shape[:2]
     fa, fb = a.reshape(n, -1), b.reshape(n, -1)
-    rho = _rowwise_spearman(np.abs(fa), np.abs(fb)) if abs else _rowwise_spearman(fa, fb)
+    rho = rank_correlation(np.abs(fa), np.abs(fb), axis=1) if abs else rank_correlation(fa, fb, axis=1)
     if c == 1:
         ssim = [structural_similarity(a[i, 0], b[i, 0], data_range=1.0) for i in range(n)]
     else:

@@ -21,7 +21,9 @@ METHOD_LABELS = {
     "guided_backprop": "Guided Backprop",
     "gradcam": "Grad-CAM",
 }
-THESIS_METHODS = ("gradient", "smoothgrad", "lrp_epsilon")
+#: The thesis's three methods (section 4.2) with the parameters it used; the default configuration's methods.
+THESIS_METHOD_PARAMS = {"gradient": {}, "smoothgrad": {"n": 100, "sigma": 0.2}, "lrp_epsilon": {"epsilon": 1.0}}
+THESIS_METHODS = tuple(THESIS_METHOD_PARAMS)
 
 # Table 4.4 (stages 1, 2, 3); its stage-3 column is Table 4.2.
 TABLE_4_4 = pd.DataFrame(

@@ -69,7 +69,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from apem import metric  # noqa: E402
-from apem.grad import loss_gradient  # noqa: E402
+from apem.metric.clean import loss_gradient  # noqa: E402
 from apem.models import load_model  # noqa: E402
 
 T_START = time.perf_counter()
@@ -769,13 +769,13 @@ def sec_micro():
     k = 20 if ARGS.quick else 200
     _, t = timed(lambda: [torch.randperm(n, generator=g) for _ in range(k)])
     rp = t / k
-    # one search batch of per-step shuffled directions, the way _PerStepShuffles builds it
+    # one search batch of per-step shuffled directions, the way PerStepShuffles builds it
     B = 8 if ARGS.quick else ARGS.search_batch
     S = 10
     G = max(1, B // S)
     Rn = torch.rand(G, 3, 224, 224, device=dev())
     sign = torch.sign(torch.randn(G, 3, 224, 224, device=dev()))
-    ps = metric._PerStepShuffles(Rn, sign, torch.arange(G, device=dev()), torch.arange(G), S)
+    ps = metric.forward.PerStepShuffles(Rn, sign, torch.arange(G, device=dev()), torch.arange(G), S)
     mem = torch.arange(G * S, device=dev())
     ps(mem, mem)
     _, t_ps = timed(lambda: ps(mem, mem))
@@ -785,7 +785,7 @@ def sec_micro():
         lm.model(x)
         _, t_f = timed(lambda: lm.model(x))
     print(f"torch.randperm({n}) on the CPU generator: {1000 * rp:.2f} ms each")
-    print(f"_PerStepShuffles for one batch of {G * S} members (randperm on the CPU, stack, copy to the device, "
+    print(f"PerStepShuffles for one batch of {G * S} members (randperm on the CPU, stack, copy to the device, "
           f"gather, sign): {t_ps:.3f} s = {1000 * t_ps / (G * S):.2f} ms per perturbed image; the VGG-16 forward of "
           f"the same batch: {t_f:.3f} s = {1000 * t_f / (G * S):.3f} ms per image")
     # JPEG decoding + preprocessing on this machine's CPU (what the runner does per chunk / for the pool)

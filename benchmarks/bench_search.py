@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from apem import metric  # noqa: E402
 from apem.data import load_image_set, load_tensors  # noqa: E402
-from apem.grad import loss_gradient  # noqa: E402
+from apem.metric.clean import loss_gradient  # noqa: E402
 from apem.models import load_model  # noqa: E402
 
 
@@ -92,6 +92,9 @@ def timed(fn):
 
 
 def main(argv=None) -> int:
+    from apem.alloc import tune_malloc
+
+    tune_malloc()  # what the runner does: keep PyTorch's CPU buffers on the heap (apem.alloc)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=16, help="correctly classified sample images")
     ap.add_argument("--stages", default="2", help="gradient visualisation stages giving the maps (1,2,3)")

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from apem import explain as E
-from apem.grad import loss_gradient
+from apem.seeds import seed_of
+from apem.metric.clean import loss_gradient
 from apem.models import Normalize
 
 D = torch.float64
@@ -142,7 +143,7 @@ def test_smoothgrad_noise_depends_on_seed_and_position_only():
 
 
 def test_image_seeds_do_not_collide():
-    seeds = {E.image_seed(s, i) for s in range(20) for i in range(200)}
+    seeds = {seed_of(s, i) for s in range(20) for i in range(200)}
     assert len(seeds) == 20 * 200
 
 
@@ -158,11 +159,11 @@ def test_lrp_on_a_linear_model_equals_the_closed_form():
     xn = ((x - model.normalize.mean) / model.normalize.std).flatten(1)  # relevance passes through Normalize
     w, b = lin.weight.to(D), lin.bias.to(D)
     z = xn @ w.T + b
-    for output in ("softmax", "onehot"):
+    for objective in ("loss", "logit"):
         t = torch.tensor([1, 3])
-        rout = torch.softmax(z, 1) if output == "softmax" else F.one_hot(t, 4).to(D)
+        rout = torch.softmax(z, 1) if objective == "loss" else F.one_hot(t, 4).to(D)
         expected = torch.einsum("ni,ji,nj->ni", xn, w, rout / (z + eps * torch.sign(z)))
-        got = E.attribute(model, x, t, method="lrp_epsilon", epsilon=eps, output=output)
+        got = E.attribute(model, x, t, method="lrp_epsilon", epsilon=eps, objective=objective)
         assert torch.allclose(got.flatten(1), expected, rtol=1e-10, atol=1e-14)
 
 
@@ -487,12 +488,30 @@ def test_attribution_error_is_a_value_error():
 def test_registry_names_and_defaults():
     assert set(E.THESIS_METHODS) <= set(E.METHODS)
     assert E.method_params("smoothgrad") == {
-        "n": 100, "sigma": 0.2, "noise_target": "sample", "batch_size": 32, "seed": 0, "offset": 0,
+        "n": 100, "sigma": 0.2, "noise_target": "sample", "batch_size": 32, "seed": 0, "offset": 0, "objective": "loss",
     }
-    assert E.method_params("lrp_epsilon") == {"epsilon": 1.0, "output": "softmax"}
-    assert E.method_params("gradient") == {}
+    assert E.method_params("lrp_epsilon") == {"epsilon": 1.0, "objective": "loss"}
+    assert E.method_params("gradient") == {"objective": "loss"}
+    assert E.method_params("gradcam")["objective"] == "logit"
     m = E.get_method("smoothgrad", n=4)
     assert m.params["n"] == 4 and m.params["sigma"] == 0.2 and "n=4" in repr(m)
+
+
+def test_objective_says_what_a_method_explains():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).double().eval()
+    x = torch.rand(3, 3, 2, 2, dtype=torch.float64)
+    t = torch.tensor([0, 2, 1])
+    g_loss, _, _ = loss_gradient(model, x, t)
+    w = model[1].weight
+    g_logit = w[t].reshape(3, 3, 2, 2)
+    assert torch.equal(E.attribute(model, x, t, method="gradient"), g_loss)
+    assert torch.allclose(E.attribute(model, x, t, method="gradient", objective="logit"), g_logit)
+    assert torch.allclose(E.attribute(model, x, t, method="input_x_gradient"), x * g_logit)
+    # the loss per class is -log_softmax: its gradient at the target is the loss gradient
+    assert torch.allclose(E.attribute(model, x, t, method="input_x_gradient", objective="loss"), x * g_loss)
+    with pytest.raises(ValueError, match="objective"):
+        E.get_method("gradient", objective="margin")
 
 
 def test_unknown_method_or_parameter_is_a_value_error_naming_it():

@@ -10,6 +10,7 @@ import quantus
 from quantus.functions.perturb_func import noisy_linear_imputation
 
 from apem import faithfulness as F
+from apem.studies import agreement_table
 
 N, C, H, W = 4, 3, 16, 16
 
@@ -212,9 +213,9 @@ def test_ranking_agreement_by_hand():
     # image 3: "same" swaps sg and lrp -> tau = 1/3 there
     df = pd.DataFrame(rows, columns=["image_id", "method", "metric", "score"])
     df.loc[(df.image_id == 3) & (df.metric == "same") & (df.method == "sg"), "score"] = 55.0  # 60 > 55 > 50
-    out = F.ranking_agreement(df).set_index(["metric_a", "metric_b"])
+    out = agreement_table(df, reference="apem", n_boot=50).set_index(["metric_a", "metric_b"])
     assert out.loc[("apem", "reversed"), "tau_mean"] == pytest.approx(-1.0)
-    assert out.loc[("apem", "reversed"), "tau_overall"] == pytest.approx(-1.0)
+    assert out.loc[("apem", "reversed"), "tau_of_means"] == pytest.approx(-1.0)
     assert out.loc[("apem", "same"), "tau_mean"] == pytest.approx((1 + 1 + 1 + 1 / 3) / 4)
-    assert out.loc[("apem", "same"), "agree"] == pytest.approx(0.75)
-    assert out.loc[("apem", "same"), "n_images"] == 4 and out.loc[("apem", "same"), "n_methods"] == 3
+    assert out.loc[("apem", "same"), "same_order"] == pytest.approx(0.75)
+    assert out.loc[("apem", "same"), "n_images"] == 4

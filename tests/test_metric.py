@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from apem import metric
+from apem.metric.bisect import Brackets, candidates, root_estimate
+from apem.metric.directions import side_seed
 from apem.metric import (
     SEARCH_MODES, apem, apem_norm, directions, evaluate_maps, map_shuffle_permutations, monotonicity_check,
     search, trace,
@@ -447,7 +449,7 @@ def test_linear_fixed_shuffle_is_the_min_over_individual_shuffles(net_and_images
     seeds = torch.tensor([5, 6, 7])
     S = 5
     r = evaluate_maps(net, x, maps, image_index=ii, shuffles=S, seeds=seeds, mode="linear", bound=600)
-    from apem.grad import loss_gradient
+    from apem.metric.clean import loss_gradient
 
     grad, _, t = loss_gradient(net, x)
     n = 3 * 36
@@ -489,14 +491,14 @@ def test_per_step_shuffles_match_the_original_loop():
     seeds = torch.tensor([1, 2])
     kw = dict(image_index=torch.zeros(2, dtype=torch.long), shuffles=3, bound=3000, seeds=seeds)
     a = evaluate_maps(model, x, maps, mode="thesis", shuffle_mode="per_step", **kw)
-    from apem.grad import loss_gradient
+    from apem.metric.clean import loss_gradient
 
     g, _, t = loss_gradient(model, x)
     for i in range(2):
         for k, key in ((0, "minus"), (1, "plus")):
             R = (maps[i] if k == 0 else 1 - maps[i]).expand(3, -1, -1)
             Rn = R / R.sum()
-            eps, count = thesis_loop_per_step(model, x, Rn, g.sign(), metric._child_seed(int(seeds[i]), k), 3,
+            eps, count = thesis_loop_per_step(model, x, Rn, g.sign(), side_seed(int(seeds[i]), k), 3,
                                               int(t[0]), 3000)
             assert int(a[f"eps_shuffle_{key}"][i]) == eps
             assert int(a[f"n_forward_shuffle_{key}"][i]) == count
@@ -551,7 +553,7 @@ def test_bisect_creep_guard_jumps_by_doubling_distances_after_two_short_pairs():
     """After `creep_pairs` confident pairs in a row fell short, the next candidate is a single step
     lo + max(r - lo, 1) * 2**(k - creep_pairs + 1), capped at the bracket's midpoint (r: the estimate)."""
     f64 = torch.float64
-    st = metric._BisectState(1, metric.THESIS_BOUND, torch.tensor([4.0], dtype=f64), torch.tensor([-0.01], dtype=f64),
+    st = Brackets(1, metric.THESIS_BOUND, torch.tensor([4.0], dtype=f64), torch.tensor([-0.01], dtype=f64),
                              torch.tensor([False]), torch.device("cpu"))
     st.lo[:] = 1000
     st.mlo[:] = 0.02
@@ -562,17 +564,17 @@ def test_bisect_creep_guard_jumps_by_doubling_distances_after_two_short_pairs():
     st.bm[:] = torch.tensor([[0.02, 0.03]], dtype=f64)
     mi, U = torch.tensor([0]), torch.tensor([1400])
     tune = metric.BisectTuning()
-    r = float(metric._bisect_estimate(st, mi, U, None, metric.THESIS_BOUND, tune)[0])
+    r = float(root_estimate(st, mi, U, None, metric.THESIS_BOUND, tune)[0])
     assert 1000 < r < 1010  # close to lo: without the guard a confident pair around r
-    c1, c2, _ = metric._bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
+    c1, c2, _ = candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
     assert int(c2[0]) == int(c1[0]) + 1 == int(r) + 1
     for k, factor in ((2, 2), (3, 4), (4, 8), (9, None)):
         st.low_pairs[:] = k
-        c1, c2, _ = metric._bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
+        c1, c2, _ = candidates(st, mi, U, None, metric.THESIS_BOUND, tune)
         want = 1200 if factor is None else round(1000 + max(r - 1000, 1) * factor)
         assert (int(c1[0]), int(c2[0])) == (want, 0), k
     st.low_pairs[:] = 2  # creep_pairs = 0 turns the guard off
-    c1, c2, _ = metric._bisect_candidates(st, mi, U, None, metric.THESIS_BOUND, dataclasses.replace(tune, creep_pairs=0))
+    c1, c2, _ = candidates(st, mi, U, None, metric.THESIS_BOUND, dataclasses.replace(tune, creep_pairs=0))
     assert int(c2[0]) == int(c1[0]) + 1
 
 
@@ -624,7 +626,7 @@ def test_loss_slope_is_exact_for_two_classes_and_both_slopes_give_the_same_eps()
     W = torch.randint(-6, 7, (2, N_IN), generator=torch.Generator().manual_seed(3)).double()
     model = linear_classifier(W, torch.tensor([0.5, 0.0], dtype=torch.float64))
     x = torch.rand(1, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    from apem.grad import loss_gradient
+    from apem.metric.clean import loss_gradient
 
     g, logits, t = loss_gradient(model, x)
     _, exact = metric.clean_pass(model, x)

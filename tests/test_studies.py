@@ -1,11 +1,13 @@
-"""The experiments of chapters 10-12 on a tiny configuration: caching, randomised maps, costs."""
+"""The studies of chapters 10-12 on a tiny configuration: caching, randomised maps, costs."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from apem import experiments as E
+from apem import studies as E
+from apem.studies import faithfulness as faithfulness_study
+from apem.studies import sanity as sanity_study
 from apem.config import Config
 from apem.run import Results, run
 
@@ -60,7 +62,7 @@ def test_faithfulness_scores_costs_and_cache(tiny_res, monkeypatch):
     assert cost.loc["PixelFlipping", "forwards_map"] >= 6  # 6 steps of 224*224/2 channel values
     assert (cost.fwd_equiv_map > 0).all()
     # cached: a second call reads the store, even with the computation broken
-    monkeypatch.setattr(E, "_faithfulness", lambda *a, **k: _boom())
+    monkeypatch.setattr(faithfulness_study, "_faithfulness", lambda *a, **k: _boom())
     again = E.faithfulness_scores(tiny_res, n_images=2, stage=2, metric_params=small)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
     agree = E.agreement_table(df)
@@ -97,7 +99,7 @@ def test_sanity_check_randomised_maps_differ_and_cache(tiny_res, monkeypatch):
     T = tiny_res.table[(tiny_res.table.method == "gradient")].set_index("image_id")
     assert (tr.apem == T.loc[tr.index, "apem"]).all()
     assert np.allclose(tr.apem_table, tr.apem)
-    monkeypatch.setattr(E, "_sanity", lambda *a, **k: _boom())
+    monkeypatch.setattr(sanity_study, "_sanity", lambda *a, **k: _boom())
     sim2, ap2 = E.sanity_check(tiny_res, n_images=2, stage=2, every=5, methods=["gradient"])
     pd.testing.assert_frame_equal(sim2, sim)
     pd.testing.assert_frame_equal(ap2, ap)

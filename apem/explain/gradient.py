@@ -1,0 +1,106 @@
+"""The gradient and SmoothGrad (thesis 4.2.1) of the method's objective."""
+
+from __future__ import annotations
+
+import torch
+
+from apem.seeds import seed_of
+from apem.explain.base import (
+    Method, choice, nonneg_float, objective_gradient, nonneg_int, optional_int, positive_int, register, resolve_target,
+)
+
+
+@register
+class Gradient(Method):
+    """``A = dCE(model(x), t)/dx`` with ``t`` the target (default: the prediction); ``objective="logit"``: ``d logit_t/dx``."""
+
+    name = "gradient"
+    spec = {}
+
+    def _attribute(self, model, x, target, default_layer):
+        return objective_gradient(model, x, target, self.params["objective"])
+
+
+def smoothgrad_noise(x_i: torch.Tensor, n: int, seed: int, index: int) -> torch.Tensor:
+    """The ``n`` noise draws ``e_k ~ N(0, 1)`` (shape (n, *x_i.shape)) for the image at ``index``.
+
+    One ``torch.Generator`` on ``x_i``'s device, seeded with
+    :func:`apem.seeds.seed_of` ``(seed, index)``, draws all ``n`` at once. The noise
+    therefore depends only on (seed, index, n, shape, dtype, device type):
+    not on the other images in the batch nor on ``batch_size``.
+    """
+    g = torch.Generator(device=x_i.device)
+    g.manual_seed(seed_of(seed, index))
+    return torch.randn((n, *x_i.shape), generator=g, device=x_i.device, dtype=x_i.dtype)
+
+
+def _noisy_batches(x, n, sigma, seed, offset, batch_size):
+    """Yield ``(image index (B,), noisy copies (B, C, H, W))``: the N*n copies in chunks of ``batch_size``.
+
+    Copy ``k`` of image ``i`` is ``x_i + sigma * e_k``, not clipped to [0, 1]
+    (the thesis adds the noise only); a chunk may hold the copies of several images.
+    """
+    buf_x, buf_i, size = [], [], 0
+    for i in range(len(x)):
+        noisy = x[i].unsqueeze(0) + sigma * smoothgrad_noise(x[i], n, seed, offset + i)
+        idx = torch.full((n,), i, dtype=torch.long, device=x.device)
+        start = 0
+        while start < n:
+            take = min(batch_size - size, n - start)
+            buf_x.append(noisy[start : start + take])
+            buf_i.append(idx[start : start + take])
+            size += take
+            start += take
+            if size == batch_size:
+                yield torch.cat(buf_i), torch.cat(buf_x)
+                buf_x, buf_i, size = [], [], 0
+    if size:
+        yield torch.cat(buf_i), torch.cat(buf_x)
+
+
+@register
+class SmoothGrad(Method):
+    """SmoothGrad of the loss gradient (thesis 4.2.1)::
+
+        A(x) = 1/n * sum_{k=1..n} dCE(model(x + e_k), t_k) / dx,   e_k ~ N(0, sigma^2 I)
+
+    ``sigma`` is in the model's input units, [0, 1] pixels (thesis: 0.2), and
+    the noisy copies are not clipped to [0, 1].
+    ``noise_target="sample"`` (thesis): ``t_k`` is the noisy copy's own
+    prediction; ``"fixed"``: ``t_k`` is the image's target.
+    The N*n copies run in chunks of ``batch_size``. The noise of image ``i``
+    is :func:`smoothgrad_noise` ``(x_i, n, seed, offset + i)``, so it depends
+    on (seed, offset + position in the batch), not on the batch's other images;
+    pass ``offset`` = the batch's start in a larger set to make each image's
+    noise independent of how the set is batched. ``seed=None`` draws a seed
+    from torch's global generator. Results are reproducible bit for bit for
+    the same inputs, parameters and device; a different ``batch_size`` can
+    change the last bits (the model sees different batch shapes and the
+    per-image sums are taken per chunk).
+    """
+
+    name = "smoothgrad"
+    spec = {
+        "n": (100, positive_int),
+        "sigma": (0.2, nonneg_float),
+        "noise_target": ("sample", choice("sample", "fixed")),
+        "batch_size": (32, positive_int),
+        "seed": (0, optional_int),
+        "offset": (0, nonneg_int),
+    }
+
+    def _attribute(self, model, x, target, default_layer):
+        p = self.params
+        seed = p["seed"] if p["seed"] is not None else int(torch.randint(0, 2**62, ()).item())
+        if p["noise_target"] == "fixed":
+            target = resolve_target(model, x, target)
+        out = torch.zeros_like(x)
+        for idx, noisy in _noisy_batches(x, p["n"], p["sigma"], seed, p["offset"], p["batch_size"]):
+            t = target[idx] if p["noise_target"] == "fixed" else None
+            grad = objective_gradient(model, noisy, t, p["objective"])
+            # per-image sums over the chunk's consecutive rows (a handful of segments);
+            # a fixed-order sum where index_add_ would use atomics on CUDA
+            images, counts = torch.unique_consecutive(idx, return_counts=True)
+            for i, seg in zip(images.tolist(), grad.split(counts.tolist())):
+                out[i] += seg.sum(0)
+        return out / p["n"]

@@ -1,0 +1,109 @@
+r"""Directions :math:`d = R / \lVert R \rVert_1 \odot \operatorname{sign}(g)`, undefined maps, shuffles."""
+
+from __future__ import annotations
+
+import torch
+
+from apem.seeds import seed_of
+
+#: Reason codes for undefined items (``SearchResult.reason``); 0 = defined.
+REASONS = (
+    "",
+    "zero L1 norm: the map is all zero, so it gives no direction",
+    "the map has non-finite values",
+    "zero direction: sign(grad) is 0 wherever the map is non-zero",
+    "marked undefined by the caller",
+)
+REASON_ZERO_NORM, REASON_NONFINITE, REASON_ZERO_DIRECTION, REASON_CALLER = 1, 2, 3, 4
+
+
+def _expand3(maps: torch.Tensor) -> torch.Tensor:
+    if maps.dim() != 4 or maps.shape[1] not in (1, 3):
+        raise ValueError(f"maps must have shape (M, 1 or 3, H, W), got {tuple(maps.shape)}")
+    return maps.expand(-1, 3, -1, -1)
+
+
+def normalised(maps: torch.Tensor, dtype, device):
+    r"""``(Rn, ok, reason)``: :math:`R / \lVert R \rVert_1` as (M, 3, H, W) in ``dtype`` (zero where undefined).
+
+    The division is done in float64 and rounded once to ``dtype``, so a map
+    scaled by a positive constant normalises to the same tensor (up to that
+    one rounding; bit for bit for powers of two).
+    """
+    # Every step below is a pass over M x 3HW values, so the common case (finite, non-negative
+    # maps) skips the ones that would not change a bit: the where, the abs and the masking.
+    R = _expand3(maps).to(device=device)
+    isf = torch.isfinite(R)
+    finite = isf.flatten(1).all(1)
+    R64 = R.to(torch.float64)
+    if not bool(finite.all()):
+        R64 = torch.where(isf, R64, torch.zeros((), dtype=torch.float64, device=device))
+    del isf
+    norm = (R64 if bool(R64.amin() >= 0) else R64.abs()).flatten(1).sum(1)
+    ok = finite & (norm > 0)
+    safe = torch.where(ok, norm, torch.ones_like(norm))
+    Rn = (R64 / safe[:, None, None, None]).to(dtype)
+    del R64
+    if not bool(ok.all()):
+        Rn[~ok] = 0
+    reason = torch.zeros(len(Rn), dtype=torch.long, device=device)
+    reason[finite & ~(norm > 0)] = REASON_ZERO_NORM
+    reason[~finite] = REASON_NONFINITE
+    return Rn, ok, reason
+
+
+def permute(Rn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Permute all ``3 H W`` values of each row: ``Rn.flatten(1)[:, perm]``."""
+    perm = perm.to(Rn.device).long()
+    flat = Rn.reshape(len(Rn), -1)
+    flat = flat[:, perm] if perm.dim() == 1 else flat.gather(1, perm)
+    return flat.view_as(Rn)
+
+
+def directions(maps, grad, *, image_index=None, shuffle_perm=None, return_reason=False, out=None):
+    r"""Directions :math:`d = R / \lVert R\rVert_1 \odot \operatorname{sign}(g)`.
+
+    ``maps`` (M, 1 or 3, H, W); ``grad`` (M, 3, H, W) aligned with the maps,
+    or per image (B, 3, H, W) with ``image_index`` (M,). ``shuffle_perm``
+    (M, 3HW) or (3HW,): permute the flattened normalised 3-channel map before
+    taking the sign, ``Rn.flatten()[perm]``.
+
+    Returns ``(d, defined)`` (and ``reason`` codes, see :data:`REASONS`, with
+    ``return_reason``); undefined rows of ``d`` are zero. ``out``: an
+    (M, 3, H, W) tensor (a view is fine) to write ``d`` into.
+    """
+    sg = torch.sign(grad)  # per image, then gathered: one pass over B images instead of M maps
+    if image_index is not None:
+        sg = sg[torch.as_tensor(image_index, device=grad.device).long()]
+    if maps.shape[0] != sg.shape[0] or tuple(maps.shape[2:]) != tuple(sg.shape[2:]):
+        raise ValueError(f"maps {tuple(maps.shape)} do not match gradients {tuple(sg.shape)}")
+    Rn, ok, reason = normalised(maps, grad.dtype, grad.device)
+    if shuffle_perm is not None:
+        Rn = permute(Rn, shuffle_perm)
+    d = torch.mul(Rn, sg, out=out)
+    del Rn, sg
+    nonzero = (d != 0).flatten(1).any(1)
+    defined = ok & nonzero
+    reason[ok & ~nonzero] = REASON_ZERO_DIRECTION
+    return (d, defined, reason) if return_reason else (d, defined)
+
+
+def side_seed(seed: int, irrelevance: bool) -> int:
+    """The seed of one side of a map: :func:`apem.seeds.seed_of` ``(seed, 0)`` (relevance) or ``(seed, 1)``."""
+    return seed_of(int(seed), int(bool(irrelevance)))
+
+
+def shuffle_permutations(seed: int, n_values: int, shuffles: int) -> torch.Tensor:
+    """``shuffles`` permutations of ``range(n_values)`` from ``torch.Generator().manual_seed(seed)`` (CPU)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.stack([torch.randperm(n_values, generator=gen) for _ in range(shuffles)])
+
+
+def map_shuffle_permutations(seed: int, n_values: int, shuffles: int, irrelevance: bool = False) -> torch.Tensor:
+    """The ``shuffles`` fixed permutations :func:`evaluate_maps` uses for a map with per-item ``seed``.
+
+    The relevance map (``eps_shuffle_minus``) draws from ``side_seed(seed, False)``
+    and the irrelevance map (``eps_shuffle_plus``) from ``side_seed(seed, True)``;
+    per-step shuffles draw from the same generators, ``shuffles`` per tested step.
+    """
+    return shuffle_permutations(side_seed(seed, irrelevance), n_values, shuffles)

@@ -1,0 +1,93 @@
+"""The computations behind the chapters beyond the thesis's main table, each cached in the configuration's store.
+
+Every study has one call shape, ``study(res, *, n_images, stage, seed, ...) ->
+DataFrame``: it takes a :class:`apem.run.Results` (the main configuration),
+works on the **same images and the same cached maps** as the main results
+table -- its first ``n_images`` correctly classified images in the order of
+``images.parquet`` -- and keeps its table in the configuration's store with
+:func:`~apem.studies.common.cached_study` (the name holds a digest of every
+parameter), so a chapter never recomputes what the store has.
+
+Chapter 1, :func:`compare_modes` (:mod:`~apem.studies.search_modes`)
+    The three search modes side by side on the stored maps, with a
+    monotonicity check past the first change.
+
+Chapter 10, :func:`faithfulness_scores` (:mod:`~apem.studies.faithfulness`)
+    Quantus's Pixel-Flipping, Selectivity, ROAD and Faithfulness Correlation
+    (through :mod:`apem.faithfulness`, higher = more faithful for all four)
+    and APEM on the cached stage maps. The metrics are called **one image at a
+    time** with that image's maps of every method in one call, images in the
+    outer loop and metrics in the inner one, so every metric sees the same
+    machine load; APEM is re-run (no shuffles) with
+    :func:`apem.metric.evaluate_maps` on the same maps in the same loop to
+    time it. Each call counts the images its model forwarded
+    (:class:`apem.faithfulness.CountingModel`). Constant maps are not given
+    to Quantus (they rank nothing, and ROAD and Faithfulness Correlation
+    refuse them); their scores are NaN, as APEM's is undefined. APEM's *score* is the table's
+    (the number the book reports); the re-run is for the cost, and its
+    epsilons are kept (``eps_minus_rerun`` / ``eps_plus_rerun``) to check that
+    they match the table's. :func:`kendall_per_image` and
+    :func:`mean_scores` turn the scores into rankings and agreements.
+
+Chapter 11, :func:`sanity_check` (:mod:`~apem.studies.sanity`; it returns two tables)
+    Cascading randomisation (Adebayo et al. 2018, :mod:`apem.sanity`): the
+    model's stages are re-initialised from the top, cumulatively; at every
+    ``every``-th stage and at the last one (every layer random) each method's
+    maps are recomputed **for the trained model's predicted class** and
+    compared with the trained model's maps (Spearman's rho and SSIM, every
+    visualisation stage). The maps of the chosen stage -- trained and
+    randomised -- are then scored by APEM **on the trained model** (the
+    model being explained: its loss gradient gives sign(g), its prediction is
+    the target). Both the trained and the randomised maps are computed here
+    with the same method parameters, so the comparison is like for like:
+    the configuration's parameters, except that SmoothGrad uses
+    ``min(n, smoothgrad_n)`` noisy copies and ``noise_target="fixed"``
+    (every copy explains the trained prediction: only the weights may change
+    between a trained map and its randomised counterpart, never the class;
+    with the thesis's ``"sample"`` the randomised model's copies would explain
+    the *randomised* model's own predictions).
+
+Chapter 12, :func:`more_methods` (:mod:`~apem.studies.more_methods`; a configuration, not a table)
+    The configuration re-run with other explanation methods (default
+    :data:`MORE_METHODS`) through the whole pipeline, in a store of its own:
+    same model, pool and seed, hence the same image draw.
+    ``n_misclassified=0`` and ``filter_images=0`` (the chapter uses the
+    correct images only); ``n_correct`` may be lowered to fit a time budget,
+    which keeps a *subset* of the main configuration's correct images (the
+    draw takes the first ``n_correct`` of one seeded permutation of the
+    correct pool). :func:`combined_table` joins the two tables on the common
+    images.
+"""
+
+
+from apem.studies.common import APEM, SCHEMA, cached_study, correct_ids, pick_stage, study_name
+from apem.studies.faithfulness import (
+    agreement_table, cost_table, faithfulness_scores, kendall_per_image, mean_scores, per_image_cost,
+)
+from apem.studies.more_methods import MORE_METHODS, combined_table, more_methods
+from apem.studies.sanity import N_EXAMPLE, cascade_steps, sanity_check, sanity_example_maps, sanity_params
+from apem.studies.search_modes import compare_modes
+
+__all__ = [
+    "APEM",
+    "SCHEMA",
+    "cached_study",
+    "correct_ids",
+    "pick_stage",
+    "study_name",
+    "agreement_table",
+    "cost_table",
+    "faithfulness_scores",
+    "kendall_per_image",
+    "mean_scores",
+    "per_image_cost",
+    "MORE_METHODS",
+    "combined_table",
+    "more_methods",
+    "N_EXAMPLE",
+    "cascade_steps",
+    "sanity_check",
+    "sanity_example_maps",
+    "sanity_params",
+    "compare_modes",
+]

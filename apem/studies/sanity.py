@@ -1,0 +1,204 @@
+"""Chapter 11: cascading randomisation of the model, map similarity, and APEM of the randomised maps.
+
+See :func:`sanity_check`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from apem import sanity as SN
+from apem.metric.score import apem_terms
+from apem.studies.common import cached_study, correct_ids, pick_stage, predictions, study_name, table_methods
+
+
+def cascade_steps(n_stages: int, every: int = 2) -> list[int]:
+    """0-based indices of the cascade steps to evaluate: ``0, every, 2*every, ...`` and always the last."""
+    if n_stages < 1:
+        return []
+    every = max(1, int(every))
+    steps = list(range(0, n_stages, every))
+    if steps[-1] != n_stages - 1:
+        steps.append(n_stages - 1)
+    return steps
+
+
+def sanity_params(res, method: str, smoothgrad_n: int = 16) -> dict:
+    """The method parameters the sanity check uses (see the module docstring)."""
+    from apem.explain import method_params
+    from apem.seeds import seed_of
+
+    p = dict(res.cfg.methods.get(method, {}))
+    defaults = method_params(method)
+    if method == "smoothgrad":
+        p["n"] = min(int(p.get("n", defaults["n"])), int(smoothgrad_n))
+        p["noise_target"] = "fixed"
+    if "seed" in defaults and "seed" not in p:
+        p["seed"] = seed_of(res.cfg.seed, method, "sanity")
+    if "batch_size" in defaults and "batch_size" not in p:
+        p["batch_size"] = res.cfg.batch_size
+    if method == "gradcam" and not p.get("layer"):
+        p["layer"] = res.model.gradcam_layer
+    return p
+
+
+def sanity_check(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, every: int = 3,
+                 smoothgrad_n: int = 16, methods=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cascading randomisation: map similarity per step, and APEM of the maps on the trained model.
+
+    Returns ``(similarity, apem)``:
+
+    ``similarity``: one row per (image, method, visualisation stage, step)
+    with ``step`` (1-based position in the full cascade; the last step has
+    every stage random), ``layer`` (the stage randomised last),
+    ``spearman``, ``ssim`` (:func:`apem.sanity.map_similarity` of the
+    randomised model's map against the trained model's; Spearman is NaN when
+    a map is constant) and ``constant`` (the randomised map is constant,
+    e.g. all zero: it marks no pixel as more relevant than another).
+
+    ``apem``: one row per (image, method, step) at visualisation stage
+    ``stage``, ``step = 0`` / ``layer = "trained"`` for the trained model's
+    own maps, with ``eps_minus, eps_plus, apem`` (NaN when undefined),
+    censored and undefined flags, all measured on the **trained** model, and
+    the main table's ``apem_table`` and ``apem_shuffle`` of the same image
+    and method (the shuffled baseline of the configuration's maps).
+
+    Steps: :func:`cascade_steps` over :func:`apem.sanity.randomization_stages`.
+    Cached as ``extra/sanity-sim-<key>.parquet`` and ``extra/sanity-apem-<key>.parquet``;
+    the maps of the first images are kept for figures (:func:`sanity_example_maps`).
+    """
+    job = _SanityJob(res, n_images, stage, every, smoothgrad_n, methods, seed)
+    sim = cached_study(res, f"sanity-sim-{job.tag}", lambda: job.compute()["sim"], **job.params)
+    ap = cached_study(res, f"sanity-apem-{job.tag}", lambda: job.compute()["apem"], **job.params)
+    return sim, ap
+
+
+def sanity_example_maps(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, every: int = 3,
+                        smoothgrad_n: int = 16, methods=None) -> dict:
+    """The stage maps of the first :data:`N_EXAMPLE` images along the cascade, as kept by :func:`sanity_check`.
+
+    ``{(method, step): tensor (k, C, H, W)}`` with step 0 the trained model;
+    the same parameters as :func:`sanity_check` (computed if missing).
+    """
+    from apem.maps import from_storage
+
+    job = _SanityJob(res, n_images, stage, every, smoothgrad_n, methods, seed)
+    arrays = res.store.read_arrays(job.maps_file)
+    if arrays is None:
+        job.compute()
+        arrays = res.store.read_arrays(job.maps_file)
+    out = {}
+    for k, v in arrays.items():
+        m, step = k.rsplit("__", 1)
+        out[(m, int(step))] = from_storage(v)
+    return out
+
+
+N_EXAMPLE = 2  # images whose randomised maps sanity_check keeps for figures
+
+
+class _SanityJob:
+    """The parameters of one sanity check, its cache key, and its computation (run at most once)."""
+
+    def __init__(self, res, n_images, stage, every, smoothgrad_n, methods, seed):
+        self.res = res
+        self.stage = pick_stage(res, stage)
+        self.methods = table_methods(res, methods)
+        self.ids = correct_ids(res, n_images)
+        if not self.ids:
+            raise ValueError("no correctly classified images in the results table")
+        self.every, self.smoothgrad_n, self.seed = int(every), int(smoothgrad_n), int(seed)
+        self.tag = f"s{self.stage}-n{len(self.ids)}-e{self.every}"
+        self.params = dict(methods=self.methods, sg=self.smoothgrad_n, seed=self.seed, ids=self.ids,
+                           params={m: res.cfg.methods[m] for m in self.methods})
+        self.maps_file = f"extra/{study_name(f'sanity-maps-{self.tag}', **self.params)}.npz"
+        self._out = None
+
+    def compute(self) -> dict:
+        if self._out is None:
+            self._out = _sanity(self.res, self.ids, self.stage, self.every, self.smoothgrad_n, self.methods,
+                                self.seed, self.maps_file)
+        return self._out
+
+
+def _attribution_maps(res, model, x, target, methods, smoothgrad_n, stages) -> dict:
+    from apem.explain import get_method
+    from apem.maps import stage_maps
+
+    out = {}
+    for m in methods:
+        A = get_method(m, **sanity_params(res, m, smoothgrad_n))(model, x, target)
+        out[m] = {s: v.detach().cpu() for s, v in stage_maps(A, x, res.cfg.stages, quantize=res.cfg.quantize).items()}
+    return out
+
+
+def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None) -> dict:
+    from apem.metric.clean import loss_gradient
+    from apem.metric import evaluate_maps
+
+    cfg, lm = res.cfg, res.model
+    dev = lm.device
+    trained = lm.model.eval()
+    x = res.image_tensors(ids).to(dev)
+    target = predictions(res, ids).to(dev)
+    n = len(ids)
+    stages = SN.randomization_stages(trained)
+    wanted = set(cascade_steps(len(stages), every))
+
+    maps = {0: ("trained", _attribution_maps(res, trained, x, target, methods, smoothgrad_n, cfg.stages))}
+    for k, (layer, model) in enumerate(SN.cascading_randomization(trained, seed=seed)):
+        if k in wanted:
+            maps[k + 1] = (layer, _attribution_maps(res, model, x, target, methods, smoothgrad_n, cfg.stages))
+        del model
+
+    sim_rows = []
+    ref = maps[0][1]
+    for step, (layer, mm) in maps.items():
+        if step == 0:
+            continue
+        for m in methods:
+            for s in cfg.stages:
+                sim = SN.map_similarity(ref[m][s], mm[m][s])
+                flat = mm[m][s].flatten(1)
+                constant = (flat.amax(1) == flat.amin(1)).tolist()
+                for j, iid in enumerate(ids):
+                    sim_rows.append({"image_id": iid, "method": m, "vis_stage": s, "step": step, "layer": layer,
+                                     "n_stages": len(stages), "spearman": float(sim.spearman[j]),
+                                     "ssim": float(sim.ssim[j]), "constant": bool(constant[j])})
+
+    if maps_file is not None:
+        from apem.maps import to_storage
+
+        res.store.write_arrays(maps_file, {f"{m}__{step}": to_storage(mm[m][stage][:N_EXAMPLE], res.cfg.quantize)
+                                           for step, (_, mm) in maps.items() for m in methods})
+
+    # APEM on the trained model of every map of the chosen stage, in one batched search
+    grad, _, _ = loss_gradient(trained, x, target)
+    keys, blocks = [], []
+    for step, (layer, mm) in maps.items():
+        for m in methods:
+            blocks.append(mm[m][stage])
+            keys.append((step, layer, m))
+    all_maps = torch.cat(blocks).to(dev)
+    image_index = torch.arange(n, device=dev).repeat(len(blocks))
+    out = evaluate_maps(trained, x, all_maps, target, spec=cfg.search().replace(shuffles=0), image_index=image_index,
+                        grad=grad)
+    apem = apem_terms(out["eps_plus"], out["eps_minus"], out["undefined_minus"] | out["undefined_plus"])
+    T = res.table
+    Ts = T[T.stage == stage].set_index(["image_id", "method"])
+    ap_rows = []
+    for b, (step, layer, m) in enumerate(keys):
+        for j, iid in enumerate(ids):
+            k = b * n + j
+            t = Ts.loc[(iid, m)]
+            ap_rows.append({
+                "image_id": iid, "method": m, "step": step, "layer": layer, "stage": stage,
+                "eps_minus": int(out["eps_minus"][k]), "eps_plus": int(out["eps_plus"][k]), "apem": float(apem[k]),
+                "censored_minus": bool(out["censored_minus"][k]), "censored_plus": bool(out["censored_plus"][k]),
+                "undefined": bool(out["undefined_minus"][k] | out["undefined_plus"][k]),
+                "n_forward": int(out["n_forward"][k]),
+                "apem_table": float(t.apem), "apem_shuffle": float(t.get("apem_shuffle", np.nan)),
+            })
+    return {"sim": pd.DataFrame(sim_rows), "apem": pd.DataFrame(ap_rows)}
