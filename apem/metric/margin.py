@@ -1,4 +1,4 @@
-"""The target margin :math:`m = z_t - \max_{j\ne t} z_j` and the per-image quantities built on it."""
+r"""The target margin :math:`m = z_t - \max_{j\ne t} z_j` and the per-image quantities built on it."""
 
 from __future__ import annotations
 
