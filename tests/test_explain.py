@@ -321,7 +321,10 @@ def test_lite0_canonized_logits_equal_and_model_unchanged(random_lite0):
         with torch.no_grad():
             canon = model(x)
         bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        assert len(bns) == 49 and all(torch.all(m.running_var == 1) and m.eps == 0 for m in bns)
+        from apem.explain.timm_canonizers import FOLDED_BN_EPS
+
+        assert len(bns) == 49 and all(torch.all(m.running_var == 1) and m.eps == FOLDED_BN_EPS for m in bns)
+        assert torch.sqrt(torch.tensor(1.0) + FOLDED_BN_EPS) == 1.0  # the folded BN divides by exactly 1
         assert sum(hasattr(m, "canonizer_sum") for m in model.modules()) == 9  # Lite0's skip blocks
     assert before.abs().max() > 0.1
     assert torch.allclose(canon, before, atol=1e-4, rtol=1e-4)
