@@ -94,7 +94,12 @@ class Config:
         try:  # the search settings are checked where they are defined, by SearchSpec
             self.search()
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"search settings: {e}") from None
+            msg = str(e)  # SearchSpec's names -> this configuration's fields
+            for spec_name, field_name in (("batch_size", "search_batch_size"), ("bound", "search_bound"),
+                                          ("unknown search mode", "unknown search_mode")):
+                if msg.startswith(spec_name):
+                    msg = field_name + msg[len(spec_name):]
+            raise ConfigError(f"search settings: {msg}") from None
         bad = [s for s in self.stages if s not in (1, 2, 3)]
         if bad or not self.stages:
             raise ConfigError(f"stages must be a non-empty subset of 1, 2, 3; got {list(self.stages)}")

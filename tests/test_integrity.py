@@ -297,7 +297,7 @@ BAD = [
     (["-p", "seed", "-1"], "seed must be >= 0"),
     (["-p", "clip", "maybe"], "clip must be true or false"),
     (["-p", "n_corect", "3"], "did you mean 'n_correct'"),
-    (["-p", "search_mode", "fast"], "unknown search mode 'fast'"),
+    (["-p", "search_mode", "fast"], "unknown search_mode 'fast'"),
     (["-p", "shuffle_mode", "per_step"], "per_step shuffles need a scan"),
     (["-p", "data", "/no/such/folder"], "image folder /no/such/folder does not exist"),
     (["-p", "data", "{empty}"], "no labelled images in"),

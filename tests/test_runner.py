@@ -75,7 +75,7 @@ def test_unknown_method_or_parameter_fails_at_load_naming_it(tmp_path):
 
 
 def test_bad_values_fail_at_load():
-    with pytest.raises(ConfigError, match="search mode"):
+    with pytest.raises(ConfigError, match="search_mode"):
         Config(search_mode="binary")
     with pytest.raises(ConfigError, match="stages"):
         Config(stages=(4,))
