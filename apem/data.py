@@ -251,9 +251,9 @@ def image_set_identity(path: str | os.PathLike | None = None, ground_truth: str 
 
     The fingerprint is a SHA-256 over every listed image's relative path, size, modification
     time (ns) and label, and over the ground-truth file's path, size and modification time.
-    Sizes and modification times rather than content hashes: a ``stat`` per file costs
-    milliseconds for the 1,000 sample images and well under a second for a 50,000-image
-    ImageNet validation folder, where hashing 6 GB of JPEGs would cost every run a minute;
+    Sizes and modification times rather than content hashes: listing and ``stat`` took about
+    60 ms for the 1,000 sample images (2-core machine, warm cache), so a few seconds for a
+    50,000-image ImageNet validation folder, where hashing 6 GB of JPEGs would cost every run a minute;
     any rewrite of a file changes its modification time, and a file that is only touched
     costs a recomputation, never a wrong reuse.
     """
