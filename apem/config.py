@@ -50,6 +50,9 @@ class Config:
     methods: dict = field(default_factory=lambda: {k: dict(v) for k, v in THESIS_METHOD_PARAMS.items()})
     stages: tuple = (1, 2, 3)
     quantize: bool = True  # 256 levels, as the thesis's 8-bit PNGs
+    # "round": exact min-max, rounded to 256 levels; "save_image": the thesis's files, written by
+    # torchvision 0.2's save_image(normalize=True): / (max - min + 1e-5), truncated to uint8 (apem.maps)
+    map_encoding: str = "round"
     # the metric
     search_mode: str = "bisect"  # thesis | linear | bisect
     search_bound: int = 10001
@@ -100,6 +103,12 @@ class Config:
                 if msg.startswith(spec_name):
                     msg = field_name + msg[len(spec_name):]
             raise ConfigError(f"search settings: {msg}") from None
+        from apem.maps import ENCODINGS
+
+        if self.map_encoding not in ENCODINGS:
+            raise ConfigError(f"unknown map_encoding {self.map_encoding!r}; choose one of {list(ENCODINGS)}")
+        if self.map_encoding == "save_image" and not self.quantize:
+            raise ConfigError("map_encoding save_image writes 8-bit maps, as the thesis's PNGs: it needs quantize: true")
         bad = [s for s in self.stages if s not in (1, 2, 3)]
         if bad or not self.stages:
             raise ConfigError(f"stages must be a non-empty subset of 1, 2, 3; got {list(self.stages)}")
@@ -223,7 +232,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _INT, _OPT_INT, _BOOL, _STR, _OPT_STR = "int", "int or null", "true or false", "text", "text or null"
 FIELD_TYPES = {
     "name": _STR, "model": _STR, "weights": _STR, "preset": _STR, "data": _OPT_STR, "ground_truth": _OPT_STR,
-    "pool": _OPT_INT, "n_correct": _INT, "n_misclassified": _INT, "quantize": _BOOL, "search_mode": _STR,
+    "pool": _OPT_INT, "n_correct": _INT, "n_misclassified": _INT, "quantize": _BOOL, "map_encoding": _STR,
+    "search_mode": _STR,
     "search_bound": _INT, "clip": _BOOL, "shuffles": _INT, "shuffle_mode": _STR, "filter_images": _INT,
     "filter_fast_k": _INT, "seed": _INT, "device": _STR, "batch_size": _INT, "search_batch_size": _OPT_INT,
     "chunk_size": _INT,

@@ -13,6 +13,16 @@ constant map (``max == min``) becomes all zeros: no pixel is more relevant
 than another. The thesis stored every map as an 8-bit PNG, so by default the
 maps are quantised to 256 levels (:func:`quantize`).
 
+Encodings (``encoding=``, the configuration's ``map_encoding``)
+    ``"round"`` (default): exact min-max, then ``round(m * 255) / 255``.
+    ``"save_image"``: what the thesis's code wrote, ``torchvision.utils.save_image(
+    normalize=True)`` of its time (torchvision 0.2): min-max dividing by
+    ``max - min + 1e-5`` and conversion to uint8 by truncation,
+    ``floor(m * 255) / 255``. For maps whose value range is small (raw
+    gradients are ~1e-3), the ``+ 1e-5`` keeps the top value below 1 and the
+    truncation lowers every level by up to one step; chapter 4 measures how
+    much the epsilons move.
+
 Everything is batched (no loop over images) and stays on the input's device.
 """
 
@@ -24,6 +34,8 @@ import numpy as np
 import torch
 
 STAGES = (1, 2, 3)
+ENCODINGS = ("round", "save_image")
+SAVE_IMAGE_EPS = 1e-5  # torchvision 0.2's save_image(normalize=True): (v - min) / (max - min + 1e-5)
 
 
 def percentile(v: torch.Tensor, q: float) -> torch.Tensor:
@@ -49,11 +61,13 @@ def percentile(v: torch.Tensor, q: float) -> torch.Tensor:
     return low + (high - low) * frac
 
 
-def minmax(v: torch.Tensor) -> torch.Tensor:
-    """Per image ``(v - min) / (max - min)`` over all of an image's values; constant images -> 0."""
+def minmax(v: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Per image ``(v - min) / (max - min + eps)`` over all of an image's values; constant images -> 0."""
     flat = v.reshape(len(v), -1)
     lo = flat.min(1, keepdim=True).values
     rng = flat.max(1, keepdim=True).values - lo
+    if eps > 0:
+        return ((flat - lo) / (rng + eps)).reshape(v.shape)
     out = torch.where(rng > 0, (flat - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(flat))
     return out.reshape(v.shape)
 
@@ -65,14 +79,18 @@ def clamp_abs(a: torch.Tensor, q: float = 99.0) -> torch.Tensor:
     return torch.minimum(mag, cap.view(-1, *([1] * (mag.ndim - 1))))
 
 
-def quantize(m: torch.Tensor, levels: int = 256) -> torch.Tensor:
+def quantize(m: torch.Tensor, levels: int = 256, mode: str = "round") -> torch.Tensor:
     """``round(m * (levels - 1)) / (levels - 1)``: what an 8-bit PNG keeps of a map in [0, 1].
 
-    ``torch.round`` rounds halves to even (0.5 * 255 = 127.5 -> 128).
+    ``torch.round`` rounds halves to even (0.5 * 255 = 127.5 -> 128). ``mode="floor"``
+    truncates instead, as ``tensor.mul(255).byte()`` did in torchvision 0.2's ``save_image``.
     """
     if levels < 2:
         raise ValueError(f"quantize needs at least 2 levels, got {levels}")
-    return torch.round(m * (levels - 1)) / (levels - 1)
+    if mode not in ("round", "floor"):
+        raise ValueError(f"quantize mode must be 'round' or 'floor', got {mode!r}")
+    op = torch.round if mode == "round" else torch.floor
+    return op(m * (levels - 1)) / (levels - 1)
 
 
 def _check(a: torch.Tensor, x: torch.Tensor) -> None:
@@ -83,23 +101,29 @@ def _check(a: torch.Tensor, x: torch.Tensor) -> None:
         raise ValueError(f"attribution holds NaN/inf values in {bad} of {len(a)} image(s)")
 
 
-def _from_clamped(c: torch.Tensor, x: torch.Tensor, stage: int) -> torch.Tensor:
+def _from_clamped(c: torch.Tensor, x: torch.Tensor, stage: int, eps: float = 0.0) -> torch.Tensor:
     if stage == 1:
-        return minmax(c)
+        return minmax(c, eps)
     if stage == 2:
-        return minmax(c.sum(1, keepdim=True))
+        return minmax(c.sum(1, keepdim=True), eps)
     if stage == 3:
-        return minmax((c * x).sum(1, keepdim=True))
+        return minmax((c * x).sum(1, keepdim=True), eps)
     raise ValueError(f"unknown visualisation stage {stage!r}; stages are {STAGES}")
 
 
 def stage_maps(a: torch.Tensor, x: torch.Tensor, stages=STAGES, quantize: bool = True,
-               levels: int = 256) -> dict[int, torch.Tensor]:
+               levels: int = 256, encoding: str = "round") -> dict[int, torch.Tensor]:
     """``{stage: map}`` for the requested stages (see the module docstring).
 
     Stage 1 maps are (N, 3, H, W), stages 2 and 3 (N, 1, H, W), all in [0, 1]
     (quantised to ``levels`` when ``quantize``). The p99 clamp is computed once.
+    ``encoding``: ``"round"`` or ``"save_image"`` (the thesis's files; needs ``quantize``).
     """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown map encoding {encoding!r}; encodings are {ENCODINGS}")
+    if encoding == "save_image" and not quantize:
+        raise ValueError("the save_image encoding writes 8-bit maps: it needs quantize=True")
+    eps, mode = (SAVE_IMAGE_EPS, "floor") if encoding == "save_image" else (0.0, "round")
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown visualisation stage {s!r}; stages are {STAGES}")
@@ -108,14 +132,15 @@ def stage_maps(a: torch.Tensor, x: torch.Tensor, stages=STAGES, quantize: bool =
     x = x.to(c.dtype)
     out = {}
     for s in stages:
-        m = _from_clamped(c, x, s)
-        out[s] = _quantize(m, levels) if quantize else m
+        m = _from_clamped(c, x, s, eps)
+        out[s] = _quantize(m, levels, mode) if quantize else m
     return out
 
 
-def stage_map(a: torch.Tensor, x: torch.Tensor, stage: int, quantize: bool = True, levels: int = 256) -> torch.Tensor:
+def stage_map(a: torch.Tensor, x: torch.Tensor, stage: int, quantize: bool = True, levels: int = 256,
+              encoding: str = "round") -> torch.Tensor:
     """The map of one visualisation stage (1, 2 or 3); see :func:`stage_maps`."""
-    return stage_maps(a, x, (stage,), quantize=quantize, levels=levels)[stage]
+    return stage_maps(a, x, (stage,), quantize=quantize, levels=levels, encoding=encoding)[stage]
 
 
 _quantize = quantize  # the stage functions' `quantize` flag shadows the function's name

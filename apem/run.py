@@ -110,6 +110,30 @@ def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- one chunk
 
 
+class TargetMismatch(RuntimeError):
+    """The model's prediction in the gradient pass is not the stored target."""
+
+
+def check_targets(logits: torch.Tensor, target: torch.Tensor, image_ids) -> None:
+    """Fail loudly when the gradient pass predicts another class than the stored prediction.
+
+    The search measures how far the perturbation must go to change the prediction
+    *from the target*; if the clean image already predicts something else, every
+    step "changes" it, both epsilons come out 1 and APEM 0 -- a silent, wrong row.
+    A mismatch means the prediction cache was computed under other numerics (device,
+    threads, batch size) on an image whose top two logits nearly tie.
+    """
+    pred = logits.argmax(1)
+    bad = (pred != target).nonzero().flatten().tolist()
+    if bad:
+        ids = list(image_ids)
+        where = ", ".join(f"{ids[i]} (stored {int(target[i])}, now {int(pred[i])})" for i in bad[:5])
+        raise TargetMismatch(
+            f"the model's prediction in the gradient pass differs from the stored target on {len(bad)} image(s): "
+            f"{where}. The prediction cache was computed under other numerics; delete results/_predictions "
+            "or run with the same device and --threads.")
+
+
 def _method_call(name: str, params: dict, cfg: Config, chunk: int, lm=None):
     from apem import explain
 
@@ -136,13 +160,14 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.tensor(sel.pred.to_numpy().copy(), device=dev).long()
     grad, logits, _ = loss_gradient(lm.model, x, target)
+    check_targets(logits, target, sel.image_id)
     # the clean logits of that pass give bisect its per-image margins: no second clean forward
     info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
     n = len(sel)
     blocks, keys = [], []
     for name, params in cfg.methods.items():
         A = _method_call(name, params, cfg, chunk, lm)(lm.model, x, target)
-        stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize)
+        stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=cfg.map_encoding)
         for s in cfg.stages:
             blocks.append(stage[s].expand(-1, 3, -1, -1) if stage[s].shape[1] == 1 else stage[s])
             keys.append((name, s, stage[s].detach().cpu()))
@@ -308,6 +333,7 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
     x = x.to(lm.device)
     target = torch.tensor(pick.pred.to_numpy().copy(), device=lm.device).long()
     grad, logits, _ = loss_gradient(lm.model, x, target)
+    check_targets(logits, target, pick.image_id)
     info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
     res = Results(cfg, store)
     rows, arrays = [], {}

@@ -160,3 +160,27 @@ def test_method_grid_and_stage_grid_figures():
     with pytest.raises(ValueError):
         plots.show_image(plt.gca(), torch.rand(2, 8, 8))
     plt.close("all")
+
+
+def test_save_image_encoding_golden_values():
+    """The thesis's files: (v - min) / (max - min + 1e-5), truncated to 8 bits (torchvision 0.2's save_image)."""
+    # stage 2 of a 1 x 3 x 1 x 3 attribution whose clamp changes nothing but the top value
+    a = torch.tensor([[[[0.0, 1e-4, 2e-4]], [[0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0]]]])
+    x = torch.ones_like(a)
+    c = M.clamp_abs(a).sum(1, keepdim=True).flatten()
+    top = float(c[2])  # the p99 clamp of |A| over 9 values
+    want = torch.floor(torch.tensor([0.0, 1e-4 / (top + 1e-5), top / (top + 1e-5)]) * 255) / 255
+    got = M.stage_maps(a, x, (2,), encoding="save_image")[2].flatten()
+    assert torch.allclose(got, want, atol=0, rtol=0)
+    # the round encoding of the same map reaches 1 exactly; save_image's stays below it
+    assert M.stage_maps(a, x, (2,))[2].max() == 1.0
+    assert got.max() < 1.0
+    assert M.quantize(torch.tensor([0.999]), mode="floor") == 254 / 255
+
+
+def test_save_image_encoding_needs_8_bits_and_a_known_name():
+    a = torch.rand(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="quantize"):
+        M.stage_maps(a, a, encoding="save_image", quantize=False)
+    with pytest.raises(ValueError, match="unknown map encoding"):
+        M.stage_maps(a, a, encoding="png")

@@ -130,7 +130,8 @@ def _attribution_maps(res, model, x, target, methods, smoothgrad_n, stages) -> d
     out = {}
     for m in methods:
         A = get_method(m, **sanity_params(res, m, smoothgrad_n))(model, x, target)
-        out[m] = {s: v.detach().cpu() for s, v in stage_maps(A, x, res.cfg.stages, quantize=res.cfg.quantize).items()}
+        out[m] = {s: v.detach().cpu() for s, v in stage_maps(A, x, res.cfg.stages, quantize=res.cfg.quantize,
+                                                                    encoding=res.cfg.map_encoding).items()}
     return out
 
 
