@@ -57,6 +57,76 @@ def beside_thesis(ours: pd.DataFrame, thesis: pd.DataFrame, on: list[str], colum
     return out
 
 
+def fmt_mean(mean: float, bound: str = "exact", digits: int = 1) -> str:
+    """A mean as censoring leaves it: ``"66.1"``, ``"≥ 66.1"`` (lower bound), ``"≤ 66.1"``, or ``"–"``."""
+    if mean is None or not np.isfinite(mean) or bound == "undetermined":
+        return "–" if bound != "undetermined" else "undetermined"
+    prefix = {"exact": "", "lower bound": "≥ ", "upper bound": "≤ "}[bound]
+    return f"{prefix}{mean:.{digits}f}"
+
+
+def fmt_median(lo: float, hi: float, digits: int = 1) -> str:
+    """The median censoring allows: ``"41.0"`` when fixed, ``"≥ 41.0"``, ``"≤ 41.0"``, or ``"41.0 to 57.0"``."""
+    if lo is None or hi is None or (np.isnan(lo) and np.isnan(hi)):
+        return "–"
+    if lo == hi:
+        return f"{lo:.{digits}f}"
+    if np.isinf(hi) and np.isfinite(lo):
+        return f"≥ {lo:.{digits}f}"
+    if np.isinf(lo) and np.isfinite(hi):
+        return f"≤ {hi:.{digits}f}"
+    if np.isinf(lo) and np.isinf(hi):
+        return "undetermined"
+    return f"{lo:.{digits}f} to {hi:.{digits}f}"
+
+
+def summary_view(S: pd.DataFrame, thesis: pd.DataFrame | None = None, digits: int = 1) -> pd.DataFrame:
+    """A :func:`apem.stats.summary_table` for reading: censoring in view, the thesis beside ours.
+
+    Columns: ``images``, ``censored`` (rows with a censored search), ``mean`` (labelled
+    ``≥`` when censored values make it a lower bound), its 95% bootstrap interval
+    over images, ``median`` (the range censoring allows), and, given ``thesis`` (indexed
+    like ``S``, with ``mean`` / ``median``), the thesis's values. Methods get their
+    display names.
+    """
+    out = pd.DataFrame(index=S.index)
+    out["images"] = S["n"].astype(int)
+    if "censored" in S:
+        out["censored"] = S["censored"].astype(int)
+    bound = S["mean_bound"] if "mean_bound" in S else pd.Series("exact", index=S.index)
+    out["mean"] = [fmt_mean(m, b, digits) for m, b in zip(S["mean"], bound)]
+    if "mean_lo" in S:
+        out["mean 95% CI"] = [f"[{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(lo) and np.isfinite(hi) else "–"
+                              for lo, hi in zip(S["mean_lo"], S["mean_hi"])]
+    if "median_min" in S:
+        out["median"] = [fmt_median(a, b, digits) for a, b in zip(S["median_min"], S["median_max"])]
+    else:
+        out["median"] = [f"{m:.{digits}f}" if np.isfinite(m) else "–" for m in S["median"]]
+    if thesis is not None:
+        t = thesis.reindex(S.index)
+        for c in ("mean", "median"):
+            if c in t:
+                out[f"thesis {c}"] = [f"{v:.2f}" if np.isfinite(v) else "–" for v in t[c].astype(float)]
+    names = {"method": label}
+    if isinstance(out.index, pd.MultiIndex):
+        out.index = out.index.set_levels([out.index.levels[i].map(names.get(n, str)) if n in names else
+                                          out.index.levels[i] for i, n in enumerate(out.index.names)])
+    elif out.index.name == "method":
+        out.index = out.index.map(label)
+    return out
+
+
+def censoring_note(table: pd.DataFrame, what: str = "searches") -> str:
+    """One sentence: how many searches of a results table reached the bound, per side."""
+    n = len(table)
+    cm = int(table["censored_minus"].sum()) if "censored_minus" in table else 0
+    cp = int(table["censored_plus"].sum()) if "censored_plus" in table else 0
+    if not cm and not cp:
+        return f"No search reached the bound (0 of {n} ε⁻ and 0 of {n} ε⁺): every epsilon here is exact."
+    return (f"{cm} of {n} ε⁻ and {cp} of {n} ε⁺ {what} reached the bound (censored): a censored ε⁺ is only a lower "
+            "bound, so means over them are lower bounds (marked ≥) and medians are shown as the range censoring allows.")
+
+
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 1) -> str:
     """``"12.3 [10.1, 14.0]"``."""
     if np.isnan(est):
@@ -86,3 +156,20 @@ def require(condition: bool, what: str, how: str = "") -> None:
     display(Markdown(f"**Not computed with these parameters.** {what}."
                      + (f" Re-run the chapter with `{how}` to compute it." if how else "")))
     raise NotComputed(what + (f" (use {how})" if how else ""))
+
+
+def show_figure(fig) -> None:
+    """Display a figure once and close it (no ``<Figure ...>`` repr, no second copy from the inline backend)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    fig = getattr(fig, "figure", fig)  # a seaborn grid -> its figure
+    display(fig)
+    plt.close(fig)
+
+
+def show_markdown(text: str) -> None:
+    """Display generated prose (Markdown with $math$)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))

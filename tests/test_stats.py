@@ -219,3 +219,26 @@ def test_sign_test_and_all_verdicts():
     assert S.all_verdicts(iter([S.HELD, S.INCONCLUSIVE])) == S.INCONCLUSIVE
     assert S.all_verdicts([S.INCONCLUSIVE, S.NOT_HELD, S.HELD]) == S.NOT_HELD
     assert S.all_verdicts([]) == S.INCONCLUSIVE
+
+
+def test_censored_bounds_of_the_mean_and_the_median():
+    d = pd.DataFrame({"eps_plus": [1.0, 2.0, 3.0, 10.0, 10.0], "censored_plus": [0, 0, 0, 1, 1],
+                      "eps_minus": [1.0] * 5, "censored_minus": [0] * 5})
+    d["apem"] = d.eps_plus - d.eps_minus
+    b = S.censored_bounds(d, "eps_plus")
+    # two of five at the bound: the median (3) is fixed, the mean only bounded below
+    assert b == {"mean_bound": "lower bound", "median_min": 3.0, "median_max": 3.0}
+    d.loc[2, "censored_plus"] = 1  # three of five: the median is at least 3, unbounded above
+    b = S.censored_bounds(d, "eps_plus")
+    assert b["median_min"] == 3.0 and b["median_max"] == np.inf
+    d.loc[0, "censored_minus"] = 1  # APEM of a row censored on both sides is unbounded
+    assert S.censoring_sides(d, "apem").tolist() == [-1, 0, 1, 1, 1]
+    assert S.censored_bounds(d, "apem")["mean_bound"] == "undetermined"
+    assert S.censored_bounds(d.assign(loss=1.0), "loss")["mean_bound"] == "exact"
+
+
+def test_the_best_method_is_the_thesis_mean_and_the_median_is_shown_beside_it():
+    s = pd.DataFrame({"mean": [5.0, 9.0, 7.0], "median": [8.0, 1.0, 2.0]}, index=["a", "b", "c"])
+    assert S.BEST_BY == "mean" and S.best_method(s) == "b"
+    r = S.ranking(s)
+    assert list(r.index) == ["b", "c", "a"] and r.loc["a", "rank_median"] == 1
