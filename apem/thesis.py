@@ -16,6 +16,7 @@ METHOD_LABELS = {
     "gradient": "Gradient",
     "smoothgrad": "SmoothGrad",
     "lrp_epsilon": "LRP-ε",
+    "lrp": "LRP",
     "integrated_gradients": "Integrated Gradients",
     "input_x_gradient": "Input × Gradient",
     "guided_backprop": "Guided Backprop",
@@ -24,6 +25,16 @@ METHOD_LABELS = {
 #: The thesis's three methods (section 4.2) with the parameters it used; the default configuration's methods.
 THESIS_METHOD_PARAMS = {"gradient": {}, "smoothgrad": {"n": 100, "sigma": 0.2}, "lrp_epsilon": {"epsilon": 1.0}}
 THESIS_METHODS = tuple(THESIS_METHOD_PARAMS)
+
+# Table 4.1 (section 4.2.2): properties of the LRP variants, as the thesis states them (not measured there).
+TABLE_4_1 = pd.DataFrame(
+    {
+        "property": ["numerically stable", "consistent with linear mapping", "conserves relevance"],
+        "naive": ["no", "yes", "yes"],  # epsilon = 0
+        "epsilon": ["yes", "yes", "no"],
+        "alpha_beta": ["yes", "no", "yes"],  # the thesis's "beta-variant"
+    }
+)
 
 # Table 4.4 (stages 1, 2, 3); its stage-3 column is Table 4.2.
 TABLE_4_4 = pd.DataFrame(

@@ -21,13 +21,17 @@ thesis's three methods (section 4.2) explain the loss by default:
 ``smoothgrad``    ``1/n sum_k dCE(x + e_k)/dx``, ``e_k ~ N(0, sigma^2)`` in pixel units.
 ``lrp_epsilon``   LRP-epsilon (epsilon = 1) from the softmax output relevance.
 
+``lrp`` (beyond the thesis's three) is LRP with a ``rule`` choice, for the
+variants of the thesis's Table 4.1: ``rule="epsilon"`` with ``epsilon=0``
+(naive LRP) or ``epsilon=1`` (= ``lrp_epsilon``), ``rule="alpha_beta"``.
+
 The methods beyond the thesis go through captum and explain the target
 class logit by default (captum's convention): ``integrated_gradients``,
 ``input_x_gradient``, ``guided_backprop``, ``gradcam``.
 
 Modules: :mod:`~apem.explain.base` (the :class:`Method` interface, parameter
 validation, the objective, the registry), :mod:`~apem.explain.gradient`
-(gradient, SmoothGrad), :mod:`~apem.explain.lrp` (the LRP-epsilon zennit
+(gradient, SmoothGrad), :mod:`~apem.explain.lrp` (the LRP zennit
 composite), :mod:`~apem.explain.timm_canonizers` (what timm's EfficientNet
 needs for LRP), :mod:`~apem.explain.captum_methods`.
 
@@ -40,7 +44,7 @@ from apem.explain.base import (
     predict_targets, register,
 )
 from apem.explain.gradient import Gradient, SmoothGrad, smoothgrad_noise
-from apem.explain.lrp import LRPEpsilon, lrp_composite, lrp_layer_map, lrp_relevance
+from apem.explain.lrp import LRP, LRPEpsilon, RULES as LRP_RULES, layer_rule, lrp_attribution, lrp_composite, lrp_layer_map, lrp_relevance
 from apem.explain.captum_methods import GradCAM, GuidedBackprop, InputXGradient, IntegratedGradients
 from apem.explain.timm_canonizers import canonizer_classes, conv_bn_pairs, lrp_canonizers
 from apem.thesis import THESIS_METHODS
@@ -59,7 +63,11 @@ __all__ = [
     "Gradient",
     "SmoothGrad",
     "smoothgrad_noise",
+    "LRP",
     "LRPEpsilon",
+    "LRP_RULES",
+    "layer_rule",
+    "lrp_attribution",
     "lrp_composite",
     "lrp_layer_map",
     "lrp_relevance",

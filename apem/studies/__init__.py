@@ -12,6 +12,17 @@ Chapter 1, :func:`compare_modes` (:mod:`~apem.studies.search_modes`)
     The three search modes side by side on the stored maps, with a
     monotonicity check past the first change.
 
+Chapter 2, :func:`lrp_variants` (:mod:`~apem.studies.lrp_rules`)
+    The thesis's Table 4.1 measured: naive LRP (epsilon = 0), the
+    epsilon-variant and the beta-variant (alpha-beta rule) on the first
+    ``n_images`` correct images -- non-finite maps and the map's change under a
+    tiny input perturbation (numerical stability), the input relevance's sum
+    against the output relevance's (conservation), and APEM of each variant's
+    stage map with the configuration's search; :func:`table_4_1` adds the
+    closed-form checks on a bias-free linear model (consistency with a linear
+    mapping) and a bias-free ReLU network (conservation of the rule alone) and
+    draws yes/no from declared thresholds; :func:`apem_by_variant` summarises APEM.
+
 Chapter 10, :func:`faithfulness_scores` (:mod:`~apem.studies.faithfulness`)
     Quantus's Pixel-Flipping, Selectivity, ROAD and Faithfulness Correlation
     (through :mod:`apem.faithfulness`, higher = more faithful for all four)
@@ -64,6 +75,10 @@ from apem.studies.common import APEM, SCHEMA, cached_study, correct_ids, pick_st
 from apem.studies.faithfulness import (
     agreement_table, cost_table, faithfulness_scores, kendall_per_image, mean_scores, per_image_cost,
 )
+from apem.studies.lrp_rules import (
+    VARIANTS as LRP_VARIANTS, apem_by_variant, linear_consistency, lrp_variants, mlp_conservation, table_4_1,
+    table_4_1_cells,
+)
 from apem.studies.more_methods import MORE_METHODS, combined_table, more_methods
 from apem.studies.sanity import N_EXAMPLE, cascade_steps, sanity_check, sanity_example_maps, sanity_params
 from apem.studies.search_modes import compare_modes
@@ -81,6 +96,13 @@ __all__ = [
     "kendall_per_image",
     "mean_scores",
     "per_image_cost",
+    "LRP_VARIANTS",
+    "apem_by_variant",
+    "linear_consistency",
+    "lrp_variants",
+    "mlp_conservation",
+    "table_4_1",
+    "table_4_1_cells",
     "MORE_METHODS",
     "combined_table",
     "more_methods",
