@@ -470,6 +470,7 @@ class Invariant(Claim):
     violations: int = 0
     n: int = 0
     what: str = "maps"
+    basis: str = "a guarantee of the algorithm, not a statistical claim; no test"
 
     def evaluate(self, alpha, power):
         n, v = int(self.n), int(self.violations)
@@ -478,8 +479,7 @@ class Invariant(Claim):
         return Evidence(n, f"{v} of {n} {self.what} violate it", decided=HELD if v == 0 else NOT_HELD)
 
     def rule(self, alpha):
-        return (f"checked on every one of the {self.what}: held when none violates it, not held otherwise "
-                "(a guarantee of the algorithm, not a statistical claim; no test)")
+        return f"checked on every one of the {self.what}: held when none violates it, not held otherwise ({self.basis})"
 
 
 # ----------------------------------------------------------------------------- compound
