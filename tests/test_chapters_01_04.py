@@ -211,3 +211,21 @@ def test_chapter_4_with_one_stage_is_not_applicable():
 
 def test_fmt_never_prints_nan():
     assert cl.fmt(float("nan")) == "–" and cl.fmt(math.inf) == "∞"
+
+
+def test_a_mean_censored_both_ways_is_printed_with_its_value():
+    assert ch03.fmt_bounded_mean(101.4, stats.UNDETERMINED) == "101.4 (censored both ways: not a bound)"
+    assert ch03.fmt_bounded_mean(66.14, stats.LOWER) == "≥ 66.1"
+    assert ch03.fmt_bounded_mean(float("nan"), stats.EXACT) == "–"
+
+
+def test_drop_table_counts_images_censored_at_either_end():
+    C = _results(6, stages=(1, 2, 3))
+    C.loc[(C.method == "gradient") & (C.stage == 1) & (C.image_id == "im0"), "censored_plus"] = True
+    C.loc[(C.method == "gradient") & (C.stage == 3) & (C.image_id == "im0"), "censored_minus"] = True
+    C.loc[(C.method == "gradient") & (C.stage == 2) & (C.image_id == "im1"), "censored_minus"] = True  # not an end
+    page = ch04.Page.__new__(ch04.Page)
+    page.C, page.stages = C, [1, 2, 3]
+    D = page.drop_table()
+    assert D.loc["Gradient", "images censored at stage 1 or 3"] == 1
+    assert D.loc["LRP-ε", "images censored at stage 1 or 3"] == 0

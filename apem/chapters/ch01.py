@@ -14,6 +14,12 @@ number of forward passes per search of this image.
 
 from __future__ import annotations
 
+import warnings
+
+with warnings.catch_warnings():  # tqdm.auto (imported by the model libraries) warns once in a kernel without ipywidgets
+    warnings.simplefilter("ignore")
+    import tqdm.auto  # noqa: F401
+
 import numpy as np
 import pandas as pd
 import torch
@@ -132,7 +138,7 @@ class Page:
         r, cfg = self.row, self.cfg
         report.show_markdown(
             f"**Setting.** {cfg.model} (`{cfg.preset}` preprocessing), `{cfg.search_mode}` search with bound "
-            f"{cfg.search_bound}. **The image**: `{self.iid}`, a *{r.label_name}*, predicted as *{r.pred_name}* with "
+            f"{cfg.search_bound}. **The image**: `{self.iid}`, {_article(r.label_name)} *{r.label_name}*, predicted as *{r.pred_name}* with "
             f"confidence {r.confidence:.2f}. **The map**: {thesis.label(self.method)}, stage {self.stage}.")
         report.require(self.defined, f"The {thesis.label(self.method)} map of this image at stage {self.stage} is "
                        "constant, so it gives no direction and no epsilon", "-p image 1 (another image)")
@@ -314,3 +320,7 @@ def _share_ci(k: int, n: int, alpha: float) -> str:
 
     ci = sps.binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="exact")
     return f"{k}/{n} = {cl.fmt(k / n, 1, pct=True)} [{cl.fmt(ci.low, 1, pct=True)}, {cl.fmt(ci.high, 1, pct=True)}]"
+
+
+def _article(word: str) -> str:
+    return "an" if str(word)[:1].lower() in "aeiou" else "a"

@@ -11,6 +11,12 @@ censored count of each method (and stage) is in its tick label.
 
 from __future__ import annotations
 
+import warnings
+
+with warnings.catch_warnings():  # tqdm.auto (imported by the model libraries) warns once in a kernel without ipywidgets
+    warnings.simplefilter("ignore")
+    import tqdm.auto  # noqa: F401
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -114,7 +120,7 @@ def upsets(C: pd.DataFrame, winner: str, n: int = 3) -> pd.DataFrame:
             for m in (winner, other):
                 r = key.loc[(iid, m)]
                 rows.append({"comparison": f"{thesis.label(other)} beats {thesis.label(winner)}",
-                             "image": f"{names[iid]} ({iid})", "image_id": iid, "method": m,
+                             "image": names[iid], "image_id": iid, "method": m,
                              "eps_minus": r.eps_minus, "eps_plus": r.eps_plus, "apem": r.apem,
                              "censored_minus": bool(r.censored_minus), "censored_plus": bool(r.censored_plus)})
     cols = ["comparison", "image", "image_id", "method", "eps_minus", "eps_plus", "apem", "censored_minus",
@@ -143,6 +149,14 @@ def upsets_beside_thesis(ours: pd.DataFrame) -> pd.DataFrame:
         "censored ε⁺": np.where(t.censored_plus.astype(bool), "yes", "no"),
     })
     return out.set_index(["table", "comparison", "image", "method"])
+
+
+def fmt_bounded_mean(mean: float, bound: str = "exact", digits: int = 1) -> str:
+    """A mean of stored values and what censoring makes of it: ``"66.1"``, ``"≥ 66.1"``, ``"≤ 66.1"``, or
+    ``"66.1 (censored both ways: not a bound)"`` where :func:`apem.report.fmt_mean` prints only "undetermined"."""
+    if bound == stats.UNDETERMINED and np.isfinite(mean):
+        return f"{mean:.{digits}f} (censored both ways: not a bound)"
+    return report.fmt_mean(mean, bound, digits)
 
 
 def _eps(v, censored) -> str:
@@ -243,14 +257,14 @@ class Page:
         agree = ("The median ranks the methods the same way." if list(R.index) == list(R.sort_values("rank_median").index)
                  else f"The median ranks them differently; its first is {thesis.label(by_median)}.")
         report.show_markdown(
-            f"By the mean, the best method is **{thesis.label(self.best)}** (mean APEM "
-            f"{report.fmt_mean(b['mean'], b.get('mean_bound', 'exact'))}). {agree}")
+            f"By the mean, the best method is **{thesis.label(self.best)}**: mean APEM "
+            f"{fmt_bounded_mean(b['mean'], b.get('mean_bound', 'exact'))}. {agree}")
 
     def ranking(self) -> pd.DataFrame:
         R = stats.ranking(self.S)
         out = pd.DataFrame(index=R.index.map(thesis.label).rename("method"))
         bound = R["mean_bound"] if "mean_bound" in R else pd.Series("exact", index=R.index)
-        out["mean"] = [report.fmt_mean(m, b) for m, b in zip(R["mean"], bound)]
+        out["mean"] = [fmt_bounded_mean(m, b) for m, b in zip(R["mean"], bound)]
         out["rank by mean (thesis)"] = R.rank_mean.to_numpy()
         out["median"] = [report.fmt_median(lo, hi) for lo, hi in
                          zip(self.S.loc[R.index, "median_min"], self.S.loc[R.index, "median_max"])]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 from apem import charts, claims as cl, plots, report, stats, thesis
-from apem.chapters.ch03 import censored_boxes, censored_total
+from apem.chapters.ch03 import censored_boxes, censored_flag, censored_total
 from apem.run import results
 
 CLAIMED_LARGEST = "gradient"  # the thesis: the Gradient loses the most APEM to the visualisation
@@ -113,10 +113,16 @@ class Page:
                                         f"({censored_total(sub)})"))
 
     def drop_table(self) -> pd.DataFrame:
-        """Per method: the median and mean per-image APEM drop from the first stage to the last."""
+        """Per method: the median and mean per-image APEM drop from the first stage to the last.
+
+        ``images censored``: images whose APEM at either end is censored (their drop is not exact)."""
         first, last = self.stages[0], self.stages[-1]
         d = drops(self.C, first, last)
-        rows = [{"method": thesis.label(m), "images": len(v), f"median drop {first} → {last}": cl.fmt(float(v.median()), 1),
+        ends = self.C[self.C.stage.isin([first, last])]
+        cens = censored_flag(ends, "apem").groupby([ends.method, ends.image_id]).any().groupby(level=0).sum()
+        rows = [{"method": thesis.label(m), "images": len(v),
+                 f"images censored at stage {first} or {last}": int(cens.get(m, 0)),
+                 f"median drop {first} → {last}": cl.fmt(float(v.median()), 1),
                  f"mean drop {first} → {last}": cl.fmt(float(v.mean()), 1),
                  "images where it drops": f"{int((v > 0).sum())} of {len(v)}"}
                 for m, v in d.items()]
