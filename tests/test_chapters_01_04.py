@@ -1,0 +1,231 @@
+"""Chapters 1, 3 and 4: per-image outcomes, censoring in tables and figures, and the claims on known data."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from apem import claims as cl
+from apem import stats
+from apem.chapters import ch01, ch03, ch04
+
+# ----------------------------------------------------------------------------- chapter 1
+
+
+def _modes(n_images: int, searches: int = 4, non_monotone=(), thesis_late=(), seed: int = 0) -> pd.DataFrame:
+    """A compare_modes-like table: ``searches`` per image; listed images get one bad search."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_images):
+        for k in range(searches):
+            e = int(rng.integers(5, 200))
+            bad = k == 0
+            rows.append({"image_id": f"im{i}", "method": "gradient", "stage": 3, "side": "minus" if k % 2 else "plus",
+                         "eps_linear": float(e), "eps_bisect": float(e),
+                         "eps_thesis": float(e + 3) if (bad and i in thesis_late) else float(e),
+                         "forward_bisect": 8.0, "forward_thesis": 30.0, "forward_linear": float(e),
+                         "censored_bisect": 0.0, "censored_thesis": 0.0, "seconds_bisect": 0.01,
+                         "seconds_thesis": 0.02, "seconds_linear": 0.05,
+                         "non_monotone": float(bad and i in non_monotone), "undefined": False})
+    return pd.DataFrame(rows)
+
+
+def test_outcomes_are_per_image_any_and_all():
+    M = _modes(5, searches=4, non_monotone=(1,), thesis_late=(2,))
+    O = ch01.image_outcomes(M)
+    assert list(O.index) == [f"im{i}" for i in range(5)]
+    assert (O.searches == 4).all() and (O.exact_searches == 4).all()
+    assert O.non_monotone.tolist() == [False, True, False, False, False]  # one bad search makes the image
+    assert O.equal_thesis.tolist() == [True, True, False, True, True]
+    assert O.equal_bisect.all()
+    assert O.later_thesis.tolist() == [0, 0, 1, 0, 0]
+    assert (O.forward_bisect == 8).all() and (O.forward_thesis == 30).all()
+
+
+def test_images_without_an_exact_answer_are_left_out_and_undefined_maps_ignored():
+    M = _modes(3, searches=2)
+    M.loc[M.image_id == "im0", "eps_linear"] = np.nan  # linear capped on every search of im0
+    M.loc[M.index[-1], "undefined"] = True
+    O = ch01.image_outcomes(M)
+    assert pd.isna(O.loc["im0", "non_monotone"]) and pd.isna(O.loc["im0", "equal_thesis"])
+    assert O.loc["im2", "searches"] == 1
+    fam = cl.Claims(ch01.mode_claims(O, searches=5, cap=300))
+    assert fam.claims[0].evidence.n == 2  # im0 has no exact search: not counted
+
+
+def test_monotone_on_37_images_is_inconclusive_with_an_exact_interval_and_59_is_held():
+    fam = cl.Claims(ch01.mode_claims(ch01.image_outcomes(_modes(37)), searches=148, cap=300))
+    mono = fam.claims[0]
+    assert mono.verdict == cl.INCONCLUSIVE
+    assert "0/37" in mono.evidence.estimate and "[0.0%, 9.5%]" in mono.evidence.estimate
+    assert mono.evidence.needed == 59
+    fam = cl.Claims(ch01.mode_claims(ch01.image_outcomes(_modes(120)), searches=480, cap=300))
+    assert fam.verdict("The prediction changes once") == cl.HELD
+    assert fam.verdict("The `thesis` search") == cl.HELD
+    assert fam.verdict("`bisect` needs fewer") == cl.HELD
+    assert {c.source for c in fam.claims} == {cl.THESIS, cl.OURS}
+    assert fam.claims[-1].source == cl.OURS
+
+
+def test_many_non_monotone_images_is_not_held():
+    fam = cl.Claims(ch01.mode_claims(ch01.image_outcomes(_modes(40, non_monotone=range(20), thesis_late=range(20))),
+                                     searches=160, cap=300))
+    assert fam.verdict("The prediction changes once") == cl.NOT_HELD
+    assert fam.verdict("The `thesis` search") == cl.NOT_HELD
+    assert fam.verdict("The `bisect` search") == cl.INCONCLUSIVE  # all 40 equal: not enough to show > 95%
+
+
+def test_no_exact_search_is_not_applicable():
+    M = _modes(4)
+    M["eps_linear"] = np.nan
+    fam = cl.Claims(ch01.mode_claims(ch01.image_outcomes(M), searches=16, cap=300))
+    assert [c.verdict for c in fam.claims[:3]] == [cl.NOT_APPLICABLE] * 3
+
+
+# ----------------------------------------------------------------------------- chapter 3
+
+
+def _results(n: int = 30, effects=None, stages=(3,), seed: int = 1) -> pd.DataFrame:
+    """A results-like table: APEM = base + effect[method] + (3 - stage) * slope[method] + noise, per image."""
+    effects = effects or {"gradient": 60.0, "lrp_epsilon": 30.0, "smoothgrad": 0.0}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        base = rng.uniform(50, 150)
+        for m, e in effects.items():
+            slope = {"gradient": 40.0, "lrp_epsilon": 10.0, "smoothgrad": 10.0}.get(m, 0.0)
+            for s in stages:
+                apem = round(base + e + (3 - s) * slope + rng.normal(0, 3))
+                em = round(rng.uniform(5, 20) - e / 10)
+                rows.append({"image_id": f"im{i}", "label_name": f"class {i}", "group": "correct", "method": m,
+                             "stage": s, "eps_minus": float(em), "eps_plus": float(em + apem), "apem": float(apem),
+                             "censored_minus": False, "censored_plus": False})
+    return pd.DataFrame(rows)
+
+
+def test_censored_counts_per_value_and_group():
+    C = _results(6)
+    C.loc[(C.method == "gradient") & (C.image_id == "im0"), "censored_plus"] = True
+    C.loc[(C.method == "smoothgrad") & (C.image_id.isin(["im1", "im2"])), "censored_minus"] = True
+    assert ch03.censored_counts(C, "eps_plus").to_dict() == {"gradient": 1, "lrp_epsilon": 0, "smoothgrad": 0}
+    assert ch03.censored_counts(C, "eps_minus").to_dict() == {"gradient": 0, "lrp_epsilon": 0, "smoothgrad": 2}
+    assert ch03.censored_counts(C, "apem").to_dict() == {"gradient": 1, "lrp_epsilon": 0, "smoothgrad": 2}
+    assert ch03.censored_total(C) == "3 of 18 censored"
+
+
+def test_censored_boxes_put_the_counts_in_the_labels():
+    C = _results(6, stages=(1, 2, 3))
+    C.loc[(C.method == "gradient") & (C.stage == 2), "censored_plus"] = True
+    fig = ch03.censored_boxes(C, hue="stage")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[0] == "Gradient\ncensored 0/6/0"
+    fig = ch03.censored_boxes(C[C.stage == 3])
+    assert [t.get_text() for t in fig.axes[2].get_xticklabels()][1] == "LRP-ε\n0 censored"
+
+
+def test_summary_view_of_table_4_2_has_censoring_and_the_thesis():
+    from apem import report, thesis
+
+    C = _results(10)
+    C.loc[(C.method == "gradient") & (C.image_id == "im3"), "censored_plus"] = True
+    V = report.summary_view(stats.summary_table(C, by="method", n_boot=200), thesis=thesis.TABLE_4_2.set_index("method"))
+    assert V.loc["Gradient", "censored"] == 1 and V.loc["Gradient", "mean"].startswith("≥ ")
+    assert V.loc["SmoothGrad", "thesis mean"] == "44.38"
+
+
+def test_upsets_list_the_images_where_the_winner_loses():
+    C = _results(10)
+    C.loc[(C.method == "smoothgrad") & (C.image_id == "im4"), "apem"] = 10_000.0
+    C.loc[(C.method == "smoothgrad") & (C.image_id == "im4"), "censored_plus"] = True
+    U = ch03.upsets(C, "gradient", n=3)
+    assert set(U.image_id) == {"im4"} and list(U.method) == ["gradient", "smoothgrad"]
+    B = ch03.upsets_beside_thesis(U)
+    assert list(B.columns) == ["ε⁻", "ε⁺", "APEM", "censored ε⁻", "censored ε⁺"]
+    assert set(B.index.get_level_values("table")) == {"thesis (VGG-16)", "ours"}
+    ours = B.xs("ours", level="table")
+    assert ours["APEM"].iloc[1] == "≥ 10000" and ours["censored ε⁺"].iloc[1] == "yes"
+    assert ch03.upsets(_results(10), "gradient").empty  # the gradient never loses here
+    assert len(ch03.upsets_beside_thesis(ch03.upsets(_results(10), "gradient"))) == len(
+        __import__("apem.thesis", fromlist=["x"]).TABLE_4_3)
+
+
+def test_chapter_3_claims_on_the_thesis_order_hold():
+    C = _results(30)
+    S = stats.summary_table(C, by="method", n_boot=200)
+    assert stats.best_method(S) == "gradient"
+    fam = cl.Claims(ch03.chapter_claims(C, S))
+    assert [c.verdict for c in fam.claims] == [cl.HELD] * 6
+    wins = fam.claims[-1]
+    assert isinstance(wins, cl.AllOf) and len(wins.parts()) == 2
+    assert all(p.test == "sign" for p in wins.parts())
+
+
+def test_chapter_3_claims_on_the_reversed_order_do_not_hold():
+    C = _results(30, effects={"gradient": 0.0, "lrp_epsilon": 30.0, "smoothgrad": 60.0})
+    S = stats.summary_table(C, by="method", n_boot=200)
+    fam = cl.Claims(ch03.chapter_claims(C, S))
+    assert [c.verdict for c in fam.claims[:3]] == [cl.NOT_HELD] * 3
+    assert "SmoothGrad" in fam.claims[3].text  # the best is chosen by the mean, not assumed
+    assert fam.claims[-1].verdict == cl.HELD
+
+
+def test_chapter_3_without_the_thesis_methods_is_not_applicable():
+    C = _results(12, effects={"gradient": 10.0, "smoothgrad": 0.0})
+    S = stats.summary_table(C, by="method", n_boot=200)
+    fam = cl.Claims(ch03.chapter_claims(C, S))
+    assert [c.verdict for c in fam.claims[:3]] == [cl.NOT_APPLICABLE] * 3
+    assert "lrp_epsilon" in fam.claims[0].evidence.reason
+
+
+# ----------------------------------------------------------------------------- chapter 4
+
+
+def test_chapter_4_stage_steps_and_the_largest_drop():
+    C = _results(25, stages=(1, 2, 3))
+    fam = cl.Claims(ch04.chapter_claims(C))
+    assert [c.verdict for c in fam.claims] == [cl.HELD] * 4
+    assert all(len(c.parts()) == 2 for c in fam.claims[:3])
+    d = ch04.drops(C, 1, 3)
+    assert set(d) == {"gradient", "lrp_epsilon", "smoothgrad"} and len(d["gradient"]) == 25
+
+
+def test_chapter_4_when_another_method_drops_more_it_is_not_held():
+    C = _results(25, stages=(1, 2, 3))
+    sg = C.method == "smoothgrad"
+    C.loc[sg, "apem"] = C.loc[sg, "apem"] - 80 * (C.loc[sg, "stage"] - 1)
+    fam = cl.Claims(ch04.chapter_claims(C))
+    assert fam.verdict("The method losing the most APEM") == cl.NOT_HELD
+
+
+def test_chapter_4_with_one_stage_is_not_applicable():
+    fam = cl.Claims(ch04.chapter_claims(_results(10, stages=(3,))))
+    assert {c.verdict for c in fam.claims} == {cl.NOT_APPLICABLE}
+
+
+def test_fmt_never_prints_nan():
+    assert cl.fmt(float("nan")) == "–" and cl.fmt(math.inf) == "∞"
+
+
+def test_a_mean_censored_both_ways_is_printed_with_its_value():
+    assert ch03.fmt_bounded_mean(101.4, stats.UNDETERMINED) == "101.4 (censored both ways: not a bound)"
+    assert ch03.fmt_bounded_mean(66.14, stats.LOWER) == "≥ 66.1"
+    assert ch03.fmt_bounded_mean(float("nan"), stats.EXACT) == "–"
+
+
+def test_drop_table_counts_images_censored_at_either_end():
+    C = _results(6, stages=(1, 2, 3))
+    C.loc[(C.method == "gradient") & (C.stage == 1) & (C.image_id == "im0"), "censored_plus"] = True
+    C.loc[(C.method == "gradient") & (C.stage == 3) & (C.image_id == "im0"), "censored_minus"] = True
+    C.loc[(C.method == "gradient") & (C.stage == 2) & (C.image_id == "im1"), "censored_minus"] = True  # not an end
+    page = ch04.Page.__new__(ch04.Page)
+    page.C, page.stages = C, [1, 2, 3]
+    D = page.drop_table()
+    assert D.loc["Gradient", "images censored at stage 1 or 3"] == 1
+    assert D.loc["LRP-ε", "images censored at stage 1 or 3"] == 0
