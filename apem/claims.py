@@ -641,7 +641,9 @@ class Claims:
                 out.append(f"*{c.text}* did not hold: the data point the other way ({ev.estimate}).{why}")
             elif c.verdict == INCONCLUSIVE:
                 need = ev.needed
-                if need is None or need == math.inf:
+                if (need is None or need == math.inf) and isinstance(c, AllOf):
+                    why = "at least one of its parts showed no effect in either direction"
+                elif need is None or need == math.inf:
                     why = "no effect in either direction was observed"
                 elif need > ev.n:
                     why = (f"at the observed effect about {fmt_n(need)} images would be needed for "

@@ -58,9 +58,12 @@ def beside_thesis(ours: pd.DataFrame, thesis: pd.DataFrame, on: list[str], colum
 
 
 def fmt_mean(mean: float, bound: str = "exact", digits: int = 1) -> str:
-    """A mean as censoring leaves it: ``"66.1"``, ``"≥ 66.1"`` (lower bound), ``"≤ 66.1"``, or ``"–"``."""
-    if mean is None or not np.isfinite(mean) or bound == "undetermined":
-        return "–" if bound != "undetermined" else "undetermined"
+    """A mean as censoring leaves it: ``"66.1"``, ``"≥ 66.1"`` (lower bound), ``"≤ 66.1"``,
+    ``"66.1 (censored both ways: not a bound)"``, or ``"–"`` when there is none."""
+    if mean is None or not np.isfinite(mean):
+        return "–"
+    if bound == "undetermined":
+        return f"{mean:.{digits}f} (censored both ways: not a bound)"
     prefix = {"exact": "", "lower bound": "≥ ", "upper bound": "≤ "}[bound]
     return f"{prefix}{mean:.{digits}f}"
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from apem import claims as cl
-from apem import stats
+from apem import report, stats
 from apem.chapters import ch01, ch03, ch04
 
 # ----------------------------------------------------------------------------- chapter 1
@@ -214,9 +214,9 @@ def test_fmt_never_prints_nan():
 
 
 def test_a_mean_censored_both_ways_is_printed_with_its_value():
-    assert ch03.fmt_bounded_mean(101.4, stats.UNDETERMINED) == "101.4 (censored both ways: not a bound)"
-    assert ch03.fmt_bounded_mean(66.14, stats.LOWER) == "≥ 66.1"
-    assert ch03.fmt_bounded_mean(float("nan"), stats.EXACT) == "–"
+    assert report.fmt_mean(101.4, stats.UNDETERMINED) == "101.4 (censored both ways: not a bound)"
+    assert report.fmt_mean(66.14, stats.LOWER) == "≥ 66.1"
+    assert report.fmt_mean(float("nan"), stats.EXACT) == "–"
 
 
 def test_drop_table_counts_images_censored_at_either_end():

@@ -151,14 +151,6 @@ def upsets_beside_thesis(ours: pd.DataFrame) -> pd.DataFrame:
     return out.set_index(["table", "comparison", "image", "method"])
 
 
-def fmt_bounded_mean(mean: float, bound: str = "exact", digits: int = 1) -> str:
-    """A mean of stored values and what censoring makes of it: ``"66.1"``, ``"≥ 66.1"``, ``"≤ 66.1"``, or
-    ``"66.1 (censored both ways: not a bound)"`` where :func:`apem.report.fmt_mean` prints only "undetermined"."""
-    if bound == stats.UNDETERMINED and np.isfinite(mean):
-        return f"{mean:.{digits}f} (censored both ways: not a bound)"
-    return report.fmt_mean(mean, bound, digits)
-
-
 def _eps(v, censored) -> str:
     return "–" if pd.isna(v) else (f"≥ {int(v)}" if censored else f"{int(v)}")
 
@@ -258,13 +250,13 @@ class Page:
                  else f"The median ranks them differently; its first is {thesis.label(by_median)}.")
         report.show_markdown(
             f"By the mean, the best method is **{thesis.label(self.best)}**: mean APEM "
-            f"{fmt_bounded_mean(b['mean'], b.get('mean_bound', 'exact'))}. {agree}")
+            f"{report.fmt_mean(b['mean'], b.get('mean_bound', 'exact'))}. {agree}")
 
     def ranking(self) -> pd.DataFrame:
         R = stats.ranking(self.S)
         out = pd.DataFrame(index=R.index.map(thesis.label).rename("method"))
         bound = R["mean_bound"] if "mean_bound" in R else pd.Series("exact", index=R.index)
-        out["mean"] = [fmt_bounded_mean(m, b) for m, b in zip(R["mean"], bound)]
+        out["mean"] = [report.fmt_mean(m, b) for m, b in zip(R["mean"], bound)]
         out["rank by mean (thesis)"] = R.rank_mean.to_numpy()
         out["median"] = [report.fmt_median(lo, hi) for lo, hi in
                          zip(self.S.loc[R.index, "median_min"], self.S.loc[R.index, "median_max"])]
