@@ -605,13 +605,13 @@ class Claims:
     # ------------------------------------------------------------------ showing
     def markdown(self) -> str:
         lines = [f"**{self.title}**", "",
-                 "| # | claim | source | images | evidence | p (Holm) | images needed | verdict |",
+                 "| # | claim | source | n | evidence | p (Holm) | images needed | verdict |",
                  "| --- | --- | --- | ---: | --- | ---: | ---: | --- |"]
         for i, c in enumerate(self.claims, 1):
             ev = c.evidence
             ptxt = _p_cell(c)
             evidence = ev.estimate if ev.applicable else f"not testable: {ev.reason}"
-            lines.append(f"| {i} | {c.text} | {'thesis' if c.source == THESIS else 'ours'} | {ev.n} | {evidence} | "
+            lines.append(f"| {i} | {c.text} | {'thesis' if c.source == THESIS else 'ours'} | {_count(c)} | {evidence} | "
                          f"{ptxt} | {fmt_n(ev.needed) if ev.applicable else '–'} | {BADGE[c.verdict]} |")
         lines += ["", f"*Rules, declared before the data (α = {self.alpha}; Holm's correction over the "
                   f"{self.m} test{'s' if self.m != 1 else ''} of this chapter; the unit is the image):*", ""]
@@ -634,7 +634,7 @@ class Claims:
         for c in self.claims:
             ev = c.evidence
             if c.verdict == HELD:
-                out.append(f"*{c.text}* held on {ev.n} images ({ev.estimate}).")
+                out.append(f"*{c.text}* held on {_count(c)} ({ev.estimate}).")
             elif c.verdict == NOT_HELD:
                 why = " The thesis measured VGG-16 on 5,000 images; a different model can order things differently." \
                     if c.source == THESIS else ""
@@ -670,6 +670,12 @@ class Claims:
         from IPython.display import Markdown, display
 
         display(Markdown(self.markdown() + "\n\n" + self.discussion(**discussion)))
+
+
+def _count(c: Claim) -> str:
+    """``n`` with its unit: images, or the items an :class:`Invariant` is checked on."""
+    n = c.evidence.n
+    return f"{n} {c.what}" if isinstance(c, Invariant) else f"{n} image{'s' if n != 1 else ''}"
 
 
 def _max_needed(parts) -> float | None:

@@ -14,11 +14,7 @@ number of forward passes per search of this image.
 
 from __future__ import annotations
 
-import warnings
 
-with warnings.catch_warnings():  # tqdm.auto (imported by the model libraries) warns once in a kernel without ipywidgets
-    warnings.simplefilter("ignore")
-    import tqdm.auto  # noqa: F401
 
 import numpy as np
 import pandas as pd

@@ -11,11 +11,7 @@ censored count of each method (and stage) is in its tick label.
 
 from __future__ import annotations
 
-import warnings
 
-with warnings.catch_warnings():  # tqdm.auto (imported by the model libraries) warns once in a kernel without ipywidgets
-    warnings.simplefilter("ignore")
-    import tqdm.auto  # noqa: F401
 
 import matplotlib.pyplot as plt
 import numpy as np

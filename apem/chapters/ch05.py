@@ -15,11 +15,7 @@ into one value by :func:`apem.claims.per_image`.
 
 from __future__ import annotations
 
-import warnings
 
-with warnings.catch_warnings():  # tqdm.auto (imported by the model libraries) warns once in a kernel without ipywidgets
-    warnings.simplefilter("ignore")
-    import tqdm.auto  # noqa: F401
 
 import matplotlib.pyplot as plt
 import numpy as np

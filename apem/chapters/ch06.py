@@ -19,11 +19,7 @@ order is unknown are left out of a share and counted.
 from __future__ import annotations
 
 import itertools
-import warnings
 
-with warnings.catch_warnings():  # tqdm.auto (imported by the model libraries) warns once in a kernel without ipywidgets
-    warnings.simplefilter("ignore")
-    import tqdm.auto  # noqa: F401
 
 import numpy as np
 import pandas as pd

@@ -24,11 +24,7 @@ than the map it came from (absolute values compared per image), and most shuffle
 
 from __future__ import annotations
 
-import warnings
 
-with warnings.catch_warnings():  # tqdm.auto (imported by the model libraries) warns once in a kernel without ipywidgets
-    warnings.simplefilter("ignore")
-    import tqdm.auto  # noqa: F401
 
 import matplotlib.pyplot as plt
 import numpy as np
