@@ -12,6 +12,14 @@ Chapter 1, :func:`compare_modes` (:mod:`~apem.studies.search_modes`)
     The three search modes side by side on the stored maps, with a
     monotonicity check past the first change.
 
+Chapter 4, :func:`encoding_shift` (:mod:`~apem.studies.encoding`)
+    The configuration's maps of its correct images recomputed under both map
+    encodings (``round`` and the thesis's ``save_image`` files, :mod:`apem.maps`)
+    and searched the way the runner searches them: the configuration's own
+    encoding reproduces the results table exactly, so the differences are the
+    encoding's alone. :func:`encoding_summary`: per method and stage, the share of
+    images whose eps-minus / eps-plus moved and by how much.
+
 Chapter 10, :func:`faithfulness_scores` (:mod:`~apem.studies.faithfulness`)
     Quantus's Pixel-Flipping, Selectivity, ROAD and Faithfulness Correlation
     (through :mod:`apem.faithfulness`, higher = more faithful for all four)
@@ -61,6 +69,7 @@ Chapter 12, :func:`more_methods` (:mod:`~apem.studies.more_methods`; a configura
 
 
 from apem.studies.common import APEM, SCHEMA, cached_study, correct_ids, pick_stage, study_name
+from apem.studies.encoding import encoding_shift, encoding_summary
 from apem.studies.faithfulness import (
     agreement_table, cost_table, faithfulness_scores, kendall_per_image, mean_scores, per_image_cost,
 )
@@ -75,6 +84,8 @@ __all__ = [
     "correct_ids",
     "pick_stage",
     "study_name",
+    "encoding_shift",
+    "encoding_summary",
     "agreement_table",
     "cost_table",
     "faithfulness_scores",
