@@ -106,15 +106,18 @@ def _config(args):
 
 
 def _print_summary(cfg, res) -> None:
+    """The summary of ``apem run`` and ``apem table``: means over the defined rows, as :func:`apem.metric.apem`."""
     import pandas as pd
 
-    from apem.run import summary
+    from apem.metric import table_summary
 
     with pd.option_context("display.width", 140, "display.max_columns", 20, "display.precision", 2):
         print(f"configuration {cfg.name} ({cfg.digest()}): {res.store.dir}")
         for group, t in res.table.groupby("group", sort=False):
             print(f"\nAPEM per method and stage, {group} images ({t.image_id.nunique()} images):")
-            print(summary(t).to_string())
+            print(table_summary(t).to_string())
+            if int(t.apem.isna().sum()):
+                print("(means and medians leave out the undefined rows: a map with no direction has no epsilon)")
 
 
 def cmd_run(args) -> int:

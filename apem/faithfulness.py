@@ -121,6 +121,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from apem.numerics import no_tf32
+
 METRICS = ("PixelFlipping", "Selectivity", "ROAD", "FaithfulnessCorrelation")
 CURVE_METRICS = ("PixelFlipping", "Selectivity", "ROAD")
 
@@ -292,6 +294,7 @@ def _run(metric, model, x, y, a, device, batch_size):
                   device=device, batch_size=batch_size)
 
 
+@no_tf32()
 def quantus_evaluate(metric_name: str, model, x, y, maps, *, params: dict | None = None,
                      device: str | torch.device | None = None, batch_size: int = 64, seed: int = 0,
                      ) -> QuantusResult:
@@ -301,7 +304,8 @@ def quantus_evaluate(metric_name: str, model, x, y, maps, *, params: dict | None
     ``x``: (N, C, H, W) images; ``y``: (N,) target classes; ``maps``: (N, H, W),
     (N, 1, H, W) or (N, C, H, W); torch or numpy. ``params`` override
     :func:`default_params` and go to the Quantus constructor. ``device``:
-    where Quantus puts its inputs (default: the model's device).
+    where Quantus puts its inputs (default: the model's device). Runs with TF32
+    off (:func:`apem.numerics.no_tf32`), as APEM's searches do.
     """
     name = canonical_name(metric_name)
     net = model.model if hasattr(model, "model") and isinstance(model.model, nn.Module) else model
@@ -358,6 +362,7 @@ def _plain_params(p) -> dict:
         return {}
 
 
+@no_tf32()
 def quantus_scores(metric_name: str, model, x, y, maps, *, params: dict | None = None,
                    device: str | torch.device | None = None, batch_size: int = 64, seed: int = 0) -> np.ndarray:
     """Per-image scores, higher = more faithful: :func:`quantus_evaluate`'s ``scores``."""

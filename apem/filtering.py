@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 
 from apem import metric
+from apem.numerics import no_tf32
 
 #: ``FilterResult.status`` values
 STATUSES = ("dropped", "undefined")
@@ -105,6 +106,7 @@ def _map_apem(res: dict) -> torch.Tensor:
     return torch.from_numpy(metric.apem_terms(res["eps_plus"], res["eps_minus"], und))
 
 
+@no_tf32()
 def explanation_filter(model, x, maps, target=None, *, spec: metric.SearchSpec | None = None, image_index=None,
                        grad=None, fast_k=0, margin_info=None, use_hints=True, progress=False,
                        **settings) -> FilterResult:
@@ -118,7 +120,7 @@ def explanation_filter(model, x, maps, target=None, *, spec: metric.SearchSpec |
     :func:`apem.metric.prepare_images`). ``fast_k = K > 0``: K candidate levels per round.
     ``use_hints``: ``bisect`` starts each candidate's search at the input
     map's epsilons (a cost saving; the answers are verified steps either way,
-    equal whenever the flip is monotone).
+    equal whenever the flip is monotone). Runs with TF32 off (:func:`apem.numerics.no_tf32`).
     """
     spec = metric.SearchSpec.build(spec, **settings).replace(shuffles=0)
     mode = spec.mode

@@ -92,19 +92,41 @@ def apply(threads: int) -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
+def tf32_flags() -> tuple[bool, bool]:
+    """``(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)`` now."""
+    return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
+
+
 @contextlib.contextmanager
-def pinned(threads: int):
-    """Pin torch's CPU thread count and switch TF32 off for the block; restore afterwards."""
-    old = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.set_num_threads(threads)
+def no_tf32():
+    """TF32 off (CUDA matrix products and cuDNN convolutions) for the block; the caller's flags come back after.
+
+    Every public entry point that searches epsilons or computes maps runs under it
+    (:func:`apem.metric.evaluate_maps`, :func:`apem.metric.search`, the explanation
+    filter, :func:`apem.faithfulness.quantus_evaluate`, the studies), so a number
+    computed outside the runner is computed as the runner computes it: TF32 moves
+    logits by about 1e-3 and with them borderline epsilons. Also a decorator
+    (``@no_tf32()``); nesting is fine. On a CPU build the flags are plain switches.
+    """
+    old = tf32_flags()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.set_num_threads(old[0])
-        torch.backends.cuda.matmul.allow_tf32 = old[1]
-        torch.backends.cudnn.allow_tf32 = old[2]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@contextlib.contextmanager
+def pinned(threads: int):
+    """Pin torch's CPU thread count and switch TF32 off for the block (:func:`no_tf32`); restore afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with no_tf32():
+            yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def check_compatible(stored: NumericEnv, now: NumericEnv, where: str) -> None:

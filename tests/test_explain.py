@@ -517,6 +517,57 @@ def test_objective_says_what_a_method_explains():
         E.get_method("gradient", objective="margin")
 
 
+def linear_classifier(seed=0, classes=5, shape=(3, 2, 2)):
+    """``z = W flatten(x) + b`` in float64: every gradient has a closed form."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), classes)).double().eval()
+    x = torch.rand(4, *shape, dtype=torch.float64)
+    return model, x, model[1].weight.detach()
+
+
+def test_gradient_objectives_match_their_closed_forms_on_a_linear_classifier():
+    """logit: dS_c/dx = W[c] (the thesis's definition); loss: -(1 - p_c) W[c] + sum_{k != c} p_k W[k] (its code)."""
+    model, x, W = linear_classifier()
+    t = torch.tensor([0, 3, 1, 4])
+    p = torch.softmax(model(x), 1).detach()
+    logit = E.attribute(model, x, t, method="gradient", objective="logit")
+    assert torch.equal(logit, W[t].reshape(x.shape))
+    loss = E.attribute(model, x, t, method="gradient", objective="loss")
+    closed = torch.stack([
+        -(1 - p[i, c]) * W[c] + sum(p[i, k] * W[k] for k in range(W.shape[0]) if k != c)
+        for i, c in enumerate(t.tolist())
+    ]).reshape(x.shape)
+    torch.testing.assert_close(loss, closed, rtol=1e-12, atol=1e-15)
+    # the default is the loss (the thesis's code), and the two objectives differ
+    assert torch.equal(E.attribute(model, x, t, method="gradient"), loss)
+    assert not torch.allclose(loss, logit)
+
+
+def test_smoothgrad_logit_objective_averages_the_class_score_gradient():
+    """On a linear model every noisy copy's logit gradient is W[t]: the mean is W[t] (noise_target fixed)."""
+    model, x, W = linear_classifier(seed=1)
+    t = torch.tensor([2, 0, 1, 1])
+    sg = E.attribute(model, x, t, method="smoothgrad", objective="logit", n=8, noise_target="fixed", seed=3)
+    torch.testing.assert_close(sg, W[t].reshape(x.shape), rtol=1e-12, atol=1e-15)
+
+
+def test_a_configuration_passes_the_objective_to_gradient_and_smoothgrad(tmp_path):
+    from apem.config import Config
+    from apem.run import _method_call
+
+    f = tmp_path / "c.yaml"
+    f.write_text("methods:\n  gradient: {objective: logit}\n  smoothgrad: {objective: logit, n: 2}\n")
+    cfg = Config.from_yaml(f)
+    assert cfg.methods == {"gradient": {"objective": "logit"}, "smoothgrad": {"objective": "logit", "n": 2}}
+    for name in ("gradient", "smoothgrad"):
+        assert _method_call(name, cfg.methods[name], cfg, 0).params["objective"] == "logit"
+    model, x, W = linear_classifier()
+    t = torch.tensor([1, 1, 0, 2])
+    got = _method_call("gradient", cfg.methods["gradient"], cfg, 0)(model, x, t)
+    assert torch.equal(got, W[t].reshape(x.shape))
+    assert Config().methods.get("gradient", {}).get("objective", "loss") == "loss"
+
+
 def test_unknown_method_or_parameter_is_a_value_error_naming_it():
     with pytest.raises(ValueError, match="'gradcam_plus'"):
         E.get_method("gradcam_plus")

@@ -6,8 +6,10 @@ rational arithmetic) must match bit for bit, ties included.
 """
 
 import dataclasses
+import warnings
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +20,7 @@ from apem import metric
 from apem.metric.bisect import Brackets, candidates, root_estimate
 from apem.metric.directions import side_seed
 from apem.metric import (
-    SEARCH_MODES, apem, apem_norm, directions, evaluate_maps, map_shuffle_permutations, monotonicity_check,
+    SEARCH_MODES, apem, apem_norm, apem_terms, directions, evaluate_maps, map_shuffle_permutations, monotonicity_check,
     search, trace,
 )
 
@@ -511,6 +513,75 @@ def test_apem_and_apem_norm_formulas():
     assert apem(ep, em) == pytest.approx((8 + 0 - 1) / 3)
     sp, sm = torch.tensor([5, 7, 6]), torch.tensor([4, 7, 2])
     assert apem_norm(ep, em, sp, sm) == pytest.approx(((10 / 5 - 2 / 4) + (1 - 1) + (3 / 6 - 4 / 2)) / 3)
+
+
+def test_apem_norm_never_divides_by_an_undefined_shuffled_epsilon():
+    """Golden values: a zero or NaN shuffled epsilon gives a NaN term with its reason, never inf."""
+    from apem.metric import NORM_REASONS, apem_norm_terms
+
+    ep = np.array([10, 6, 4, 8, 9, 12])
+    em = np.array([2, 3, 1, 0, 3, 4])
+    sp = np.array([5, 0, 4, 0, np.nan, 6])
+    sm = np.array([4, 3, 0, 0, 3, 8])
+    und = np.array([False, False, False, True, False, False])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero warning either
+        terms, why = apem_norm_terms(ep, em, sp, sm, und, return_reason=True)
+    np.testing.assert_array_equal(terms, [10 / 5 - 2 / 4, np.nan, np.nan, np.nan, np.nan, 12 / 6 - 4 / 8])
+    assert [1.5, 1.5] == [terms[0], terms[5]]
+    assert not np.isinf(terms).any()
+    assert list(why) == ["", NORM_REASONS["shuffle_plus"], NORM_REASONS["shuffle_minus"], NORM_REASONS["map"],
+                         NORM_REASONS["shuffle_plus"], ""]
+    np.testing.assert_array_equal(apem_norm_terms(ep, em, sp, sm, und), terms)
+    # torch tensors (what evaluate_maps returns) give the same
+    np.testing.assert_array_equal(apem_norm_terms(*(torch.as_tensor(v) for v in (ep, em, sp, sm)), und), terms)
+    # the mean over a set: the defined terms, or an error naming the shuffled epsilons
+    ok = np.isfinite(terms)
+    assert apem_norm(ep, em, sp, sm, mask=ok) == 1.5
+    with pytest.raises(ValueError, match="shuffled"):
+        apem_norm(ep, em, sp, sm, mask=~und)
+
+
+def test_table_means_leave_out_undefined_rows_as_apem_does(capsys):
+    """A table with an undefined row: every summary mean is apem.metric.apem over the defined rows."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from apem.cli import _print_summary
+    from apem.metric import defined_rows, table_summary
+
+    t = pd.DataFrame({
+        "group": "correct", "image_id": ["a", "b", "c", "a", "b", "c"], "method": "gradient",
+        "stage": [3, 3, 3, 2, 2, 2],
+        "eps_minus": [2, 4, 0, 5, 1, 3], "eps_plus": [5, 10, 0, 5, 9, 0],
+        "undefined_minus": [False, False, True, False, False, False],
+        "undefined_plus": [False, False, True, False, False, True],
+        "censored_minus": False, "censored_plus": [False, True, False, False, False, False],
+        "eps_shuffle_minus": [4, 2, 0, 5, 1, 0], "eps_shuffle_plus": [5, 0, 0, 5, 3, 0],
+    })
+    t["apem"] = apem_terms(t.eps_plus, t.eps_minus, ~defined_rows(t))
+    S = table_summary(t)
+    for stage, g in t.groupby("stage"):
+        ok = defined_rows(g)
+        row = S.loc[("gradient", stage)]
+        assert row["mean"] == apem(g.eps_plus, g.eps_minus, mask=ok)
+        assert row["mean"] == g.apem.mean()  # pandas skips the NaN apem of the undefined row
+        assert row["n"] == ok.sum() and row["undefined"] == (~ok).sum()
+        assert row["mean_eps_minus"] == g.eps_minus[ok].mean() and row["mean_eps_plus"] == g.eps_plus[ok].mean()
+    assert S.loc[("gradient", 3), "mean"] == 4.5 and S.loc[("gradient", 3), "mean_eps_minus"] == 3.0
+    assert S.loc[("gradient", 3), "censored"] == 1
+    # APEM_norm: row b of stage 3 has no shuffled eps-plus, so only row a counts
+    assert S.loc[("gradient", 3), "n_norm"] == 1 and S.loc[("gradient", 3), "mean_norm"] == 5 / 5 - 2 / 4
+    with pytest.raises(ValueError, match="undefined"):
+        apem(t.eps_plus, t.eps_minus)  # without the mask the undefined row is refused, never averaged
+    # the command line prints the same numbers
+    cfg = SimpleNamespace(name="t", digest=lambda: "0")
+    _print_summary(cfg, SimpleNamespace(table=t, store=SimpleNamespace(dir="x")))
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.split()[:2] == ["gradient", "3"])
+    assert [float(v) for v in line.split()[2:6]] == [2, 4.5, 4.5, 3.0]
+    assert "leave out the undefined rows" in out
 
 
 def test_determinism_same_seed_same_epsilons(net_and_images):

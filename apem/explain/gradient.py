@@ -12,7 +12,23 @@ from apem.explain.base import (
 
 @register
 class Gradient(Method):
-    """``A = dCE(model(x), t)/dx`` with ``t`` the target (default: the prediction); ``objective="logit"``: ``d logit_t/dx``."""
+    """The input gradient of the method's objective at the target class ``t`` (default: the prediction).
+
+    The thesis defines the map as ``dS_c/dx``, the gradient of the class
+    score (its section on the explanation methods, 4.2); its code used the
+    gradient of the cross-entropy loss, which is the default here::
+
+        objective="loss"  (default, the thesis's code):    A = dCE(model(x), t)/dx
+                                                           = -(1 - p_t) dz_t/dx + sum_{k != t} p_k dz_k/dx
+        objective="logit" (the thesis's definition):       A = dS_t/dx = dz_t/dx
+
+    with ``z = model(x)`` the logits and ``p = softmax(z)``. In a
+    configuration: ``methods: {gradient: {objective: logit}}``. The two differ
+    by more than a scale: the loss gradient also pushes away from the other
+    classes, weighted by their probabilities (for a linear model ``z = Wx + b``
+    the logit map is ``W[t]`` and the loss map ``-(1 - p_t) W[t] + sum_{k != t}
+    p_k W[k]``).
+    """
 
     name = "gradient"
     spec = {}
@@ -60,9 +76,15 @@ def _noisy_batches(x, n, sigma, seed, offset, batch_size):
 
 @register
 class SmoothGrad(Method):
-    """SmoothGrad of the loss gradient (thesis 4.2.1)::
+    """SmoothGrad (thesis 4.2.1): the mean :class:`Gradient` over noisy copies of the image::
 
         A(x) = 1/n * sum_{k=1..n} dCE(model(x + e_k), t_k) / dx,   e_k ~ N(0, sigma^2 I)
+
+    As for :class:`Gradient`, the thesis defines the averaged map with the
+    class score ``dS_c/dx``; its code averaged the gradient of the cross-entropy
+    loss, which is the default here (``objective="loss"``); ``objective="logit"``
+    averages ``dS_{t_k}/dx`` instead, the thesis's definition
+    (``methods: {smoothgrad: {objective: logit}}``).
 
     ``sigma`` is in the model's input units, [0, 1] pixels (thesis: 0.2), and
     the noisy copies are not clipped to [0, 1].

@@ -136,7 +136,7 @@ registry :data:`ENGINES`), :mod:`~apem.metric.bisect` (the bracketed root
 search), :mod:`~apem.metric.spec` (:class:`SearchSpec`),
 :mod:`~apem.metric.search` (:func:`search`, :func:`trace`),
 :mod:`~apem.metric.evaluate` (:func:`evaluate_maps`),
-:mod:`~apem.metric.score` (:func:`apem`, :func:`apem_norm`),
+:mod:`~apem.metric.score` (:func:`apem`, :func:`apem_norm`, :func:`table_summary`),
 :mod:`~apem.metric.monotonicity`.
 
 :func:`monotonicity_check` measures how often the flip is non-monotone on real
@@ -182,7 +182,7 @@ from apem.metric.evaluate import check_maps, evaluate_maps
 from apem.metric.forward import AUTO_BATCH, AUTO_BATCH_ACCELERATOR, resolve_batch_size
 from apem.metric.margin import MarginInfo, changed, margin
 from apem.metric.monotonicity import monotonicity_check
-from apem.metric.score import apem, apem_norm, apem_norm_terms, apem_terms
+from apem.metric.score import NORM_REASONS, apem, apem_norm, apem_norm_terms, apem_terms, defined_rows, table_summary
 from apem.metric.search import SearchResult, as_index, search, trace
 from apem.metric.spec import SEARCH_MODES, SHUFFLE_MODES, THESIS_BOUND, SearchSpec
 
@@ -216,6 +216,9 @@ __all__ = [
     "apem_norm",
     "apem_norm_terms",
     "apem_terms",
+    "NORM_REASONS",
+    "defined_rows",
+    "table_summary",
     "SEARCH_MODES",
     "SHUFFLE_MODES",
     "THESIS_BOUND",

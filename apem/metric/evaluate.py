@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from apem.metric.clean import prepare_images
+from apem.numerics import no_tf32
 from apem.metric.directions import directions, normalised, permute, shuffle_permutations, side_seed
 from apem.metric.forward import fixed_directions, Forward, group_any, PerStepShuffles
 from apem.metric.search import as_index, run_engine, search
@@ -24,6 +25,7 @@ def check_maps(maps):
         raise ValueError(f"maps must lie in [0, 1] (got [{float(maps.amin()):g}, {float(maps.amax()):g}])")
 
 
+@no_tf32()
 def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None, image_index=None, grad=None,
                   seeds=None, progress=False, margin_info=None, hints=None, max_directions=256, **settings) -> dict:
     r"""Epsilons of relevance maps: :math:`\epsilon^-` from ``maps``, :math:`\epsilon^+` from ``1 - maps``.
@@ -47,6 +49,8 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
     forward/backward pass here), and with shuffles ``eps_shuffle_minus,
     eps_shuffle_plus, censored_shuffle_minus, censored_shuffle_plus,
     n_forward_shuffle_minus, n_forward_shuffle_plus`` (S images per tested step).
+
+    Runs with TF32 off (:func:`apem.numerics.no_tf32`), as the runner does.
     """
     spec = SearchSpec.build(spec, **settings)
     mode, bound, clip, batch_size, block = spec.mode, spec.bound, spec.clip, spec.batch_size, spec.block

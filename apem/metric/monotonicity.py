@@ -8,9 +8,11 @@ from apem.metric.clean import clean_pass
 from apem.metric.forward import fixed_directions, Forward
 from apem.metric.search import as_index
 from apem.metric.spec import SearchSpec
+from apem.numerics import no_tf32
 
 
 @torch.inference_mode()
+@no_tf32()
 def monotonicity_check(model, x, d, eps, target=None, *, spec: SearchSpec | None = None, image_index=None, horizon=64,
                        block=16, **settings) -> dict:
     """Does the prediction flip back after its first change? A linear scan past ``eps``.

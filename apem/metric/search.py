@@ -12,6 +12,7 @@ from apem.metric.engines import ENGINES
 from apem.metric.forward import fixed_directions, Forward
 from apem.metric.margin import MarginInfo
 from apem.metric.spec import SearchSpec
+from apem.numerics import no_tf32
 
 
 
@@ -74,6 +75,7 @@ def run_engine(mode, fwd, target_of, S, G, bound, active, **kw):
     return ENGINES[mode](fwd, target_of, S, G, bound, active, **kw)
 
 
+@no_tf32()
 def search(model, x, d, target=None, *, spec: SearchSpec | None = None, image_index=None, defined=None,
            margin_info=None, hint=None, reason=None, _record=None, _on_pass=None, **settings) -> SearchResult:
     r"""The smallest integer step :math:`\epsilon \in [1, bound)` with ``argmax f(x + eps d) != target``.
@@ -122,6 +124,7 @@ def search(model, x, d, target=None, *, spec: SearchSpec | None = None, image_in
     return SearchResult(eps, cens, ~active, nfw, reason, passes)
 
 
+@no_tf32()
 def trace(model, x, d, target=None, *, spec: SearchSpec | None = None, margin_info=None, **settings) -> list[dict]:
     """Every tested step of ONE item, in the order tested.
 

@@ -23,6 +23,14 @@ Chapter 2, :func:`lrp_variants` (:mod:`~apem.studies.lrp_rules`)
     mapping) and a bias-free ReLU network (conservation of the rule alone) and
     draws yes/no from declared thresholds; :func:`apem_by_variant` summarises APEM.
 
+Chapter 4, :func:`encoding_shift` (:mod:`~apem.studies.encoding`)
+    The configuration's maps of its correct images recomputed under both map
+    encodings (``round`` and the thesis's ``save_image`` files, :mod:`apem.maps`)
+    and searched the way the runner searches them: the configuration's own
+    encoding reproduces the results table exactly, so the differences are the
+    encoding's alone. :func:`encoding_summary`: per method and stage, the share of
+    images whose eps-minus / eps-plus moved and by how much.
+
 Chapter 10, :func:`faithfulness_scores` (:mod:`~apem.studies.faithfulness`)
     Quantus's Pixel-Flipping, Selectivity, ROAD and Faithfulness Correlation
     (through :mod:`apem.faithfulness`, higher = more faithful for all four)
@@ -72,6 +80,7 @@ Chapter 12, :func:`more_methods` (:mod:`~apem.studies.more_methods`; a configura
 
 
 from apem.studies.common import APEM, SCHEMA, cached_study, correct_ids, pick_stage, study_name
+from apem.studies.encoding import encoding_shift, encoding_summary
 from apem.studies.faithfulness import (
     agreement_table, cost_table, faithfulness_scores, kendall_per_image, mean_scores, per_image_cost,
 )
@@ -90,6 +99,8 @@ __all__ = [
     "correct_ids",
     "pick_stage",
     "study_name",
+    "encoding_shift",
+    "encoding_summary",
     "agreement_table",
     "cost_table",
     "faithfulness_scores",

@@ -12,9 +12,11 @@ import pandas as pd
 import torch
 
 from apem import faithfulness as FA
+from apem.numerics import no_tf32
 from apem.studies.common import APEM, cached_study, correct_ids, pick_stage, predictions, table_methods
 
 
+@no_tf32()
 def faithfulness_scores(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, metrics=FA.METRICS,
                         methods=None, metric_params: dict | None = None) -> pd.DataFrame:
     """Per-image scores of each method's maps by each metric, and what each metric cost.

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from apem import sanity as SN
+from apem.numerics import no_tf32
 from apem.metric.score import apem_terms
 from apem.studies.common import cached_study, correct_ids, pick_stage, predictions, study_name, table_methods
 
@@ -44,6 +45,7 @@ def sanity_params(res, method: str, smoothgrad_n: int = 16) -> dict:
     return p
 
 
+@no_tf32()
 def sanity_check(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, every: int = 3,
                  smoothgrad_n: int = 16, methods=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cascading randomisation: map similarity per step, and APEM of the maps on the trained model.
@@ -75,6 +77,7 @@ def sanity_check(res, *, n_images: int = 8, stage: int | None = None, seed: int 
     return sim, ap
 
 
+@no_tf32()
 def sanity_example_maps(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, every: int = 3,
                         smoothgrad_n: int = 16, methods=None) -> dict:
     """The stage maps of the first :data:`N_EXAMPLE` images along the cascade, as kept by :func:`sanity_check`.
@@ -118,8 +121,10 @@ class _SanityJob:
 
     def compute(self) -> dict:
         if self._out is None:
-            self._out = _sanity(self.res, self.ids, self.stage, self.every, self.smoothgrad_n, self.methods,
-                                self.seed, self.maps_file)
+            # in the store's numeric environment even when called outside cached_study (sanity_example_maps)
+            with self.res.store.pinned():
+                self._out = _sanity(self.res, self.ids, self.stage, self.every, self.smoothgrad_n, self.methods,
+                                    self.seed, self.maps_file)
         return self._out
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from apem import metric
+from apem.numerics import no_tf32
 from apem.studies.common import cached_study
 from apem.metric.clean import loss_gradient
 
@@ -36,6 +37,7 @@ def _directions(res, ids, methods, stages, x, grad):
     return d, defined, image_index, keys
 
 
+@no_tf32()
 def compare_modes(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, horizon: int = 64,
                   linear_cap: int = 300) -> pd.DataFrame:
     """One row per (image, method, stage, side) with each mode's epsilon and forward passes.
