@@ -441,15 +441,12 @@ def results(params: str | Path | Config = "default", *, progress: bool = True, r
 
 
 def summary(table: pd.DataFrame, by=("method", "stage")) -> pd.DataFrame:
-    """Mean and median APEM per method and stage (thesis Tables 4.2 and 4.4), with counts and flags."""
-    g = table.groupby(list(by), sort=False)
-    out = pd.DataFrame({
-        "n": g.apem.count(),
-        "mean": g.apem.mean(),
-        "median": g.apem.median(),
-        "mean_eps_minus": g.eps_minus.mean(),
-        "mean_eps_plus": g.eps_plus.mean(),
-        "censored": g.apply(lambda d: int((d.censored_minus | d.censored_plus).sum()), include_groups=False),
-        "undefined": g.apply(lambda d: int(d.apem.isna().sum()), include_groups=False),
-    })
-    return out
+    """Mean and median APEM per method and stage (thesis Tables 4.2 and 4.4) over the defined rows.
+
+    :func:`apem.metric.table_summary`, indexed by ``by``: every mean (APEM, eps-minus,
+    eps-plus) leaves out the rows whose APEM is undefined, as :func:`apem.metric.apem` does.
+    """
+    from apem.metric import table_summary
+
+    by = [by] if isinstance(by, str) else list(by)
+    return table_summary(table, by)
