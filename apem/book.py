@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,126 @@ def find_chapter(key: str | int) -> Path:
     raise BookError(f"no chapter {key!r}; chapters: {[p.stem for p in chapters()]}")
 
 
+#: the parameters every chapter has: they carry the configuration and are set by --params / -p FIELD
+CONFIG_PARAMS = ("params", "overrides")
+
+
+@dataclass
+class ChapterParam:
+    """A parameter declared in a chapter's ``parameters`` cell: its default and its comment."""
+
+    name: str
+    default: object
+    comment: str = ""
+
+
+def chapter_parameters(nb_path: Path) -> dict[str, ChapterParam]:
+    """The parameters a chapter declares in its cell tagged ``parameters`` (besides params and overrides).
+
+    Read with :mod:`ast`: each ``NAME = <literal>  # comment`` line is a parameter with its
+    default and its comment (papermill injects new values as a cell after this one).
+    """
+    import ast
+
+    import jupytext
+
+    nb = jupytext.read(nb_path)
+    cell = next((c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return {}
+    lines = cell.source.splitlines()
+    out = {}
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name in CONFIG_PARAMS:
+                continue
+            try:
+                default = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            line = lines[node.lineno - 1]
+            comment = line.split("#", 1)[1].strip() if "#" in line[node.value.end_col_offset:] else ""
+            out[name] = ChapterParam(name, default, comment)
+    return out
+
+
+def _coerce(name: str, text, p: ChapterParam, chapter: str):
+    """A command-line value for a chapter parameter, checked against the type of its default."""
+    from apem.config import ConfigError, parse_value
+
+    raw = text if isinstance(text, str) else None
+    value = parse_value(text, name) if isinstance(text, str) else text
+    d = p.default
+    if d is None or value is None:
+        return value
+    if isinstance(d, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(d, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(d, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(d, str):
+        if raw is not None and not isinstance(value, str):
+            value = raw  # -p image 3 is the text "3" for a text parameter
+        ok = isinstance(value, str)
+    elif isinstance(d, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    elif isinstance(d, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"chapter {chapter}: parameter {name} takes a {type(d).__name__} like its default "
+                          f"{d!r}; got {value!r}")
+    return value
+
+
+def split_params(pairs, nb_paths) -> tuple[dict, dict[str, dict]]:
+    """``-p NAME VALUE`` pairs -> (configuration overrides, {chapter stem: chapter parameters}).
+
+    A configuration field goes to the configuration (every chapter sees it); any other
+    NAME must be a parameter of at least one of the chapters, and goes to those
+    that declare it, checked against the type of its default.
+    """
+    from dataclasses import fields
+
+    from apem.config import Config, ConfigError, parse_value
+
+    config_fields = {f.name for f in fields(Config)}
+    declared = {nb.stem: chapter_parameters(nb) for nb in nb_paths}
+    overrides, per_chapter = {}, {nb.stem: {} for nb in nb_paths}
+    for name, text in pairs:
+        if name in config_fields:
+            overrides[name] = parse_value(text, name) if isinstance(text, str) else text
+            continue
+        takers = [stem for stem, ps in declared.items() if name in ps]
+        if not takers:
+            known = sorted({n for ps in declared.values() for n in ps})
+            where = ("chapter " + nb_paths[0].stem) if len(nb_paths) == 1 else "the selected chapters"
+            raise ConfigError(f"-p {name}: neither a configuration field nor a parameter of {where}; "
+                              f"chapter parameters: {', '.join(known) or 'none'}; configuration fields are "
+                              "listed in apem/config.py (apem book --list-params shows a chapter's)")
+        for stem in takers:
+            per_chapter[stem][name] = _coerce(name, text, declared[stem][name], stem)
+    return overrides, per_chapter
+
+
+def describe_parameters(nb_paths) -> str:
+    """The chapters' parameters with their defaults and comments, for ``apem book --list-params``."""
+    out = []
+    for nb in nb_paths:
+        out.append(f"{nb.stem}:")
+        ps = chapter_parameters(nb)
+        for p in ps.values():
+            out.append(f"  -p {p.name} {p.default!r}" + (f"    # {p.comment}" if p.comment else ""))
+        if not ps:
+            out.append("  (no chapter parameters)")
+    out.append("and any configuration field (-p n_correct 48, -p shuffles 0, ...; see apem/config.py)")
+    return "\n".join(out)
+
+
 def _package_source_digest() -> str:
     h = hashlib.sha256()
     pkg = REPO / "apem"
@@ -65,13 +186,15 @@ def _package_source_digest() -> str:
     return h.hexdigest()
 
 
-def fingerprint(nb_path: Path, params: str, overrides: dict) -> str:
+def fingerprint(nb_path: Path, params: str, overrides: dict, chapter_params: dict | None = None) -> str:
     cfg = load_config(params, **overrides)
     h = hashlib.sha256()
     h.update(nb_path.read_bytes())
     h.update(_package_source_digest().encode())
     h.update(cfg.identity_yaml().encode())
     h.update(json.dumps(overrides, sort_keys=True, default=str).encode())
+    if chapter_params:
+        h.update(json.dumps(chapter_params, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -107,17 +230,24 @@ NOT_COMPUTED = "NotComputed"  # the exception apem.report.require raises
 
 
 def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | None = None, force: bool = False,
-                    root: Path | None = None) -> ChapterOutcome:
-    """Execute one chapter with papermill if stale; a failure becomes a page that says so."""
+                    root: Path | None = None, chapter_params: dict | None = None) -> ChapterOutcome:
+    """Execute one chapter with papermill if stale; a failure becomes a page that says so.
+
+    ``chapter_params``: values for parameters the chapter declares (:func:`chapter_parameters`).
+    """
     import jupytext
     import nbformat
     import papermill as pm
 
     overrides = dict(overrides or {})
+    chapter_params = dict(chapter_params or {})
+    unknown = set(chapter_params) - set(chapter_parameters(nb_path))
+    if unknown:
+        raise BookError(f"chapter {nb_path.stem} declares no parameter {', '.join(sorted(unknown))}")
     out_dir = Path(root if root is not None else REPO) / "book" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{nb_path.stem}.ipynb"
-    fp = fingerprint(nb_path, params, overrides)
+    fp = fingerprint(nb_path, params, overrides, chapter_params)
     if not force and _stored_fingerprint(out) == fp:
         print(f"  {nb_path.stem}: up to date", flush=True)
         return ChapterOutcome(nb_path.stem, "up to date")
@@ -127,11 +257,12 @@ def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | No
     tmp = out_dir / f".out-{nb_path.stem}.ipynb"
     nbformat.write(nb, src)
     t0 = time.perf_counter()
-    print(f"  {nb_path.stem}: executing with params={params!r} overrides={overrides}", flush=True)
+    print(f"  {nb_path.stem}: executing with params={params!r} overrides={overrides}"
+          + (f" chapter parameters={chapter_params}" if chapter_params else ""), flush=True)
     outcome = ChapterOutcome(nb_path.stem, "executed")
     try:
         pm.execute_notebook(
-            str(src), str(tmp), parameters={"params": params, "overrides": overrides},
+            str(src), str(tmp), parameters={"params": params, "overrides": overrides, **chapter_params},
             cwd=str(REPO), kernel_name="python3", progress_bar=False, request_save_on_cell_execute=False,
         )
     except pm.PapermillExecutionError as e:
@@ -147,7 +278,10 @@ def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | No
     if outcome.status != "executed":
         _mark_page(done, outcome, nb_path)
     done.metadata["apem"] = {"fingerprint": fp if outcome.status != "failed" else None, "params": params,
-                             "overrides": overrides, "status": outcome.status, "seconds": round(outcome.seconds, 1)}
+                             "overrides": overrides, "chapter_params": chapter_params, "status": outcome.status,
+                             "seconds": round(outcome.seconds, 1)}
+    for line in noise(done):
+        print(f"  {nb_path.stem}: noise on the page: {line}", flush=True)
     nbformat.write(done, tmp)
     os.replace(tmp, out)
     print(f"  {outcome.line()}", flush=True)
@@ -175,6 +309,43 @@ def _mark_page(nb, outcome: ChapterOutcome, nb_path: Path) -> None:
             f"Re-run it with `apem book --chapter {nb_path.name[:2]}` after fixing the cause.\n```")
         cells = head + [note] + cells
     nb.cells = cells
+
+
+_REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-f]+>|<seaborn\.[\w.]+ at 0x|<matplotlib\.[\w.]+ (object )?at 0x")
+_NAN = re.compile(r"(?<![\w-])nan(?![\w-])", re.IGNORECASE)
+
+
+def noise(nb) -> list[str]:
+    """What should not reach a reader in an executed chapter: warnings, object reprs, ``nan``.
+
+    Looks at every output: stderr streams (warnings, e.g. ``TqdmWarning``), text that
+    is an object's repr (``<... at 0x...>``; a figure's ``<Figure size ...>`` counts only
+    when no image came with it), and ``nan`` in displayed text or Markdown.
+    """
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []):
+            kind = o.get("output_type")
+            if kind == "stream" and o.get("name") == "stderr" and o.get("text", "").strip():
+                found.append(f"cell {i}: stderr: {o['text'].strip().splitlines()[0][:160]}")
+            elif kind in ("execute_result", "display_data"):
+                data = o.get("data", {})
+                plain = data.get("text/plain", "")
+                plain = "".join(plain) if isinstance(plain, list) else plain
+                if _REPR.search(plain) or (plain.startswith("<Figure size") and "image/png" not in data):
+                    found.append(f"cell {i}: object repr {plain[:80]!r}")
+                for mime in ("text/markdown", "text/plain"):
+                    text = data.get(mime, "")
+                    text = "".join(text) if isinstance(text, list) else text
+                    if mime == "text/plain" and ("text/html" in data or "text/markdown" in data or "image/png" in data):
+                        continue  # a table's or figure's fallback text, not what the page shows
+                    if _NAN.search(text):
+                        found.append(f"cell {i}: 'nan' in {mime}")
+                html = data.get("text/html", "")
+                html = "".join(html) if isinstance(html, list) else html
+                if re.search(r">\s*(nan|NaN)\s*<", html):
+                    found.append(f"cell {i}: 'nan' in a table")
+    return found
 
 
 def ensure_mathjax() -> None:
@@ -225,7 +396,8 @@ def copy_sources(dest: Path) -> None:
 
 def build(params: str = "default", chapter_keys=None, overrides: dict | None = None, force: bool = False,
           html: bool = True, progress: bool = True, root: Path | None = None, threads: int | None = None,
-          results_root: str | Path | None = None) -> tuple[Path | None, list[ChapterOutcome]]:
+          results_root: str | Path | None = None,
+          chapter_params: dict[str, dict] | None = None) -> tuple[Path | None, list[ChapterOutcome]]:
     """Run the configuration, execute stale chapters, build the HTML (under ``root``).
 
     Returns the index page (None without HTML) and each chapter's outcome; a failing
@@ -238,7 +410,7 @@ def build(params: str = "default", chapter_keys=None, overrides: dict | None = N
     cfg = load_config(params, **overrides)
     print(f"apem book: parameter set {params!r} -> configuration {cfg.name} ({cfg.digest()})", flush=True)
     t0 = time.perf_counter()
-    env = {}
+    env = {"TQDM_DISABLE": "1"}  # no progress bars inside the pages (the terminal shows the run's)
     if threads is not None:
         env["APEM_THREADS"] = str(threads)
     if results_root is not None:
@@ -249,7 +421,8 @@ def build(params: str = "default", chapter_keys=None, overrides: dict | None = N
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the chapters' kernels inherit the store and thread count
     try:
-        outcomes = [execute_chapter(nb, params, overrides, force, root) for nb in todo]
+        outcomes = [execute_chapter(nb, params, overrides, force, root, (chapter_params or {}).get(nb.stem))
+                    for nb in todo]
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -274,13 +447,17 @@ def register(sub) -> None:
     add_run_args(p)
     p.add_argument("--force", action="store_true", help="re-execute even up-to-date chapters")
     p.add_argument("--no-html", action="store_true", help="execute chapters only")
+    p.add_argument("--list-params", action="store_true",
+                   help="print the chapters' parameters (-p NAME VALUE) with their defaults, and exit")
     p.set_defaults(func=_cmd_book)
 
 
 def _cmd_book(args) -> int:
-    from apem.config import parse_overrides
-
-    overrides = parse_overrides(args.param)
+    todo = [find_chapter(k) for k in args.chapter] if args.chapter else chapters()
+    if args.list_params:
+        print(describe_parameters(todo))
+        return 0
+    overrides, per_chapter = split_params(args.param, todo)
     _, outcomes = build(args.params, args.chapter, overrides, args.force, not args.no_html,
-                        threads=args.threads, results_root=args.results)
+                        threads=args.threads, results_root=args.results, chapter_params=per_chapter)
     return 1 if any(o.status == "failed" for o in outcomes) else 0

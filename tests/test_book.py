@@ -74,7 +74,13 @@ def test_every_toc_page_was_executed_by_papermill_with_outputs_and_figures(smoke
         assert not [o for o in outputs if o.get("output_type") == "error"], f
         assert any("image/png" in o.get("data", {}) for o in outputs), f"{f} shows no figure"
         md = json.dumps(outputs)
-        assert "held" in md or "did not hold" in md or "inconclusive" in md, f"{f} gives no verdict on the claims"
+        assert "held" in md or "inconclusive" in md or "not applicable" in md, f"{f} gives no verdict on the claims"
+        assert "Rules, declared before the data" in md, f"{f}: its verdicts do not print their rules"
+        import nbformat
+
+        from apem.book import noise
+
+        assert noise(nbformat.reads(json.dumps(nb), as_version=4)) == [], f"{f}: noise on the page"
 
 
 _EXTERNAL = re.compile(
