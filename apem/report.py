@@ -1,46 +1,15 @@
-"""What a chapter shows: tables with the thesis's value beside ours, and verdicts on claims.
+"""What a chapter shows: tables with the thesis's value beside ours, censoring in view, figures once.
 
-Chapters stay thin: they compute with :mod:`apem.stats`, then call these to
-display. A verdict is always computed (see :mod:`apem.stats`), never typed.
+Chapters stay thin: the chapter modules (:mod:`apem.chapters`) compute with
+:mod:`apem.stats` and decide with :mod:`apem.claims`, then call these to display.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
-from apem.stats import HELD, INCONCLUSIVE, NOT_HELD
 from apem.thesis import label
-
-_BADGE = {HELD: "✅ held", NOT_HELD: "❌ did not hold", INCONCLUSIVE: "➖ inconclusive"}
-
-
-@dataclass
-class Claim:
-    """One of the thesis's claims, its verdict on our data, and the evidence."""
-
-    text: str
-    verdict: str
-    evidence: str = ""
-
-    def __post_init__(self):
-        if self.verdict not in _BADGE:
-            raise ValueError(f"verdict must be one of {list(_BADGE)}, got {self.verdict!r}")
-
-
-def show_claims(claims: list[Claim], title: str = "Did the thesis's claims hold on our model?") -> None:
-    """Display the verdicts as a Markdown table."""
-    from IPython.display import Markdown, display
-
-    lines = [f"**{title}**", "", "| thesis's claim | on our model | evidence |", "| --- | --- | --- |"]
-    for c in claims:
-        lines.append(f"| {c.text} | {_BADGE[c.verdict]} | {c.evidence} |")
-    held = sum(c.verdict == HELD for c in claims)
-    lines += ["", f"{held} of {len(claims)} claims held; a claim is called held only when a confidence "
-              "interval or a significance test (α = 0.05) supports it."]
-    display(Markdown("\n".join(lines)))
 
 
 def beside_thesis(ours: pd.DataFrame, thesis: pd.DataFrame, on: list[str], columns: list[str]) -> pd.DataFrame:
@@ -131,9 +100,11 @@ def censoring_note(table: pd.DataFrame, what: str = "searches") -> str:
 
 
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 1) -> str:
-    """``"12.3 [10.1, 14.0]"``."""
-    if np.isnan(est):
+    """``"12.3 [10.1, 14.0]"``; ``"–"`` for a missing estimate, no interval where it is undefined."""
+    if est is None or not np.isfinite(est):
         return "–"
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{est:.{digits}f}"
     return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 

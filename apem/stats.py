@@ -24,12 +24,8 @@ Censored values
     numbers.
 
 Verdicts
-    A claim of the thesis "held" only when the data support it at the chosen
-    level (a confidence interval entirely on the claimed side, or a
-    significant test in the claimed direction); "did not hold" when they
-    support the opposite; "inconclusive" otherwise. See :func:`verdict_greater`
-    (Wilcoxon / Mann-Whitney), :func:`sign_test`, :func:`verdict_from_ci`, and
-    :func:`all_verdicts` for a claim made of several parts.
+    are not decided here: every verdict of the book comes from :mod:`apem.claims`,
+    where each claim's rule is declared before the data.
 
 References
     Efron & Tibshirani (1993), *An Introduction to the Bootstrap*, ch. 13
@@ -52,9 +48,6 @@ from scipy import stats as sps
 # the correlations live in apem.correlation; the chapters reach them through stats as before
 from apem.correlation import rank_correlation, spearman_ci, spearman_table  # noqa: F401 (re-exported)
 
-HELD = "held"
-NOT_HELD = "did not hold"
-INCONCLUSIVE = "inconclusive"
 
 _STATS = {"mean": np.mean, "median": np.median}
 
@@ -399,91 +392,3 @@ def wilcoxon_pairs(df: pd.DataFrame, value: str = "apem", by: str = "method", pa
                 r["p_holm"] = float(p)
         rows.extend(block)
     return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- verdicts
-
-
-def verdict(held: bool | None) -> str:
-    """``True -> "held"``, ``False -> "did not hold"``, ``None -> "inconclusive"``."""
-    if held is None:
-        return INCONCLUSIVE
-    return HELD if bool(held) else NOT_HELD
-
-
-def claim(held: bool | None, text: str) -> str:
-    """One line for a chapter: ``"<text>: held"`` (or ``did not hold`` / ``inconclusive``)."""
-    return f"{text}: {verdict(held)}"
-
-
-def all_verdicts(verdicts) -> str:
-    """Combine the verdicts of the parts of a claim: held only if every part held.
-
-    ``"did not hold"`` if any part did not hold, ``"held"`` if all held (and
-    there is at least one), ``"inconclusive"`` otherwise.
-    """
-    vs = list(verdicts)
-    if any(v == NOT_HELD for v in vs):
-        return NOT_HELD
-    if vs and all(v == HELD for v in vs):
-        return HELD
-    return INCONCLUSIVE
-
-
-def sign_test(n_for: int, n_against: int, alpha: float = 0.05) -> str:
-    """Verdict from a two-sided sign test: ``n_for`` pairs support the claim, ``n_against`` contradict it.
-
-    Ties are left out beforehand. Exact binomial test of ``n_for`` out of
-    ``n_for + n_against`` against 1/2 (:func:`scipy.stats.binomtest`):
-    ``"held"`` when ``p < alpha`` and ``n_for > n_against``, ``"did not hold"``
-    when ``p < alpha`` the other way, ``"inconclusive"`` otherwise.
-    """
-    n_for, n_against = int(n_for), int(n_against)
-    if n_for + n_against == 0:
-        return INCONCLUSIVE
-    p = sps.binomtest(n_for, n_for + n_against, 0.5).pvalue
-    if p >= alpha or n_for == n_against:
-        return INCONCLUSIVE
-    return verdict(n_for > n_against)
-
-
-def verdict_from_ci(low: float, high: float, threshold: float = 0.0, greater: bool = True) -> str:
-    """Verdict on "the quantity is greater (``greater=False``: smaller) than ``threshold``" from its interval.
-
-    Held when the whole interval lies strictly on the claimed side, did not
-    hold when it lies strictly on the other side, inconclusive when it covers
-    the threshold (or is NaN).
-    """
-    if np.isnan(low) or np.isnan(high):
-        return INCONCLUSIVE
-    above, below = low > threshold, high < threshold
-    if not greater:
-        above, below = below, above
-    return verdict(True if above else False if below else None)
-
-
-def verdict_greater(a_values, b_values, paired: bool = True, alpha: float = 0.05,
-                    zero_method: str = "wilcox") -> str:
-    """Verdict on the claim "``a`` is greater than ``b``" from a two-sided rank test at level ``alpha``.
-
-    ``paired=True``: Wilcoxon signed-rank test on ``a - b`` (pairs with a NaN
-    dropped; see :func:`paired_wilcoxon`), direction from the rank-biserial
-    correlation's sign (``T+ > T-``). ``paired=False``: Mann-Whitney U test,
-    direction from ``U_a > n_a n_b / 2`` (``P(a > b) > P(a < b)``).
-
-    ``"held"`` when ``p < alpha`` in the claimed direction, ``"did not hold"``
-    when ``p < alpha`` the other way, ``"inconclusive"`` otherwise (including
-    when no pair differs).
-    """
-    if paired:
-        r = paired_wilcoxon(a_values, b_values, zero_method=zero_method)
-        p, direction = r["p_value"], r["rank_biserial"]
-    else:
-        a, b = _clean(a_values), _clean(b_values)
-        if a.size == 0 or b.size == 0:
-            return INCONCLUSIVE
-        res = sps.mannwhitneyu(a, b, alternative="two-sided")
-        p, direction = float(res.pvalue), float(res.statistic) - a.size * b.size / 2
-    if np.isnan(p) or p >= alpha or direction == 0 or np.isnan(direction):
-        return INCONCLUSIVE
-    return verdict(direction > 0)

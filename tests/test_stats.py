@@ -171,24 +171,6 @@ def test_spearman_table_nan_when_undefined():
 # ----------------------------------------------------------------------------- verdicts
 
 
-def test_verdicts():
-    rng = np.random.default_rng(0)
-    b = rng.normal(size=60)
-    assert S.verdict_greater(b + 1.0, b + rng.normal(scale=0.3, size=60)) == S.HELD
-    assert S.verdict_greater(b - 1.0, b) == S.NOT_HELD
-    assert S.verdict_greater(b, b) == S.INCONCLUSIVE  # no pair differs
-    assert S.verdict_greater([1, 2, 3], [0, 1, 2]) == S.INCONCLUSIVE  # 3 pairs: p = 0.25
-    assert S.verdict_greater(rng.normal(2, 1, 40), rng.normal(0, 1, 50), paired=False) == S.HELD
-    assert S.verdict_greater(rng.normal(0, 1, 40), rng.normal(2, 1, 50), paired=False) == S.NOT_HELD
-    assert S.verdict_from_ci(0.1, 0.4) == S.HELD
-    assert S.verdict_from_ci(-0.4, -0.1) == S.NOT_HELD
-    assert S.verdict_from_ci(-0.1, 0.4) == S.INCONCLUSIVE
-    assert S.verdict_from_ci(-0.4, -0.1, greater=False) == S.HELD
-    assert S.verdict_from_ci(np.nan, 1.0) == S.INCONCLUSIVE
-    assert S.claim(True, "Gradient beats SmoothGrad") == "Gradient beats SmoothGrad: held"
-    assert S.claim(None, "x").endswith("inconclusive") and S.claim(False, "x").endswith("did not hold")
-
-
 def test_spearman_ci():
     rng = np.random.default_rng(0)
     x = rng.normal(size=200)
@@ -208,17 +190,6 @@ def test_spearman_ci():
         _, lo, hi = S.spearman_ci(xy[:, 0], xy[:, 1], n_boot=500, seed=i)
         hits += lo <= true <= hi
     assert 0.85 <= hits / 100 <= 1.0, hits
-
-
-def test_sign_test_and_all_verdicts():
-    assert S.sign_test(9, 1) == S.HELD  # exact two-sided p = 22/1024
-    assert S.sign_test(1, 9) == S.NOT_HELD
-    assert S.sign_test(8, 2) == S.INCONCLUSIVE  # p = 112/1024
-    assert S.sign_test(0, 0) == S.INCONCLUSIVE
-    assert S.all_verdicts([S.HELD, S.HELD]) == S.HELD
-    assert S.all_verdicts(iter([S.HELD, S.INCONCLUSIVE])) == S.INCONCLUSIVE
-    assert S.all_verdicts([S.INCONCLUSIVE, S.NOT_HELD, S.HELD]) == S.NOT_HELD
-    assert S.all_verdicts([]) == S.INCONCLUSIVE
 
 
 def test_censored_bounds_of_the_mean_and_the_median():
