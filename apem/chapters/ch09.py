@@ -130,13 +130,15 @@ def interval_figure(R: pd.DataFrame, alpha: float = 0.05):
         ok = np.isfinite(c.rho.to_numpy(float))
         err = np.vstack([(c.rho - c.lo).to_numpy(float), (c.hi - c.rho).to_numpy(float)])
         err = np.where(np.isfinite(err), err, 0.0)
-        ax.errorbar(c.rho[ok], y[ok], xerr=err[:, ok], fmt="o", capsize=3, label=g)
+        if ok.any():
+            ax.errorbar(c.rho[ok], y[ok], xerr=err[:, ok], fmt="o", capsize=3, label=g)
     cens = R[R.group == "all"].set_index("row").censored
-    ax.set_yticks(np.arange(len(methods)), [f"{thesis.label(m)}\n{int(cens[m])} censored" for m in methods])
+    ticks = [f"{thesis.label(m)}\n{int(cens[m])} censored\n(all images)" for m in methods]
+    ax.set_yticks(np.arange(len(methods)), ticks)
     ax.axvline(0, color="k", lw=1, ls="--")
     ax.set_xlim(-1.05, 1.05)
     ax.set_xlabel(f"Spearman ρ(APEM, loss), {1 - alpha:.0%} Fisher-z interval")
-    ax.legend(frameon=False, loc="best")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -240,9 +242,9 @@ def strongest_statement(S: pd.DataFrame, R: pd.DataFrame) -> tuple[str, str, str
     if rho.notna().any():
         strongest = rho.idxmin()
         same = "the same method" if strongest == best else "a different method"
-        sentence = (f"the highest mean APEM is {thesis.label(best)}'s (ρ = {cl.fmt(rho[best], 2, sign=True)}); the most "
-                    f"negative ρ on correct images is {thesis.label(strongest)}'s ({cl.fmt(rho[strongest], 2, sign=True)}), "
-                    f"{same}")
+        rb, rs = cl.fmt(rho[best], 2, sign=True), cl.fmt(rho[strongest], 2, sign=True)
+        sentence = (f"the highest mean APEM is {thesis.label(best)}'s (ρ = {rb}); the most negative ρ on correct "
+                    f"images is {thesis.label(strongest)}'s ({rs}), {same}")
     else:
         strongest, sentence = "", f"the highest mean APEM is {thesis.label(best)}'s; no correlation is defined"
     return best, strongest, sentence
@@ -257,14 +259,16 @@ def chapter_claims(D: pd.DataFrame, S: pd.DataFrame, alpha: float = 0.05) -> lis
             x, y = pairs(D, m, g)
             out.append(cl.Correlation(f"APEM of {thesis.label(m)} correlates negatively with the loss on {where}",
                                       x=x, y=y, negative=True, names=("APEM", "loss")))
-    n_mis = int((~D.correct.astype(bool)).sum())
+    n_mis = int(D[~D.correct.astype(bool)].image_id.nunique())
+    why = ("the configuration has no misclassified image" if n_mis == 0 else
+           f"{n_mis} misclassified image{'s' if n_mis != 1 else ''}: Spearman's ρ needs at least 3")
     parts = []
     for m in methods:
         x, y = pairs(D, m, "misclassified")
         parts.append(Vanishes(f"{thesis.label(m)}: ρ(APEM, loss) is about 0 on misclassified images", x=x, y=y,
-                              names=("APEM", "loss"), applicable=n_mis > 0, reason="no misclassified image"))
+                              names=("APEM", "loss"), applicable=n_mis >= 3, reason=why))
     out.append(NoneNonzero("On misclassified images the correlation virtually vanishes", of=parts,
-                        applicable=n_mis > 0, reason="the configuration has no misclassified image"))
+                           applicable=n_mis >= 3, reason=why))
     R = correlations(D, alpha)
     _, _, sentence = strongest_statement(S, R)
     out.append(Descriptive("The method with the highest APEM has the strongest (most negative) correlation",
@@ -311,7 +315,7 @@ class Page:
         report.show_figure(scatter_figure(self.D))
 
     def ranking(self) -> pd.DataFrame:
-        """The methods by the thesis's statistic (mean APEM, :func:`apem.stats.ranking`) beside rho on correct images."""
+        """The methods by the thesis's statistic (mean APEM, :func:`apem.stats.ranking`), rho on correct images."""
         Rk = stats.ranking(self.S)
         rc = self.R[(self.R.group == "correct")].set_index("row")
         out = pd.DataFrame(index=Rk.index.map(thesis.label).rename("method"))

@@ -120,7 +120,7 @@ def constant_note(sim: pd.DataFrame, n: int) -> str:
             + ".")
 
 
-def agreement_with_table(ap: pd.DataFrame) -> str:
+def agreement_with_table(ap: pd.DataFrame, shuffles: bool = True) -> str:
     """How often the recomputed trained maps' APEM equals the results table's, per method."""
     tr = ap[ap.step == 0]
     same = (tr.apem == tr.apem_table) | (tr.apem.isna() & tr.apem_table.isna())
@@ -129,8 +129,9 @@ def agreement_with_table(ap: pd.DataFrame) -> str:
             "results table's on " + ", ".join(f"{cl.fmt(by_m[m], 0, pct=True)} of the images for {thesis.label(m)}"
                                               for m in by_m.index)
             + ". (SmoothGrad's maps differ by design: here every noisy copy explains the trained prediction, and "
-            "there are at most `smoothgrad_n` copies. The shuffled baseline is always the configuration's own maps, "
-            "from the results table.)")
+            "there are at most `smoothgrad_n` copies."
+            + (" The shuffled baseline is always the configuration's own maps, from the results table.)" if shuffles
+               else ")"))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -175,7 +176,7 @@ def curve_figure(sim: pd.DataFrame, seed: int = 0):
             ax.axhline(0, color="k", lw=0.8)
             ax.set_title(f"stage {vs}" if r == 0 else "")
             if c == 0:
-                ax.set_ylabel("Spearman ρ with the trained map" if value == "spearman" else "SSIM with the trained map")
+                ax.set_ylabel(("Spearman ρ" if value == "spearman" else "SSIM") + " with the trained map")
     axes[0, 0].legend(frameon=False)
     fig.tight_layout()
     return fig
@@ -347,7 +348,7 @@ class Page:
         report.show_figure(apem_figure(self.ap, self.shuffled, self.stage))
 
     def table_agreement(self) -> None:
-        report.show_markdown(agreement_with_table(self.ap))
+        report.show_markdown(agreement_with_table(self.ap, self.has_shuffles))
 
     def claims(self) -> cl.Claims:
         return cl.Claims(chapter_claims(self.sim, self.ap, self.stage, self.threshold, self.has_shuffles),

@@ -88,7 +88,8 @@ def chapter_claims(C: pd.DataFrame, old, new, NORM: pd.DataFrame | None) -> list
                              "(highest mean APEM)", source=cl.OURS, a=per["apem"][m], b=per["apem"][best],
                              names=(thesis.label(m), nb), digits=0))
     if "gradcam" in new:
-        out.append(cl.AllOf("Grad-CAM's coarse maps get a lower ε⁺ than each of the thesis's methods", source=cl.OURS,
+        out.append(cl.AllOf("Grad-CAM's coarse maps get a lower ε⁺ than each of the thesis's methods",
+                            source=cl.OURS,
                             of=[cl.Paired(f"Grad-CAM's ε⁺ is lower than {thesis.label(o)}'s", source=cl.OURS,
                                           a=per["eps_plus"]["gradcam"], b=per["eps_plus"][o], greater=False,
                                           names=("Grad-CAM", thesis.label(o)), digits=0) for o in old]))
@@ -147,7 +148,8 @@ class Page:
             f"{len(self.methods)} methods, `{cfg.search_mode}` search with bound {cfg.search_bound}. The new methods "
             "ran in a configuration of their own with the same model, pool and seed (so the same image draw), without "
             f"misclassified images and without shuffles; Integrated Gradients used {self.ig_steps} steps. "
-            + (f"$\\mathrm{{APEM}}_{{\\mathrm{{norm}}}}$ needs the shuffled baseline ({cfg.shuffles} shuffles per map); "
+            + (f"$\\mathrm{{APEM}}_{{\\mathrm{{norm}}}}$ needs the shuffled baseline ({cfg.shuffles} shuffles per "
+               "map); "
                f"it ran at stage {self.stage} on {self.extra_norm.table.image_id.nunique()} of the images. "
                if self.extra_norm is not None else "The configuration has no shuffles: "
                "$\\mathrm{APEM}_{\\mathrm{norm}}$ is not computed. ")
