@@ -1,6 +1,10 @@
 """Claims: each verdict in the book comes from a rule declared before the data are seen.
 
-A chapter builds a :class:`Claims` family from claim objects. Each claim
+A chapter builds a :class:`Claims` family from claim objects -- :class:`Proportion`,
+:class:`Paired`, :class:`Location`, :class:`TwoGroups`, :class:`Correlation`,
+:class:`Vanishes` (an "is zero" claim, never held), :class:`Invariant` (checked on every
+item, no test), :class:`AllOf` (a compound) and :class:`Descriptive` (shown, never
+tested, always "not applicable" with its reason). Each claim
 declares its statistic, its test (or exact interval), its threshold, its
 direction and its unit (the image: a claim receives one value per image; maps
 of one image are averaged into that value by :func:`per_image` before any test,
@@ -502,6 +506,67 @@ class AllOf(Claim):
 
     def rule(self, alpha):
         return f"held when each of its {len(self.parts())} parts holds, not held when any part is not held"
+
+
+# ----------------------------------------------------------------------------- zero, and untested
+
+
+@dataclass
+class Vanishes(Correlation):
+    """"Spearman's rho between ``x`` and ``y`` is (virtually) zero".
+
+    A test cannot show a correlation to be zero (that would need a declared
+    equivalence margin), so this claim is never held: it is **not held** when a
+    two-sided test of Spearman's rho finds it nonzero (Holm-adjusted), and
+    **inconclusive** otherwise. "Images needed": at the observed rho, the images
+    at which the two-sided test would find it nonzero with the family's power.
+    """
+
+    def evaluate(self, alpha, power):
+        ev = super().evaluate(alpha, power)
+        if ev.applicable and ev.n < 3:
+            return Evidence(ev.n, "–", applicable=False, reason=f"{ev.n} image(s): Spearman's ρ needs at least 3")
+        if not ev.applicable:
+            return ev
+        x, y = _series(self.x, self.text), _series(self.y, self.text)
+        both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
+        res = sps.spearmanr(both.x, both.y)
+        rho, p = float(res.statistic), float(res.pvalue)
+        r = min(abs(rho), 0.9999)
+        q = float(sps.norm.ppf(1 - alpha / 2)) + float(sps.norm.ppf(power))
+        needed = math.inf if rho == 0 else float(math.ceil((1 + r * r / 2) * (q / math.atanh(r)) ** 2 + 3))
+        return Evidence(ev.n, ev.estimate, p_for=np.nan, p_against=p, needed=needed,
+                           direction=-1 if rho != 0 else 0)
+
+    def rule(self, alpha):
+        return (f"never held (no test shows a correlation to be zero without a declared margin); not held when a "
+                f"two-sided test of Spearman's ρ finds it nonzero (Holm-adjusted p < {alpha}); inconclusive otherwise")
+
+
+@dataclass
+class NoneNonzero(AllOf):
+    """Every part is a :class:`Vanishes`: never held, not held when any part is, inconclusive otherwise."""
+
+    def rule(self, alpha):
+        return (f"never held; not held when any of its {len(self.parts())} parts is not held (a correlation found "
+                "nonzero), inconclusive otherwise")
+
+
+@dataclass
+class Descriptive(Claim):
+    """A comparison shown but not tested: always ``not applicable``; ``why`` says why no test is declared,
+    ``reason`` (what the table prints) carries the numbers."""
+
+    why: str = ""
+
+    def evaluate(self, alpha, power):  # pragma: no cover - never evaluated (applicable is False)
+        return Evidence(0, "–", applicable=False, reason=self.reason)
+
+    def rule(self, alpha):
+        return f"descriptive, never tested: {self.why}; the numbers are shown as they are"
+
+    def __post_init__(self):
+        self.applicable = False
 
 
 # ----------------------------------------------------------------------------- the family

@@ -71,7 +71,7 @@ def test_vanishing_correlation_is_never_held_and_not_held_when_nonzero():
 def test_vanishing_is_inconclusive_not_held_on_a_null_correlation():
     x = pd.Series(np.arange(12.0), index=[f"i{k}" for k in range(12)])
     y = pd.Series([5, 1, 9, 3, 7, 11, 0, 8, 2, 10, 4, 6], index=x.index, dtype=float)
-    fam = _family([ch09.Vanishes("rho is 0", x=x, y=y)])
+    fam = _family([cl.Vanishes("rho is 0", x=x, y=y)])
     assert fam.claims[0].verdict == cl.INCONCLUSIVE
     assert not np.isfinite(fam.claims[0].p_for_adj)  # nothing can make it held
 

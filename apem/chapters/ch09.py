@@ -10,7 +10,7 @@ them, beside the thesis's Table 5.3 (:func:`table_5_3`). The claims:
 * "on misclassified images the correlation virtually vanishes": no test can
   show a correlation to be zero without a declared equivalence margin, so the
   claim is never called held; it is not held when a two-sided test finds the
-  correlation nonzero, inconclusive otherwise (:class:`Vanishes`);
+  correlation nonzero, inconclusive otherwise (:class:`apem.claims.Vanishes`);
 * "the method with the highest APEM has the strongest correlation": the highest
   APEM is :func:`apem.stats.best_method` (the thesis's mean, as in chapter 3),
   and the comparison is shown, not tested: a difference of two Spearman
@@ -22,7 +22,6 @@ them, beside the thesis's Table 5.3 (:func:`table_5_3`). The claims:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -171,64 +170,6 @@ def scatter_figure(D: pd.DataFrame):
 # ----------------------------------------------------------------------------- claims
 
 
-@dataclass
-class Vanishes(cl.Correlation):
-    """"Spearman's rho between ``x`` and ``y`` is (virtually) zero".
-
-    A test cannot show a correlation to be zero (that would need a declared
-    equivalence margin), so this claim is never held: it is **not held** when a
-    two-sided test of Spearman's rho finds it nonzero (Holm-adjusted), and
-    **inconclusive** otherwise. "Images needed": at the observed rho, the images
-    at which the two-sided test would find it nonzero with the family's power.
-    """
-
-    def evaluate(self, alpha, power):
-        ev = super().evaluate(alpha, power)
-        if ev.applicable and ev.n < 3:
-            return cl.Evidence(ev.n, "–", applicable=False, reason=f"{ev.n} image(s): Spearman's ρ needs at least 3")
-        if not ev.applicable:
-            return ev
-        x, y = cl._series(self.x, self.text), cl._series(self.y, self.text)
-        both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
-        res = sps.spearmanr(both.x, both.y)
-        rho, p = float(res.statistic), float(res.pvalue)
-        r = min(abs(rho), 0.9999)
-        q = float(sps.norm.ppf(1 - alpha / 2)) + float(sps.norm.ppf(power))
-        needed = math.inf if rho == 0 else float(math.ceil((1 + r * r / 2) * (q / math.atanh(r)) ** 2 + 3))
-        return cl.Evidence(ev.n, ev.estimate, p_for=np.nan, p_against=p, needed=needed,
-                           direction=-1 if rho != 0 else 0)
-
-    def rule(self, alpha):
-        return (f"never held (no test shows a correlation to be zero without a declared margin); not held when a "
-                f"two-sided test of Spearman's ρ finds it nonzero (Holm-adjusted p < {alpha}); inconclusive otherwise")
-
-
-@dataclass
-class NoneNonzero(cl.AllOf):
-    """Every part is a :class:`Vanishes`: never held, not held when any part is, inconclusive otherwise."""
-
-    def rule(self, alpha):
-        return (f"never held; not held when any of its {len(self.parts())} parts is not held (a correlation found "
-                "nonzero), inconclusive otherwise")
-
-
-@dataclass
-class Descriptive(cl.Claim):
-    """A comparison shown but not tested: always ``not applicable``; ``why`` says why no test is declared,
-    ``reason`` (what the table prints) carries the numbers."""
-
-    why: str = ""
-
-    def evaluate(self, alpha, power):  # pragma: no cover - never evaluated (applicable is False)
-        return cl.Evidence(0, "–", applicable=False, reason=self.reason)
-
-    def rule(self, alpha):
-        return f"descriptive, never tested: {self.why}; the numbers are shown as they are"
-
-    def __post_init__(self):
-        self.applicable = False
-
-
 NO_DEPENDENT_TEST = ("no exact test of a difference between two dependent Spearman correlations (same images) is "
                      "declared in this book")
 
@@ -265,13 +206,13 @@ def chapter_claims(D: pd.DataFrame, S: pd.DataFrame, alpha: float = 0.05) -> lis
     parts = []
     for m in methods:
         x, y = pairs(D, m, "misclassified")
-        parts.append(Vanishes(f"{thesis.label(m)}: ρ(APEM, loss) is about 0 on misclassified images", x=x, y=y,
+        parts.append(cl.Vanishes(f"{thesis.label(m)}: ρ(APEM, loss) is about 0 on misclassified images", x=x, y=y,
                               names=("APEM", "loss"), applicable=n_mis >= 3, reason=why))
-    out.append(NoneNonzero("On misclassified images the correlation virtually vanishes", of=parts,
+    out.append(cl.NoneNonzero("On misclassified images the correlation virtually vanishes", of=parts,
                            applicable=n_mis >= 3, reason=why))
     R = correlations(D, alpha)
     _, _, sentence = strongest_statement(S, R)
-    out.append(Descriptive("The method with the highest APEM has the strongest (most negative) correlation",
+    out.append(cl.Descriptive("The method with the highest APEM has the strongest (most negative) correlation",
                            reason=f"descriptive only: {sentence}", why=NO_DEPENDENT_TEST))
     return out
 
