@@ -3,7 +3,10 @@
 :mod:`apem.plots` draws maps and images; this module draws numbers: boxplots
 of APEM and the epsilons (thesis Figures 4.2, 4.3, 4.7, 5.3), pairwise
 better/equal/worse bars (Figure 4.4), histograms with a KDE (Figures 5.1,
-5.2). Every function returns the matplotlib Figure.
+5.2). Every function returns the matplotlib Figure, released from pyplot (see
+:func:`apem.plots.released`): in a notebook it shows once, as the cell's value or through
+``display`` (:func:`apem.report.show_figure`), never a second time from the inline
+backend, and it prints no ``<Figure ...>`` text.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from apem.plots import released
 from apem.thesis import label
 
 sns.set_theme(context="notebook", style="whitegrid")
@@ -54,7 +58,7 @@ def boxes(table: pd.DataFrame, values=("apem", "eps_minus", "eps_plus"), hue: st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return fig
+    return released(fig)
 
 
 def pairwise_bars(outcomes: pd.DataFrame, title: str = "Per-image comparison of APEM"):
@@ -76,7 +80,7 @@ def pairwise_bars(outcomes: pd.DataFrame, title: str = "Per-image comparison of 
     ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.set_title(title, pad=28)
     fig.tight_layout()
-    return fig
+    return released(fig)
 
 
 def hist_kde(values, xlabel: str, title: str = "", zero_line: bool = True, bins: int | str = "auto", ax=None):
@@ -92,7 +96,7 @@ def hist_kde(values, xlabel: str, title: str = "", zero_line: bool = True, bins:
     ax.set_ylabel("images")
     if title:
         ax.set_title(title)
-    return fig or ax.figure
+    return released(fig) if fig is not None else ax.figure  # a caller's axes: its figure stays the caller's
 
 
 def stage_grid(table: pd.DataFrame, values=("apem", "eps_minus", "eps_plus")):
@@ -117,4 +121,4 @@ def bar_with_ci(summary: pd.DataFrame, stat: str = "mean", thesis: pd.Series | N
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return fig
+    return released(fig)

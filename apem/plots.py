@@ -1,4 +1,8 @@
-"""Figures of relevance maps (thesis Figures 4.1 and 4.6). Every function returns the Figure."""
+"""Figures of relevance maps (thesis Figures 4.1 and 4.6).
+
+Every function that makes a figure returns it released from pyplot
+(:func:`released`): a notebook shows it once and prints no repr.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,17 @@ from apem.thesis import label  # the one table of method display names
 
 DEFAULT_CMAP = "gray"  # the thesis's maps were grayscale PNGs
 STAGE_TITLES = {1: "1: |R| clamped, 3 channels", 2: "2: summed over channels", 3: "3: × image, summed"}
+
+
+def released(fig):
+    """``fig``, closed in pyplot and returned.
+
+    The inline backend shows every figure pyplot still holds at the end of a cell, so a
+    figure that is also the cell's value (or passed to ``display``) would appear twice. A
+    closed figure is an ordinary object: it can still be changed, saved and displayed.
+    """
+    plt.close(fig)
+    return fig
 
 
 def _hwc(t: torch.Tensor):
@@ -76,7 +91,7 @@ def plot_method_grid(
         for j, m in enumerate(methods, start=1):
             show_image(axes[i, j], maps_by_method[m][i], titles[j] if i == 0 else None, cmap=cmap)
     fig.tight_layout()
-    return fig
+    return released(fig)
 
 
 def plot_stage_grid(
@@ -109,4 +124,4 @@ def plot_stage_grid(
             t = maps[s][index] if maps[s].ndim == 4 else maps[s]
             show_image(axes[i, j], t, STAGE_TITLES.get(s, f"stage {s}") if i == 0 else None, cmap=cmap)
     fig.tight_layout()
-    return fig
+    return released(fig)
