@@ -63,18 +63,63 @@ CONFIG_PARAMS = ("params", "overrides")
 
 @dataclass
 class ChapterParam:
-    """A parameter declared in a chapter's ``parameters`` cell: its default and its comment."""
+    """A parameter declared in a chapter's ``parameters`` cell: its default, its comment, its type.
+
+    ``types``: the Python types its annotation allows (``stage: int | None = None`` ->
+    ``(int, NoneType)``); None when the line has no annotation, and the default's type
+    decides (a ``None`` default then takes any value).
+    """
 
     name: str
     default: object
     comment: str = ""
+    types: tuple | None = None
+
+    def type_name(self) -> str:
+        if self.types is not None:
+            return " | ".join("None" if t is type(None) else t.__name__ for t in self.types)
+        return "any" if self.default is None else type(self.default).__name__
+
+
+_ANNOTATION_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict,
+                     "tuple": tuple, "None": type(None)}
+
+
+def _annotation_types(node) -> tuple | None:
+    """``int``, ``int | None``, ``Optional[int]``, ``list[int]``, ``"int"`` -> the types they allow (None: unknown)."""
+    import ast
+
+    if isinstance(node, ast.Constant) and node.value is None:
+        return (type(None),)
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a quoted annotation
+        try:
+            return _annotation_types(ast.parse(node.value, mode="eval").body)
+        except SyntaxError:
+            return None
+    if isinstance(node, ast.Name):
+        t = _ANNOTATION_TYPES.get(node.id)
+        return None if t is None else (t,)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        a, b = _annotation_types(node.left), _annotation_types(node.right)
+        return None if a is None or b is None else tuple(dict.fromkeys(a + b))
+    if isinstance(node, ast.Subscript):
+        head = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", "")
+        if head in ("list", "dict", "tuple", "List", "Dict", "Tuple"):
+            return (_ANNOTATION_TYPES[head.lower()],)
+        args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        parts = [_annotation_types(a) for a in args]
+        if head in ("Optional", "Union") and all(p is not None for p in parts):
+            extra = (type(None),) if head == "Optional" else ()
+            return tuple(dict.fromkeys(sum(parts, ()) + extra))
+    return None
 
 
 def chapter_parameters(nb_path: Path) -> dict[str, ChapterParam]:
     """The parameters a chapter declares in its cell tagged ``parameters`` (besides params and overrides).
 
-    Read with :mod:`ast`: each ``NAME = <literal>  # comment`` line is a parameter with its
-    default and its comment (papermill injects new values as a cell after this one).
+    Read with :mod:`ast`: each ``NAME = <literal>  # comment`` (or ``NAME: TYPE = <literal>``)
+    line is a parameter with its default, its comment and the type its annotation allows
+    (papermill injects new values as a cell after this one).
     """
     import ast
 
@@ -84,61 +129,82 @@ def chapter_parameters(nb_path: Path) -> dict[str, ChapterParam]:
     cell = next((c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None)
     if cell is None:
         return {}
+    try:
+        body = ast.parse(cell.source).body
+    except SyntaxError as e:
+        raise BookError(f"{nb_path.name}: the parameters cell is not plain Python ({e.msg}, line {e.lineno})") from None
     lines = cell.source.splitlines()
     out = {}
-    for node in ast.parse(cell.source).body:
+    for node in body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            if name in CONFIG_PARAMS:
-                continue
-            try:
-                default = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-            line = lines[node.lineno - 1]
-            comment = line.split("#", 1)[1].strip() if "#" in line[node.value.end_col_offset:] else ""
-            out[name] = ChapterParam(name, default, comment)
+            name, types = node.targets[0].id, None
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, types = node.target.id, _annotation_types(node.annotation)
+        else:
+            continue
+        if name in CONFIG_PARAMS:
+            continue
+        try:
+            default = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError):
+            continue
+        rest = lines[node.end_lineno - 1][node.value.end_col_offset:]  # after the value: a "#" in a string is no comment
+        comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
+        out[name] = ChapterParam(name, default, comment, types)
     return out
 
 
+def _article(name: str) -> str:
+    return ("an " if name[:1] in "aeiou" else "a ") + name
+
+
 def _coerce(name: str, text, p: ChapterParam, chapter: str):
-    """A command-line value for a chapter parameter, checked against the type of its default."""
+    """A command-line value for a chapter parameter, checked against its annotation or the type of its default."""
     from apem.config import ConfigError, parse_value
 
     raw = text if isinstance(text, str) else None
     value = parse_value(text, name) if isinstance(text, str) else text
-    d = p.default
-    if d is None or value is None:
+    allowed = p.types
+    if allowed is None:
+        d = p.default
+        if d is None:
+            return value
+        allowed = (type(d), type(None)) if not isinstance(d, (list, tuple)) else (list, tuple, type(None))
+    if value is None and type(None) in allowed:
         return value
-    if isinstance(d, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(d, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(d, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(d, str):
+    ok = False
+    for t in allowed:
+        if t is bool:
+            ok = isinstance(value, bool)
+        elif t is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif t in (list, tuple):
+            ok = isinstance(value, (list, tuple))
+        elif t is not str and t is not type(None):
+            ok = isinstance(value, t)
+        if ok:
+            break
+    if not ok and str in allowed:
         if raw is not None and not isinstance(value, str):
-            value = raw  # -p image 3 is the text "3" for a text parameter
+            value = raw  # -p method 3 is the text "3" for a text parameter
         ok = isinstance(value, str)
-    elif isinstance(d, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
-    elif isinstance(d, dict):
-        ok = isinstance(value, dict)
-    else:
-        ok = True
     if not ok:
-        raise ConfigError(f"chapter {chapter}: parameter {name} takes a {type(d).__name__} like its default "
-                          f"{d!r}; got {value!r}")
+        what = p.type_name() if p.types is not None else f"{type(p.default).__name__} like its default {p.default!r}"
+        raise ConfigError(f"-p {name} {raw if raw is not None else value!r}: chapter {chapter}'s parameter {name} "
+                          f"takes {_article(what)}; got {value!r}")
     return value
 
 
 def split_params(pairs, nb_paths) -> tuple[dict, dict[str, dict]]:
     """``-p NAME VALUE`` pairs -> (configuration overrides, {chapter stem: chapter parameters}).
 
-    A configuration field goes to the configuration (every chapter sees it); any other
-    NAME must be a parameter of at least one of the chapters, and goes to those
-    that declare it, checked against the type of its default.
+    A configuration field goes to the configuration (every chapter sees it); a parameter
+    declared in chapters goes to those that declare it, checked against its type (a NAME
+    that is both goes to both). Any other NAME is an error that lists the chapters'
+    parameters and points at the configuration's fields.
     """
     from dataclasses import fields
 
@@ -148,16 +214,18 @@ def split_params(pairs, nb_paths) -> tuple[dict, dict[str, dict]]:
     declared = {nb.stem: chapter_parameters(nb) for nb in nb_paths}
     overrides, per_chapter = {}, {nb.stem: {} for nb in nb_paths}
     for name, text in pairs:
+        takers = [stem for stem, ps in declared.items() if name in ps]
         if name in config_fields:
             overrides[name] = parse_value(text, name) if isinstance(text, str) else text
-            continue
-        takers = [stem for stem, ps in declared.items() if name in ps]
-        if not takers:
+        elif name in CONFIG_PARAMS:
+            raise ConfigError(f"-p {name}: not a parameter to set; the parameter set is --params NAME and the "
+                              "configuration's fields are set one by one, -p FIELD VALUE (e.g. -p n_correct 48)")
+        elif not takers:
             known = sorted({n for ps in declared.values() for n in ps})
             where = ("chapter " + nb_paths[0].stem) if len(nb_paths) == 1 else "the selected chapters"
             raise ConfigError(f"-p {name}: neither a configuration field nor a parameter of {where}; "
                               f"chapter parameters: {', '.join(known) or 'none'}; configuration fields are "
-                              "listed in apem/config.py (apem book --list-params shows a chapter's)")
+                              "the Config fields in apem/config.py (apem book --list-params shows the chapters')")
         for stem in takers:
             per_chapter[stem][name] = _coerce(name, text, declared[stem][name], stem)
     return overrides, per_chapter
@@ -170,10 +238,11 @@ def describe_parameters(nb_paths) -> str:
         out.append(f"{nb.stem}:")
         ps = chapter_parameters(nb)
         for p in ps.values():
-            out.append(f"  -p {p.name} {p.default!r}" + (f"    # {p.comment}" if p.comment else ""))
+            typed = f" ({p.type_name()})" if p.types is not None else ""
+            out.append(f"  -p {p.name} {p.default!r}{typed}" + (f"    # {p.comment}" if p.comment else ""))
         if not ps:
             out.append("  (no chapter parameters)")
-    out.append("and any configuration field (-p n_correct 48, -p shuffles 0, ...; see apem/config.py)")
+    out.append("and any configuration field (-p n_correct 48, -p shuffles 0, ...; see Config in apem/config.py)")
     return "\n".join(out)
 
 
@@ -311,40 +380,52 @@ def _mark_page(nb, outcome: ChapterOutcome, nb_path: Path) -> None:
     nb.cells = cells
 
 
-_REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-f]+>|<seaborn\.[\w.]+ at 0x|<matplotlib\.[\w.]+ (object )?at 0x")
-_NAN = re.compile(r"(?<![\w-])nan(?![\w-])", re.IGNORECASE)
+_REPR = re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-fA-F]+>|<Figure size [^>]*>|<[\w.]+ object>")
+_NAN = re.compile(r"(?<![\w-])nan(?![\w-])")  # Python's and pandas' text for a missing number (prose says NaN)
+_HTML_NAN = re.compile(r">\s*(?:nan|NaN)\s*<")
+#: the mime types Jupyter Book shows before text/plain: with one of these, text/plain is a fallback no one sees
+_RICH = ("text/html", "text/markdown", "text/latex", "image/png", "image/jpeg", "image/svg+xml",
+         "application/javascript", "application/vnd.jupyter.widget-view+json")
+
+
+def _text(value) -> str:
+    return "".join(value) if isinstance(value, list) else (value or "")
 
 
 def noise(nb) -> list[str]:
-    """What should not reach a reader in an executed chapter: warnings, object reprs, ``nan``.
+    """What should not reach a reader in an executed chapter: warnings, object reprs, ``nan``, a figure twice.
 
-    Looks at every output: stderr streams (warnings, e.g. ``TqdmWarning``), text that
-    is an object's repr (``<... at 0x...>``; a figure's ``<Figure size ...>`` counts only
-    when no image came with it), and ``nan`` in displayed text or Markdown.
+    Looks at every output: stderr streams (warnings, e.g. ``TqdmWarning: IProgress not
+    found``); text/plain that is shown (no richer mime type came with it) and is an
+    object's repr (``<... at 0x...>``, ``<Figure size ...>``, ``<... object>``) or holds
+    ``nan``; ``nan`` in Markdown or in an HTML table's cell; the same image twice in
+    one cell (a figure returned as the cell's value and shown again by the inline
+    backend). One line per finding, ``cell N: what``.
     """
     found = []
     for i, cell in enumerate(nb.cells):
+        images = []
         for o in cell.get("outputs", []):
             kind = o.get("output_type")
-            if kind == "stream" and o.get("name") == "stderr" and o.get("text", "").strip():
-                found.append(f"cell {i}: stderr: {o['text'].strip().splitlines()[0][:160]}")
-            elif kind in ("execute_result", "display_data"):
-                data = o.get("data", {})
-                plain = data.get("text/plain", "")
-                plain = "".join(plain) if isinstance(plain, list) else plain
-                if _REPR.search(plain) or (plain.startswith("<Figure size") and "image/png" not in data):
-                    found.append(f"cell {i}: object repr {plain[:80]!r}")
-                for mime in ("text/markdown", "text/plain"):
-                    text = data.get(mime, "")
-                    text = "".join(text) if isinstance(text, list) else text
-                    if mime == "text/plain" and ("text/html" in data or "text/markdown" in data or "image/png" in data):
-                        continue  # a table's or figure's fallback text, not what the page shows
-                    if _NAN.search(text):
-                        found.append(f"cell {i}: 'nan' in {mime}")
-                html = data.get("text/html", "")
-                html = "".join(html) if isinstance(html, list) else html
-                if re.search(r">\s*(nan|NaN)\s*<", html):
-                    found.append(f"cell {i}: 'nan' in a table")
+            if kind == "stream" and o.get("name") == "stderr" and _text(o.get("text")).strip():
+                found.append(f"cell {i}: stderr: {_text(o.get('text')).strip().splitlines()[0][:160]}")
+            if kind not in ("execute_result", "display_data"):
+                continue
+            data = o.get("data", {})
+            plain = _text(data.get("text/plain"))
+            if not any(m in data for m in _RICH):
+                if _REPR.search(plain):
+                    found.append(f"cell {i}: object repr {plain.strip()[:80]!r}")
+                elif _NAN.search(plain):
+                    found.append(f"cell {i}: 'nan' in text/plain")
+            if _NAN.search(_text(data.get("text/markdown"))):
+                found.append(f"cell {i}: 'nan' in text/markdown")
+            if _HTML_NAN.search(_text(data.get("text/html"))):
+                found.append(f"cell {i}: 'nan' in a table")
+            png = _text(data.get("image/png"))
+            if png and png in images:
+                found.append(f"cell {i}: the same figure twice (a Figure returned as the cell's value is shown again)")
+            images.append(png)
     return found
 
 
@@ -394,6 +475,15 @@ def copy_sources(dest: Path) -> None:
             shutil.copy2(p, dest / rel)
 
 
+_IPROGRESS = "ignore:IProgress not found"
+
+
+def _with_filter(current: str | None, extra: str) -> str:
+    """``PYTHONWARNINGS`` with one more filter (the user's own filters kept, and taking precedence)."""
+    parts = [p for p in (current or "").split(",") if p]
+    return ",".join(parts if extra in parts else [extra, *parts])
+
+
 def build(params: str = "default", chapter_keys=None, overrides: dict | None = None, force: bool = False,
           html: bool = True, progress: bool = True, root: Path | None = None, threads: int | None = None,
           results_root: str | Path | None = None,
@@ -410,7 +500,9 @@ def build(params: str = "default", chapter_keys=None, overrides: dict | None = N
     cfg = load_config(params, **overrides)
     print(f"apem book: parameter set {params!r} -> configuration {cfg.name} ({cfg.digest()})", flush=True)
     t0 = time.perf_counter()
-    env = {"TQDM_DISABLE": "1"}  # no progress bars inside the pages (the terminal shows the run's)
+    # No progress bars inside the pages (the terminal shows the run's); tqdm.auto's "IProgress not
+    # found" warning (no ipywidgets in a headless kernel) is filtered by its message, before any import.
+    env = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": _with_filter(os.environ.get("PYTHONWARNINGS"), _IPROGRESS)}
     if threads is not None:
         env["APEM_THREADS"] = str(threads)
     if results_root is not None:
