@@ -135,3 +135,14 @@ def test_each_chapter_shows_what_it_ran_on(smoke_book):
             continue
         text = page.read_text(errors="ignore")
         assert "Setting." in text, f"{page.name} hides its setting"
+
+
+def test_math_in_generated_markdown_is_typeset(smoke_book):
+    """``display(Markdown("... $\\varepsilon^-$ ..."))`` becomes a math node, not literal dollars (_config.yml)."""
+    html = smoke_book / "_build" / "html" / "book" / "chapters"
+    literal = re.compile(r"\$\\[A-Za-z]")
+    for page in sorted(html.glob("[0-9][0-9]_*.html")):
+        text = re.sub(r"<script\b.*?</script>", "", page.read_text(errors="ignore"), flags=re.S)
+        assert not literal.search(text), f"{page.name}: untypeset math {literal.search(text).group(0)!r}"
+    ch1 = next(html.glob("01_*.html")).read_text(errors="ignore")
+    assert 'class="math notranslate nohighlight"' in ch1
