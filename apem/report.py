@@ -147,3 +147,23 @@ def show_markdown(text: str) -> None:
     from IPython.display import Markdown, display
 
     display(Markdown(text))
+
+
+def ranking_view(S: pd.DataFrame) -> pd.DataFrame:
+    """The methods ranked by the thesis's statistic (the mean APEM), with the median's ranking beside it.
+
+    ``S``: :func:`apem.stats.summary_table` per method. Columns: ``mean`` (marked as censoring
+    leaves it), ``rank by mean (thesis)``, ``median`` (its range under censoring), ``rank by
+    median``, ``censored``; methods by display name, in the order of the thesis's ranking.
+    """
+    from apem.stats import ranking
+
+    R = ranking(S)
+    out = pd.DataFrame(index=R.index.map(label).rename("method"))
+    bound = R["mean_bound"] if "mean_bound" in R else pd.Series("exact", index=R.index)
+    out["mean"] = [fmt_mean(m, b) for m, b in zip(R["mean"], bound)]
+    out["rank by mean (thesis)"] = R.rank_mean.to_numpy()
+    out["median"] = [fmt_median(lo, hi) for lo, hi in zip(S.loc[R.index, "median_min"], S.loc[R.index, "median_max"])]
+    out["rank by median"] = R.rank_median.to_numpy()
+    out["censored"] = S.loc[R.index, "censored"].astype(int).to_numpy()
+    return out

@@ -249,16 +249,7 @@ class Page:
             f"{report.fmt_mean(b['mean'], b.get('mean_bound', 'exact'))}. {agree}")
 
     def ranking(self) -> pd.DataFrame:
-        R = stats.ranking(self.S)
-        out = pd.DataFrame(index=R.index.map(thesis.label).rename("method"))
-        bound = R["mean_bound"] if "mean_bound" in R else pd.Series("exact", index=R.index)
-        out["mean"] = [report.fmt_mean(m, b) for m, b in zip(R["mean"], bound)]
-        out["rank by mean (thesis)"] = R.rank_mean.to_numpy()
-        out["median"] = [report.fmt_median(lo, hi) for lo, hi in
-                         zip(self.S.loc[R.index, "median_min"], self.S.loc[R.index, "median_max"])]
-        out["rank by median"] = R.rank_median.to_numpy()
-        out["censored"] = self.S.loc[R.index, "censored"].astype(int).to_numpy()
-        return out
+        return report.ranking_view(self.S)
 
     # ------------------------------------------------------------------ figures
     def boxplots(self) -> None:

@@ -259,14 +259,7 @@ class Page:
         """The methods by the thesis's statistic (mean APEM, :func:`apem.stats.ranking`), rho on correct images."""
         Rk = stats.ranking(self.S)
         rc = self.R[(self.R.group == "correct")].set_index("row")
-        out = pd.DataFrame(index=Rk.index.map(thesis.label).rename("method"))
-        bound = Rk["mean_bound"] if "mean_bound" in Rk else pd.Series("exact", index=Rk.index)
-        out["mean APEM"] = [report.fmt_mean(m, b) for m, b in zip(Rk["mean"], bound)]
-        out["rank by mean (thesis)"] = Rk.rank_mean.to_numpy()
-        out["median APEM"] = [report.fmt_median(lo, hi) for lo, hi in
-                              zip(self.S.loc[Rk.index, "median_min"], self.S.loc[Rk.index, "median_max"])]
-        out["rank by median"] = Rk.rank_median.to_numpy()
-        out["censored"] = self.S.loc[Rk.index, "censored"].astype(int).to_numpy()
+        out = report.ranking_view(self.S).rename(columns={"mean": "mean APEM", "median": "median APEM"})
         rho = rc.loc[Rk.index, "rho"].astype(float)
         out["ρ(APEM, loss), correct"] = [cl.fmt(v, 3, sign=True) for v in rho]
         out["rank by ρ (most negative first)"] = rho.rank(method="min").map(
