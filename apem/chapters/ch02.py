@@ -120,6 +120,9 @@ class Page:
         d = self.lrp()[[c for c in cols if c in self.lrp()]].copy()
         for c in ("rel_change", "conservation_err"):
             d[c] = d[c].map(lambda v: f"{v:.3g}" if np.isfinite(v) else "non-finite")
+        for c in ("eps_minus", "eps_plus", "apem"):  # undefined where the map is not finite: "–", never nan
+            if c in d:
+                d[c] = d[c].map(lambda v: f"{v:.0f}" if np.isfinite(v) else "–")
         return d.set_index(["image_id", "variant"])
 
     def table_4_1(self) -> pd.DataFrame:
