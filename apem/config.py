@@ -65,7 +65,9 @@ class Config:
     # execution
     seed: int = 0
     device: str = "auto"
-    batch_size: int = 32  # images per call of the explanation methods
+    # images per call of the explanation methods and of the pool's classification; None: 16 on the
+    # CPU, 128 on an accelerator (apem.metric.AUTO_METHOD_BATCH; see Config.method_batch)
+    batch_size: int | None = None
     # perturbed images per forward pass of the epsilon search; None: 4 on the CPU (its cache-bound
     # forward is fastest per image in small batches), 256 on an accelerator (apem.metric.AUTO_BATCH)
     search_batch_size: int | None = None
@@ -115,9 +117,11 @@ class Config:
         for k in ("n_correct", "n_misclassified", "shuffles", "filter_images", "filter_fast_k", "seed"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
-        for k in ("search_bound", "batch_size", "chunk_size"):
+        for k in ("search_bound", "chunk_size"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1, or null for the device's default")
         if self.search_batch_size is not None and self.search_batch_size < 1:
             raise ConfigError("search_batch_size must be >= 1, or null for the device's default")
         if self.pool is not None and self.pool < 1:
@@ -171,6 +175,12 @@ class Config:
         d = self.to_dict()
         d.update(overrides)
         return Config.from_dict(d, "parameter override")
+
+    def method_batch(self, device) -> int:
+        """``batch_size`` resolved for ``device`` (None: :data:`apem.metric.forward.AUTO_METHOD_BATCH`)."""
+        from apem.metric.forward import resolve_method_batch
+
+        return resolve_method_batch(self.batch_size, device)
 
     def search(self):
         """The :class:`apem.metric.SearchSpec` of this configuration: every search it runs gets this one object."""
@@ -235,7 +245,7 @@ FIELD_TYPES = {
     "pool": _OPT_INT, "n_correct": _INT, "n_misclassified": _INT, "quantize": _BOOL, "map_encoding": _STR,
     "search_mode": _STR,
     "search_bound": _INT, "clip": _BOOL, "shuffles": _INT, "shuffle_mode": _STR, "filter_images": _INT,
-    "filter_fast_k": _INT, "seed": _INT, "device": _STR, "batch_size": _INT, "search_batch_size": _OPT_INT,
+    "filter_fast_k": _INT, "seed": _INT, "device": _STR, "batch_size": _OPT_INT, "search_batch_size": _OPT_INT,
     "chunk_size": _INT,
 }
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from apem.config import Config, load_config
 from apem.maps import from_storage, to_storage
+from apem.profile import step
 from apem.seeds import seed_of
 from apem.store import Store, StoreError
 
@@ -74,11 +75,12 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     ids = images.ids()
     rows = []
     with tqdm(total=len(images), desc="classify pool", unit="img", disable=not progress) as bar:
-        for idx, x, y in iter_batches(images, lm.transform, cfg.batch_size):
-            logits = lm.model(x.to(lm.device)).float()
-            p = logits.softmax(1)
-            conf, pred = p.max(1)
-            loss = F.cross_entropy(logits, y.to(lm.device), reduction="none")
+        for idx, x, y in _timed_batches(iter_batches(images, lm.transform, cfg.method_batch(lm.device))):
+            with step("classify pool", len(idx)):
+                logits = lm.model(x.to(lm.device)).float()
+                p = logits.softmax(1)
+                conf, pred = p.max(1)
+                loss = F.cross_entropy(logits, y.to(lm.device), reduction="none")
             for j, i in enumerate(idx):
                 rows.append((i, ids[i], int(y[j]), int(pred[j]), float(conf[j]), float(loss[j])))
             bar.update(len(idx))
@@ -86,6 +88,18 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     df["correct"] = df.label == df.pred
     write_checked(path, parquet_bytes(df))
     return df
+
+
+def _timed_batches(batches):
+    """Time the decoding of each batch (the iterator's own work) as the step "decode images"."""
+    it = iter(batches)
+    while True:
+        with step("decode images") as h:
+            b = next(it, None)
+            h.items = 0 if b is None else len(b[0])
+        if b is None:
+            return
+        yield b
 
 
 def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
@@ -142,7 +156,7 @@ def _method_call(name: str, params: dict, cfg: Config, chunk: int, lm=None):
     if "seed" in defaults and "seed" not in p:
         p["seed"] = seed_of(cfg.seed, name, "chunk", chunk)
     if "batch_size" in defaults and "batch_size" not in p:
-        p["batch_size"] = cfg.batch_size
+        p["batch_size"] = cfg.method_batch(lm.device if lm is not None else "cpu")
     if name == "gradcam" and p.get("layer") in (None, "") and lm is not None:
         p["layer"] = lm.gradcam_layer  # the model's last convolutional feature map, after its activation
     return explain.get_method(name, **p)
@@ -159,15 +173,18 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     if lm.device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.tensor(sel.pred.to_numpy().copy(), device=dev).long()
-    grad, logits, _ = loss_gradient(lm.model, x, target)
+    with step("loss gradient", len(x)):
+        grad, logits, _ = loss_gradient(lm.model, x, target)
     check_targets(logits, target, sel.image_id)
     # the clean logits of that pass give bisect its per-image margins: no second clean forward
     info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
     n = len(sel)
     blocks, keys = [], []
     for name, params in cfg.methods.items():
-        A = _method_call(name, params, cfg, chunk, lm)(lm.model, x, target)
-        stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=cfg.map_encoding)
+        with step(f"method {name}", len(x)):
+            A = _method_call(name, params, cfg, chunk, lm)(lm.model, x, target)
+        with step("stage maps", len(x)):
+            stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=cfg.map_encoding)
         for s in cfg.stages:
             blocks.append(stage[s].expand(-1, 3, -1, -1) if stage[s].shape[1] == 1 else stage[s])
             keys.append((name, s, stage[s].detach().cpu()))
@@ -301,7 +318,8 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
             for c in todo:
                 part = sel.iloc[starts[c] : starts[c] + cfg.chunk_size]
                 sub = images.subset(part.set_position.to_numpy())
-                _, x, _ = load_tensors(sub, lm.transform)
+                with step("decode images", len(part)):
+                    _, x, _ = load_tensors(sub, lm.transform)
                 rows, arrays = compute_chunk(cfg, lm, x, part.reset_index(drop=True), c)
                 store.write_chunk(c, rows, arrays, env)
                 store.computed.append(c)
@@ -318,7 +336,8 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
     else:
         table = store.read_frame("results.parquet")
     if cfg.filter_images and (todo or store.trusted("filter_maps.npz") is None or store.trusted("filter.parquet") is None):
-        run_filter(cfg, lm, images, store, table, progress)
+        with step("filter", cfg.filter_images, absorb=True):
+            run_filter(cfg, lm, images, store, table, progress)
 
 
 def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progress: bool = True) -> None:

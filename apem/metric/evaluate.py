@@ -6,6 +6,7 @@ import torch
 
 from apem.metric.clean import prepare_images
 from apem.numerics import no_tf32
+from apem.profile import step
 from apem.metric.directions import directions, normalised, permute, shuffle_permutations, side_seed
 from apem.metric.forward import fixed_directions, Forward, group_any, PerStepShuffles
 from apem.metric.search import as_index, run_engine, search
@@ -67,8 +68,9 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
     chunk = max(1, int(max_directions) // 2)
     for s in range(0, M, chunk):
         sl = slice(s, min(s + chunk, M))
-        res = _plain_chunk(model, x, maps[sl], ii[sl], grad, info, mode, bound, clip, batch_size, block,
-                           None if hints is None else (hints[0][sl], hints[1][sl]), bar)
+        with step("search: maps", sl.stop - sl.start):
+            res = _plain_chunk(model, x, maps[sl], ii[sl], grad, info, mode, bound, clip, batch_size, block,
+                               None if hints is None else (hints[0][sl], hints[1][sl]), bar)
         for k in out:
             out[k].append(getattr(res, k))
     res = {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
@@ -82,8 +84,9 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
         chunk = max(1, int(max_directions) // (2 * int(shuffles)))
         for s in range(0, M, chunk):
             sl = slice(s, min(s + chunk, M))
-            r = _shuffle_chunk(model, x, maps[sl], ii[sl], grad, info, mode, bound, clip, batch_size, block,
-                               int(shuffles), shuffle_mode, seeds[sl], bar)
+            with step("search: shuffles", sl.stop - sl.start):
+                r = _shuffle_chunk(model, x, maps[sl], ii[sl], grad, info, mode, bound, clip, batch_size, block,
+                                   int(shuffles), shuffle_mode, seeds[sl], bar)
             for k in outs:
                 outs[k].append(r[k])
         sh = _split_pm({k: torch.cat(v) for k, v in outs.items()})

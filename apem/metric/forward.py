@@ -16,6 +16,14 @@ from apem.metric.margin import margin
 AUTO_BATCH = {"cpu": 4}
 AUTO_BATCH_ACCELERATOR = 256
 
+#: Images per call of the explanation methods (and the pool's classification) when ``batch_size``
+#: is None. On the CPU a forward + backward pass of EfficientNet-Lite0 costs about twice as much
+#: per image in batches of 32 as in batches of 4-16: glibc serves blocks above 32 MiB (its
+#: largest mmap threshold, :mod:`apem.alloc`) with fresh pages at every pass, and a batch of 32
+#: has such activations. ``benchmarks/bench_pipeline.py --compare`` measures it.
+AUTO_METHOD_BATCH = {"cpu": 16}
+AUTO_METHOD_BATCH_ACCELERATOR = 128
+
 
 def resolve_batch_size(batch_size, device) -> int:
     """``batch_size`` as a positive int; None picks :data:`AUTO_BATCH` for ``device``'s type."""
@@ -26,6 +34,13 @@ def resolve_batch_size(batch_size, device) -> int:
     if b < 1:
         raise ValueError(f"batch_size must be >= 1 (or None for the device's default), got {batch_size}")
     return b
+
+
+def resolve_method_batch(batch_size, device) -> int:
+    """The explanation methods' ``batch_size``: None picks :data:`AUTO_METHOD_BATCH` for ``device``'s type."""
+    if batch_size is None:
+        return AUTO_METHOD_BATCH.get(torch.device(device).type, AUTO_METHOD_BATCH_ACCELERATOR)
+    return resolve_batch_size(batch_size, device)
 
 
 def _wants_channels_last(model) -> bool:
