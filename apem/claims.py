@@ -670,14 +670,15 @@ class Claims:
     # ------------------------------------------------------------------ showing
     def markdown(self) -> str:
         lines = [f"**{self.title}**", "",
-                 "| # | claim | source | n | evidence | p (Holm) | images needed | verdict |",
-                 "| --- | --- | --- | ---: | --- | ---: | ---: | --- |"]
+                 "| # | claim | source | n | evidence | p (Holm) | images needed | n decides? | verdict |",
+                 "| --- | --- | --- | ---: | --- | ---: | ---: | --- | --- |"]
         for i, c in enumerate(self.claims, 1):
             ev = c.evidence
             ptxt = _p_cell(c)
             evidence = ev.estimate if ev.applicable else f"not testable: {ev.reason}"
             lines.append(f"| {i} | {c.text} | {'thesis' if c.source == THESIS else 'ours'} | {_count(c)} | {evidence} | "
-                         f"{ptxt} | {fmt_n(ev.needed) if ev.applicable else '–'} | {BADGE[c.verdict]} |")
+                         f"{ptxt} | {fmt_n(ev.needed) if ev.applicable else '–'} | {_decides(c)} | "
+                         f"{BADGE[c.verdict]} |")
         lines += ["", f"*Rules, declared before the data (α = {self.alpha}; Holm's correction over the "
                   f"{self.m} test{'s' if self.m != 1 else ''} of this chapter; the unit is the image):*", ""]
         for i, c in enumerate(self.claims, 1):
@@ -687,8 +688,18 @@ class Claims:
                     lines.append(f"   - {p.text}: {p.rule(self.alpha)} ({BADGE[p.verdict]}).")
         lines += ["", f"*Images needed*: the number of images at which the test would reach {self.power:.0%} power "
                   f"at α = {self.alpha} (one-sided, before Holm) if the true effect were the one observed, in the "
-                  "direction observed; ∞ when no effect was observed."]
+                  "direction observed; ∞ when no effect was observed. *n decides?*: whether the images at hand "
+                  "reach that number (an invariant is checked on every item, so it always decides)."]
         return "\n".join(lines)
+
+    def power_summary(self, source: str | None = THESIS) -> dict:
+        """How many testable claims (of ``source``; None: all) this n has the power to decide."""
+        cs = [c for c in self.claims if (source is None or c.source == source) and c.evidence.applicable]
+        enough = [c for c in cs if _has_power(c)]
+        short = [c.evidence.needed for c in cs if not _has_power(c)]
+        finite = [n for n in short if n is not None and n != math.inf]
+        return {"claims": len(cs), "enough": len(enough), "short": len(short),
+                "max_needed": max(finite) if finite else None}
 
     def discussion(self, n_images: int | None = None, censored: str = "", model: str = "") -> str:
         """A short discussion generated from the verdicts: what held, what did not, and why that may be."""
@@ -719,6 +730,14 @@ class Claims:
                 out.append(f"*{c.text}* was inconclusive: {why}.")
             else:
                 out.append(f"*{c.text}* could not be tested: {ev.reason}.")
+        ps = self.power_summary(THESIS)
+        if ps["claims"]:
+            out.append(f"Power: at these sizes the observed effects of {ps['enough']} of the {ps['claims']} testable "
+                       f"thesis claims can be decided" + (
+                           f"; {ps['short']} would need more images"
+                           + (f" (up to {fmt_n(ps['max_needed'])} where an effect was seen)"
+                              if ps["max_needed"] is not None else "")
+                           if ps["short"] else "") + ".")
         if censored:
             out.append(censored)
         if model:
@@ -735,6 +754,23 @@ class Claims:
         from IPython.display import Markdown, display
 
         display(Markdown(self.markdown() + "\n\n" + self.discussion(**discussion)))
+
+
+def _has_power(c: Claim) -> bool:
+    """The images at hand reach the images needed (an invariant needs no power: it is checked, not tested)."""
+    ev = c.evidence
+    if isinstance(c, Invariant):
+        return True
+    return ev.needed is not None and ev.needed != math.inf and ev.needed <= ev.n
+
+
+def _decides(c: Claim) -> str:
+    if not c.evidence.applicable:
+        return "–"
+    if _has_power(c):
+        return "yes"
+    need = c.evidence.needed
+    return "no effect seen" if need is None or need == math.inf else f"no: needs {fmt_n(need)}"
 
 
 def _count(c: Claim) -> str:

@@ -162,6 +162,22 @@ def _method_call(name: str, params: dict, cfg: Config, chunk: int, lm=None):
     return explain.get_method(name, **p)
 
 
+#: The gradient method with its default objective ("loss") is the loss gradient the chunk has
+#: just computed (same function, images and targets: bit-identical, tested); reuse it instead of a
+#: second forward and backward pass. False recomputes it (``benchmarks/bench_pipeline.py --compare``).
+SHARE_LOSS_GRADIENT = True
+
+
+def _shared_loss_gradient(method, grad: torch.Tensor):
+    """``grad`` when ``method`` is the plain loss gradient at the chunk's targets, else None."""
+    from apem.explain.base import check_finite
+
+    if method.name != "gradient" or method.params.get("objective") != "loss":
+        return None
+    check_finite(method.name, grad)
+    return grad
+
+
 def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: int):
     """Maps and epsilons for one chunk of images: (rows DataFrame, maps arrays)."""
     from apem import maps as M
@@ -182,7 +198,10 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
     blocks, keys = [], []
     for name, params in cfg.methods.items():
         with step(f"method {name}", len(x)):
-            A = _method_call(name, params, cfg, chunk, lm)(lm.model, x, target)
+            method = _method_call(name, params, cfg, chunk, lm)
+            A = _shared_loss_gradient(method, grad) if SHARE_LOSS_GRADIENT else None
+            if A is None:
+                A = method(lm.model, x, target)
         with step("stage maps", len(x)):
             stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=cfg.map_encoding)
         for s in cfg.stages:

@@ -190,6 +190,50 @@ def print_report(prof: dict, t_fwd: float, batch: int, preset_name: str, threads
     return dict(per_image=rows, preset=P, total_seconds=total, t_forward=t_fwd, batch=batch)
 
 
+#: The cuts, each measured against the pipeline before it: (label, configuration overrides, apem.run switches).
+VARIANTS = [
+    ("before: methods and pool in batches of 32, the gradient method recomputed",
+     dict(batch_size=32), dict(SHARE_LOSS_GRADIENT=False)),
+    ("automatic method batch (16 on the CPU)", dict(), dict(SHARE_LOSS_GRADIENT=False)),
+    ("+ the gradient method reuses the loss gradient", dict(), dict(SHARE_LOSS_GRADIENT=True)),
+]
+
+
+def compare(params: str, over: dict, threads: int, rounds: int, t_fwd: float) -> dict:
+    """Every variant on a fresh store, in alternating rounds (ABC ABC): the fastest round of each step."""
+    import apem.run as R
+
+    best: dict[str, dict[str, float]] = {label: {} for label, _, _ in VARIANTS}
+    n_sel = over["n_correct"] + over["n_misclassified"]
+    for r in range(rounds):
+        for label, cfg_over, switches in VARIANTS:
+            old = {k: getattr(R, k) for k in switches}
+            for k, v in switches.items():
+                setattr(R, k, v)
+            try:
+                prof = profile_run(params, {**over, **cfg_over}, threads)
+            finally:
+                for k, v in old.items():
+                    setattr(R, k, v)
+            for row in per_image_rows(prof, t_fwd):
+                prev = best[label].get(row["step"])
+                best[label][row["step"]] = row["per_image"] if prev is None else min(prev, row["per_image"])
+            print(f"(round {r + 1}: {label}: run wall {prof['wall']:.1f} s)", flush=True)
+    steps = [s for s in STEPS if any(s in b for b in best.values())]
+    labels = [label for label, _, _ in VARIANTS]
+    print(f"\nSide by side, seconds per image ({n_sel} selected images, fastest of {rounds} alternating rounds; "
+          "decode and classification per pool image, the filter per filtered image):\n")
+    print("| step | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for s in steps:
+        print(f"| {s} | " + " | ".join(f"{best[l].get(s, float('nan')):.3f}" for l in labels) + " |")
+    core = {l: sum(v for k, v in best[l].items() if k not in ("decode images", "classify pool", "filter"))
+            for l in labels}
+    print("| **one selected image** | " + " | ".join(f"**{core[l]:.2f}**" for l in labels) + " |")
+    print("| speed-up vs before | " + " | ".join(f"{core[labels[0]] / core[l]:.2f}x" for l in labels) + " |")
+    return dict(best=best, per_image=core)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="default", help="the parameter set whose pipeline is profiled")
@@ -200,12 +244,19 @@ def main(argv=None) -> int:
     ap.add_argument("--filter-images", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chapters", default="", help="chapters whose studies are timed too, e.g. 1,2,4,10,11,12")
+    ap.add_argument("--compare", action="store_true", help="run every cut on and off (VARIANTS), side by side")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of --compare")
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args(argv)
     over = dict(n_correct=args.correct, n_misclassified=args.misclassified, pool=args.pool,
                 filter_images=args.filter_images)
     cfg = load_config(args.params, **over)
     t_fwd, batch = forward_seconds(cfg, args.threads)
+    if args.compare:
+        out = compare(args.params, over, args.threads, args.rounds, t_fwd)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+        return 0
     chapters = [int(c) for c in args.chapters.split(",") if c.strip()]
     prof = profile_run(args.params, over, args.threads, chapters)
     print(f"(run wall time {prof['wall']:.1f} s; store {prof['root']})")

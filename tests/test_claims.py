@@ -148,3 +148,17 @@ def test_the_page_shows_rules_verdicts_and_no_nan():
 def test_fmt_never_prints_nan():
     assert C.fmt(float("nan")) == "–" and C.fmt(None) == "–" and C.fmt(float("inf")) == "∞"
     assert C.fmt_p(float("nan")) == "–" and C.fmt_p(0.0001) == "< 0.001"
+
+
+def test_the_table_says_whether_n_has_the_power_to_decide_each_claim():
+    # 0/37 needs 59 images (the golden value above): n = 37 cannot decide it, 0/59 can
+    short = C.Proportion("short", outcomes=np.zeros(37, bool), threshold=0.05, above=False)
+    enough = C.Proportion("enough", outcomes=np.zeros(59, bool), threshold=0.05, above=False)
+    null = C.Paired("no effect", a=pd.Series(np.arange(10.0)), b=pd.Series(np.arange(10.0)))
+    inv = C.Invariant("checked", violations=0, n=3)
+    fam = C.Claims([short, enough, null, inv])
+    md = fam.markdown()
+    assert "| no: needs 59 |" in md and "| no effect seen |" in md
+    assert md.count("| yes |") == 2  # the 59-image proportion and the invariant
+    assert fam.power_summary() == {"claims": 4, "enough": 2, "short": 2, "max_needed": 59}
+    assert "2 of the 4 testable thesis claims can be decided; 2 would need more images (up to 59" in fam.discussion()

@@ -157,6 +157,24 @@ def test_interrupted_run_resumes_to_the_same_table(reference, tmp_path):
     _same(Results(cfg, store).table, ref)
 
 
+def test_the_gradient_method_reuses_the_loss_gradient_bit_for_bit(reference, tmp_path, monkeypatch):
+    """Sharing the chunk's loss gradient with the gradient method changes no map and no epsilon."""
+    import torch
+
+    import apem.run as R
+
+    cfg, ref = reference
+    assert R.SHARE_LOSS_GRADIENT  # the reference table was computed with the shared pass
+    monkeypatch.setattr(R, "SHARE_LOSS_GRADIENT", False)
+    recomputed = Results(cfg, run(cfg, progress=False, root=tmp_path / "recomputed"))
+    _same(recomputed.table, ref)
+    monkeypatch.setattr(R, "SHARE_LOSS_GRADIENT", True)
+    shared = Results(cfg, run(cfg, progress=False, root=tmp_path / "shared"))
+    for iid in ref.image_id.unique():
+        for s in cfg.stages:
+            assert torch.equal(shared.map(iid, "gradient", s), recomputed.map(iid, "gradient", s)), (iid, s)
+
+
 def test_corrupt_chunk_is_detected_and_recomputed(reference, tmp_path):
     cfg, ref = reference
     store = run(cfg, progress=False, root=tmp_path)
