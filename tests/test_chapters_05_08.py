@@ -238,3 +238,18 @@ def test_table_5_2_has_censored_counts_for_both_groups():
     assert t[("misclassified", "censored")].tolist() == [0, 0, 0]
     assert t.loc["Gradient", ("correct", "mean")].startswith("≥")
     assert t.loc["Gradient", ("misclassified", "thesis mean")] == "43.58"
+
+
+def test_chapter_7_says_whether_the_shuffled_baseline_is_the_thesis_estimator():
+    from apem.config import Config
+
+    thesis_like = Config(shuffles=10, shuffle_mode="per_step", search_mode="thesis")
+    assert ch07.comparability(thesis_like).startswith("**Comparable with Table 5.1.**")
+    default = Config(shuffles=3, shuffle_mode="fixed", search_mode="bisect")
+    text = ch07.comparability(default)
+    assert text.startswith("**Not the thesis's estimator")
+    assert "3 permutations per map where the thesis used 10" in text and "larger in distribution" in text
+    assert "drawn once per map and kept" in text and "`bisect` search" in text
+    # each difference alone is named, and only it
+    only_s = ch07.comparability(Config(shuffles=5, shuffle_mode="per_step", search_mode="thesis"))
+    assert "5 permutations" in only_s and "drawn once" not in only_s and "search tests" not in only_s

@@ -36,6 +36,47 @@ from apem import charts, claims as cl, report, stats, thesis
 THESIS_ORDER = ("gradient", "lrp_epsilon", "smoothgrad")
 NORM = r"$\mathrm{APEM}_{\mathrm{norm}}$"
 
+#: the thesis's shuffled baseline (section 5.2): ten permutations drawn anew at every tested step of its search
+THESIS_SHUFFLES, THESIS_SHUFFLE_MODE, THESIS_SEARCH = 10, "per_step", "thesis"
+
+
+def comparability(cfg) -> str:
+    """Whether this configuration's shuffled baseline is the thesis's estimator, and exactly how it differs if not.
+
+    ε-shuffle is the first tested step at which *any* of the S permutations changes the
+    prediction. With S permutations held fixed, the chance that a given step counts as a
+    change is 1 - (1 - F(ε))^S (F: the share of permutations that change the prediction at
+    ε), the same as with S permutations drawn anew at that step, as the thesis did. Drawing
+    anew also gives fresh chances at every earlier tested step, so the thesis's ε-shuffle is
+    at most as large in distribution; fewer permutations make it larger. Either change moves
+    ε-shuffle and with it every term ε/ε-shuffle of APEM_norm.
+    """
+    S, mode, search = int(cfg.shuffles), cfg.shuffle_mode, cfg.search_mode
+    if (S, mode, search) == (THESIS_SHUFFLES, THESIS_SHUFFLE_MODE, THESIS_SEARCH):
+        return ("**Comparable with Table 5.1.** This configuration uses the thesis's estimator: ten permutations "
+                "drawn anew at every step the thesis's coarse-to-fine search tests.")
+    diffs = []
+    if S != THESIS_SHUFFLES:
+        way = "larger" if S < THESIS_SHUFFLES else "smaller"
+        diffs.append(f"{S} permutations per map where the thesis used {THESIS_SHUFFLES}: a step counts as a change "
+                     f"when any of them changes the prediction, so with {'fewer' if S < THESIS_SHUFFLES else 'more'} "
+                     f"of them $\varepsilon\text{{-shuffle}}$ is {way} in distribution")
+    if mode != THESIS_SHUFFLE_MODE:
+        diffs.append("the permutations are drawn once per map and kept, where the thesis drew new ones at every tested "
+                     "step; at any one step the chance of a change is the same for the same number of permutations, "
+                     "but redrawing gives fresh chances at every earlier tested step, so the thesis's "
+                     "$\varepsilon\text{-shuffle}$ can only be smaller")
+    if search != THESIS_SEARCH:
+        diffs.append(f"the `{search}` search tests other steps than the thesis's coarse-to-fine one; on the maps "
+                     "themselves it finds the same first change (chapter 1), but with redrawn permutations the steps "
+                     "tested decide the answer")
+    return ("**Not the thesis's estimator, so not directly comparable with Table 5.1:** " + "; ".join(diffs)
+            + ". Each difference moves $\varepsilon\text{-shuffle}$ and with it every term "
+              "$\varepsilon/\varepsilon\text{-shuffle}$ of " + NORM + ": compare orders and signs with the "
+              "thesis, not values. The `full` parameter set (`apem book --params full`) runs the thesis's estimator "
+              "(hours on a 2-core CPU).")
+
+
 #: per derived value: the censoring flags that make it a lower bound, and those that make it an upper bound
 SIDES = {
     "apem_shuffle": (("censored_shuffle_plus",), ("censored_shuffle_minus",)),
@@ -231,7 +272,7 @@ class Page:
             f"{', '.join(map(thesis.label, self.methods))}, stages {', '.join(map(str, self.stages))}; "
             f"{cfg.shuffles} shuffles per map ({cfg.shuffle_mode}), `{cfg.search_mode}` search with bound "
             f"{cfg.search_bound}. The maps: {report.censoring_note(C)} The shuffled maps: "
-            f"{report.censoring_note(self._shuffled_flags(), 'shuffled searches')}")
+            f"{report.censoring_note(self._shuffled_flags(), 'shuffled searches')}\n\n{comparability(cfg)}")
 
     def _shuffled_flags(self) -> pd.DataFrame:
         return self.C.assign(censored_minus=self.C.censored_shuffle_minus, censored_plus=self.C.censored_shuffle_plus)
