@@ -29,6 +29,7 @@ class Recorder:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.items: dict[str, int] = defaultdict(int)
+        self.forwards: dict[str, int] = defaultdict(int)  # images through the model, per step (count_forwards)
         self._stack: list[list] = []  # [name, start, child seconds, absorbs]
         self._sync = sync  # e.g. torch.cuda.synchronize: step times include the device's queued work
 
@@ -61,6 +62,9 @@ class Recorder:
         if self._stack:
             self._stack[-1][2] += total
 
+    def add_forwards(self, n: int) -> None:
+        self.forwards[self._stack[-1][0] if self._stack else "(outside any step)"] += int(n)
+
     def total(self) -> float:
         return sum(self.seconds.values())
 
@@ -91,3 +95,14 @@ class _Handle:
 
     def __init__(self, items: int):
         self.items = items
+
+
+def count_forwards(model) -> None:
+    """Count the images ``model`` forwards, per open step, into the open Recorder (a forward hook; for benchmarks)."""
+
+    def hook(module, args, output):
+        rec = _ACTIVE
+        if rec is not None and args and hasattr(args[0], "shape"):
+            rec.add_forwards(args[0].shape[0])
+
+    model.register_forward_hook(hook)

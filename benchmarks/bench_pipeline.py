@@ -99,10 +99,28 @@ def _chapter_call(k: int, params: str, overrides: dict):
     raise ValueError(f"no study timed for chapter {k}")
 
 
+def _counting_models() -> None:
+    """Every model apem loads from here on counts its forwarded images into the open Recorder."""
+    import apem.models as models
+
+    if getattr(models.load_model, "_counting", False):
+        return
+    original = models.load_model
+
+    def load_model(*a, **kw):
+        lm = original(*a, **kw)
+        profile.count_forwards(lm.model)
+        return lm
+
+    load_model._counting = True
+    models.load_model = load_model
+
+
 def profile_run(params: str, overrides: dict, threads: int, chapters=(), root: Path | None = None) -> dict:
     """Run the configuration on a fresh store with the recorder open; time the chapters' studies after it."""
     from apem.run import run
 
+    _counting_models()
     cfg = load_config(params, **overrides)
     root = Path(root or tempfile.mkdtemp(prefix="apem-bench-"))
     os.environ["APEM_RESULTS"] = str(root)
@@ -110,14 +128,18 @@ def profile_run(params: str, overrides: dict, threads: int, chapters=(), root: P
     with profile.Recorder() as rec:
         run(cfg, progress=False, root=root, threads=threads)
     wall = time.perf_counter() - t0
-    studies = {}
+    studies, study_forwards = {}, {}
     for k in chapters:
         call = _chapter_call(int(k), params, overrides)
-        t1 = time.perf_counter()
-        call()
-        studies[CHAPTER_STUDIES[int(k)]] = time.perf_counter() - t1
+        name = CHAPTER_STUDIES[int(k)]
+        with profile.Recorder() as srec:
+            with profile.step(name, absorb=True):
+                call()
+        studies[name], study_forwards[name] = srec.seconds[name], srec.forwards.get(name, 0)
+        print(f"({name}: {studies[name]:.1f} s, {study_forwards[name]:,} images forwarded)", flush=True)
     n_sel = cfg.n_correct + cfg.n_misclassified
-    return dict(seconds=dict(rec.seconds), items=dict(rec.items), wall=wall, studies=studies, n_selected=n_sel,
+    return dict(seconds=dict(rec.seconds), items=dict(rec.items), forwards=dict(rec.forwards), wall=wall,
+                studies=studies, study_forwards=study_forwards, n_selected=n_sel,
                 pool=cfg.pool, filter_images=cfg.filter_images, root=str(root))
 
 
@@ -129,7 +151,8 @@ def per_image_rows(prof: dict, t_fwd: float) -> list[dict]:
         if name.startswith("method ") or name.startswith("search") or name in ("loss gradient", "stage maps"):
             items = prof["n_selected"]  # per selected image (the searches count maps as items)
         per = sec / items if items else float("nan")
-        rows.append(dict(step=name, seconds=sec, images=items, per_image=per, fwd_equiv=per / t_fwd))
+        fw = prof.get("forwards", {}).get(name, 0) / items if items else float("nan")
+        rows.append(dict(step=name, seconds=sec, images=items, per_image=per, fwd_equiv=per / t_fwd, forwarded=fw))
     return rows
 
 
@@ -150,7 +173,7 @@ def preset_rows(rows: list[dict], preset, n_pool: int, studies: dict, t_fwd: flo
             count = n_sel
         out.append(dict(step=r["step"], images=count, seconds=count * r["per_image"]))
     for name, sec in studies.items():
-        out.append(dict(step=name, images=None, seconds=sec))
+        out.append(dict(step=name, images=None, seconds=sec))  # a chapter's study has its own fixed size
     total = sum(r["seconds"] for r in out)
     for r in out:
         r["share"] = r["seconds"] / total if total else float("nan")
@@ -165,14 +188,17 @@ def print_report(prof: dict, t_fwd: float, batch: int, preset_name: str, threads
           f"= 1 forward-equivalent (FE)\n")
     print("Per image, as the runner ran it "
           f"({prof['n_selected']} selected images, pool {prof['pool']}, filter on {prof['filter_images']}):\n")
-    print("| step | images | s per image | FE per image | share of an image's cost |")
-    print("|---|---:|---:|---:|---:|")
+    print("| step | images | s per image | FE per image | images forwarded per image | share of an image's cost |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         core = r["step"] not in ("classify pool", "filter", "decode images")
         share = f"{100 * r['per_image'] / per_image_total:.0f}%" if core else "-"
-        print(f"| {r['step']} | {r['images']} | {r['per_image']:.3f} | {r['fwd_equiv']:,.0f} | {share} |")
+        print(f"| {r['step']} | {r['images']} | {r['per_image']:.3f} | {r['fwd_equiv']:,.0f} | "
+              f"{r['forwarded']:,.1f} | {share} |")
     print(f"| **one selected image** (loss gradient to shuffles) | | **{per_image_total:.2f}** | "
-          f"**{per_image_total / t_fwd:,.0f}** | 100% |")
+          f"**{per_image_total / t_fwd:,.0f}** | | 100% |")
+    print("\n(FE: seconds / one clean forward. Images forwarded: model calls' batch sizes, counted by a hook;"
+          " a forward + backward pass counts once there and about 3 FE in time.)")
     preset = load_config(preset_name)
     from apem.data import load_image_set
 
