@@ -23,6 +23,7 @@ def cmd_classify(args) -> int:
 
     from apem.data import iter_batches, load_image_set
     from apem.models import load_model
+    from apem.numerics import no_tf32
 
     from apem.config import ConfigError, check_device
 
@@ -35,7 +36,8 @@ def cmd_classify(args) -> int:
     lm = load_model(args.model, args.preset, None if args.weights == "none" else args.weights, args.device)
     correct = seen = 0
     t0 = time.perf_counter()
-    with torch.inference_mode(), tqdm(total=len(images), desc=f"classify {lm.name}", unit="img") as bar:
+    # TF32 off, as the runner classifies its pool: the same answers as `apem run` on the same device
+    with no_tf32(), torch.inference_mode(), tqdm(total=len(images), desc=f"classify {lm.name}", unit="img") as bar:
         for idx, x, y in iter_batches(images, lm.transform, args.batch_size):
             pred = lm.model(x.to(lm.device)).argmax(1).cpu()
             correct += int((pred == y).sum())

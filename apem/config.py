@@ -176,11 +176,12 @@ class Config:
         d.update(overrides)
         return Config.from_dict(d, "parameter override")
 
-    def method_batch(self, device) -> int:
-        """``batch_size`` resolved for ``device`` (None: :data:`apem.metric.forward.AUTO_METHOD_BATCH`)."""
+    def method_batch(self, device, model=None) -> int:
+        """``batch_size`` resolved for ``device`` (None: :data:`apem.metric.forward.AUTO_METHOD_BATCH`,
+        capped on CUDA by the memory ``model`` needs for a forward + backward pass)."""
         from apem.metric.forward import resolve_method_batch
 
-        return resolve_method_batch(self.batch_size, device)
+        return resolve_method_batch(self.batch_size, device, model=model)
 
     def search(self):
         """The :class:`apem.metric.SearchSpec` of this configuration: every search it runs gets this one object."""

@@ -75,7 +75,7 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     ids = images.ids()
     rows = []
     with tqdm(total=len(images), desc="classify pool", unit="img", disable=not progress) as bar:
-        for idx, x, y in _timed_batches(iter_batches(images, lm.transform, cfg.method_batch(lm.device))):
+        for idx, x, y in _timed_batches(iter_batches(images, lm.transform, cfg.method_batch(lm.device, lm.model))):
             with step("classify pool", len(idx)):
                 logits = lm.model(x.to(lm.device)).float()
                 p = logits.softmax(1)
@@ -156,7 +156,7 @@ def _method_call(name: str, params: dict, cfg: Config, chunk: int, lm=None):
     if "seed" in defaults and "seed" not in p:
         p["seed"] = seed_of(cfg.seed, name, "chunk", chunk)
     if "batch_size" in defaults and "batch_size" not in p:
-        p["batch_size"] = cfg.method_batch(lm.device if lm is not None else "cpu")
+        p["batch_size"] = cfg.method_batch(lm.device, lm.model) if lm is not None else cfg.method_batch("cpu")
     if name == "gradcam" and p.get("layer") in (None, "") and lm is not None:
         p["layer"] = lm.gradcam_layer  # the model's last convolutional feature map, after its activation
     return explain.get_method(name, **p)

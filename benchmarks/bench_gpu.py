@@ -775,10 +775,15 @@ def sec_micro():
     G = max(1, B // S)
     Rn = torch.rand(G, 3, 224, 224, device=dev())
     sign = torch.sign(torch.randn(G, 3, 224, 224, device=dev()))
-    ps = metric.forward.PerStepShuffles(Rn, sign, torch.arange(G, device=dev()), torch.arange(G), S)
+    ps = metric.forward.PerStepShuffles(Rn, sign, torch.arange(G, device=dev()), torch.arange(G), S, draw_on="host")
     mem = torch.arange(G * S, device=dev())
     ps(mem, mem)
     _, t_ps = timed(lambda: ps(mem, mem))
+    # what a GPU run does now: keyed permutations computed on the device (apem.metric.directions.keyed_permutations)
+    ps_dev = metric.forward.PerStepShuffles(Rn, sign, torch.arange(G, device=dev()), torch.arange(G), S,
+                                            draw_on="device")
+    ps_dev(mem, mem)
+    _, t_dev = timed(lambda: ps_dev(mem, mem))
     x = torch.rand(G * S, 3, 224, 224, device=dev())
     lm = model("vgg16")
     with torch.inference_mode():
@@ -788,12 +793,15 @@ def sec_micro():
     print(f"PerStepShuffles for one batch of {G * S} members (randperm on the CPU, stack, copy to the device, "
           f"gather, sign): {t_ps:.3f} s = {1000 * t_ps / (G * S):.2f} ms per perturbed image; the VGG-16 forward of "
           f"the same batch: {t_f:.3f} s = {1000 * t_f / (G * S):.3f} ms per image")
+    print(f"PerStepShuffles with draw_on='device' (keyed permutations on {dev()}, gather, sign): {t_dev:.3f} s = "
+          f"{1000 * t_dev / (G * S):.2f} ms per perturbed image")
     # JPEG decoding + preprocessing on this machine's CPU (what the runner does per chunk / for the pool)
     k = 8 if ARGS.quick else 96
     (xd, _), t_dec = timed(lambda: load_xy(model("vgg16").transform, k))
     print(f"JPEG decode + thesis preprocessing (apem.data.load_tensors): {len(xd) / t_dec:.0f} images/s on "
           f"{os.cpu_count()} CPU cores")
     RESULTS["micro"] = dict(randperm_ms=1000 * rp, per_step_shuffle_ms_per_image=1000 * t_ps / (G * S),
+                            per_step_shuffle_device_ms_per_image=1000 * t_dev / (G * S),
                             vgg_forward_ms_per_image_same_batch=1000 * t_f / (G * S),
                             decode_images_per_s=len(xd) / t_dec)
 

@@ -44,7 +44,8 @@ Search modes
 All modes are batched: many images, relevance and irrelevance maps and
 shuffles share each forward pass (at most ``batch_size`` perturbed images per
 model call; by default 4 on the CPU, whose cache-bound forward is fastest per
-image in small batches, and 256 on an accelerator: :data:`AUTO_BATCH`); maps
+image in small batches, and 256 on an accelerator: :data:`AUTO_BATCH`, fewer
+on a CUDA device whose available memory does not hold them); maps
 refer to their image through ``image_index`` so ``x`` is not replicated per
 map; all state stays on the model's device.
 
@@ -169,6 +170,12 @@ Permutations come from ``torch.Generator`` seeded per item with the caller's
 ``seeds`` (the irrelevance map uses a seed derived from the same value):
 an item's permutations depend only on its seed, never on batch composition
 or order; per-step draws happen in (step, shuffle) order for each item.
+On the CPU per-step permutations come from those CPU generators; on an
+accelerator they are computed on the device itself from (item seed, draw
+number) (:func:`~apem.metric.directions.keyed_permutations`), so a GPU run
+draws different (equally distributed) per-step permutations than a CPU run
+with the same seeds; the store records the device of every chunk
+(:class:`apem.numerics.NumericEnv`). Fixed shuffles are the same on every device.
 """
 
 from apem.metric.bisect import BISECT, BisectTuning

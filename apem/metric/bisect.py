@@ -218,15 +218,39 @@ def candidates(st: Brackets, mi, U, hint, bound, tune: BisectTuning):
     return c1, c2, ~hik & ~small & ~need & (lo > 0)
 
 
-def update_brackets(st: Brackets, mi, U, c1, c2, flip, marg, unbracketed_pass):
-    """Shrink the brackets with the tested candidates (pairs ``(c1, c2)`` of members ``mi``, limits ``U``)."""
+def tested(mi, c1, c2, pairs=None):
+    """The pass's requests ``(mem, cand)``: every member of ``mi`` at ``c1``, then those with ``c2 > 0`` at ``c2``.
+
+    ``pairs``: the positions ``(c2 > 0).nonzero()`` when the caller has them (one host synchronisation).
+    """
+    if pairs is None:
+        pairs = (c2 > 0).nonzero().squeeze(1)
+    return torch.cat([mi, mi[pairs]]), torch.cat([c1, c2[pairs]])
+
+
+def _put(n, index, keep, values, fill):
+    """A length-``n`` tensor of ``fill`` with ``values[keep]`` written at ``index[keep]`` (distinct positions).
+
+    The rows not kept go to a spare slot ``n`` that is dropped: no boolean-mask indexing (a host synchronisation
+    on an accelerator) and the same numbers as ``out[index[keep]] = values[keep]``.
+    """
+    out = torch.full((n + 1,), fill, dtype=values.dtype, device=values.device)
+    out[torch.where(keep, index, torch.full_like(index, n))] = values
+    return out[:n]
+
+
+def update_brackets(st: Brackets, mi, U, c1, c2, flip, marg, unbracketed_pass, *, requests=None):
+    """Shrink the brackets with the tested candidates (pairs ``(c1, c2)`` of members ``mi``, limits ``U``).
+
+    ``requests``: the ``(mem, cand)`` of :func:`tested`, when the caller has them (the order ``flip`` and
+    ``marg`` follow). Apart from computing them when not given, no step here synchronises with the host.
+    """
     N = len(st.lo)
     dev = st.lo.device
     f64 = torch.float64
     two = c2 > 0
     n1 = len(mi)
-    mem = torch.cat([mi, mi[two]])
-    cand = torch.cat([c1, c2[two]])
+    mem, cand = tested(mi, c1, c2) if requests is None else requests
     big = torch.iinfo(torch.long).max
     hi_or_big = torch.where(st.hik, st.hi, torch.full_like(st.hi, big))
     fmin = torch.full((N,), big, dtype=torch.long, device=dev)
@@ -237,12 +261,9 @@ def update_brackets(st: Brackets, mi, U, c1, c2, flip, marg, unbracketed_pass):
     umax.scatter_reduce_(0, mem, torch.where(below, cand, torch.full_like(cand, -1)), "amax")
     new_hi = fmin < hi_or_big
     new_lo = umax > st.lo
-    m_hi = torch.full((N,), float("nan"), dtype=f64, device=dev)
-    sel = flip & (cand == fmin[mem])
-    m_hi[mem[sel]] = marg[sel]
-    m_lo = torch.full((N,), float("nan"), dtype=f64, device=dev)
-    sel = below & (cand == umax[mem])
-    m_lo[mem[sel]] = marg[sel]
+    # a member's candidates differ (c2 > c1), so at most one row per member is selected
+    m_hi = _put(N, mem, flip & (cand == fmin[mem]), marg.to(f64), float("nan"))
+    m_lo = _put(N, mem, below & (cand == umax[mem]), marg.to(f64), float("nan"))
     # unbracketed bookkeeping (before hik changes)
     st.under[mi] += unbracketed_pass.long()
     step_new = torch.maximum(c1, c2) - st.lo[mi]
@@ -256,10 +277,9 @@ def update_brackets(st: Brackets, mi, U, c1, c2, flip, marg, unbracketed_pass):
     st.hik = st.hik | new_hi
     halved = 2 * (torch.minimum(st.hi[mi], U) - st.lo[mi]) <= old_w
     st.slow[mi] = torch.where(was_bracketed & ~halved, st.slow[mi] + 1, torch.zeros_like(st.slow[mi]))
-    st.need_one[mi] = False
+    st.need_one.index_fill_(0, mi, False)
     # confident pairs (and the jumps after them) that all fell short of the root, in a row
-    anyflip = torch.zeros(N, dtype=torch.bool, device=dev)
-    anyflip[mem[flip]] = True
+    anyflip = group_any(flip, mem, N)
     short = ~anyflip[mi] & (two | (st.low_pairs[mi] > 0))
     st.low_pairs[mi] = torch.where(short, st.low_pairs[mi] + 1, torch.zeros_like(st.low_pairs[mi]))
     # keep the two points with the smallest |margin|
@@ -269,9 +289,9 @@ def update_brackets(st: Brackets, mi, U, c1, c2, flip, marg, unbracketed_pass):
     E[mem, slot] = cand
     Mg[mem, slot] = marg
     key = torch.where((E > 0) & torch.isfinite(Mg), Mg.abs(), torch.full_like(Mg, float("inf")))
-    # ties: the most recent point first (slots 2, 3 before 0, 1)
-    order = torch.argsort(key[:, [2, 3, 0, 1]], dim=1, stable=True)[:, :2]
-    order = torch.tensor([2, 3, 0, 1], device=dev)[order]
+    # ties: the most recent point first (slots 2, 3 before 0, 1): sort the columns (2, 3, 0, 1), map j -> (j + 2) % 4
+    order = torch.argsort(torch.cat([key[:, 2:], key[:, :2]], 1), dim=1, stable=True)[:, :2]
+    order = (order + 2) % 4
     st.be = E.gather(1, order)
     st.bm = Mg.gather(1, order)
     st.be = torch.where(torch.isfinite(st.bm), st.be, torch.full_like(st.be, -1))
@@ -311,20 +331,19 @@ def bracket_search(fwd, target_of, S, G, bound, active, m0, s0, flip0, hint=None
     cap = torch.full((G,), bound, dtype=torch.long, device=dev)
     nfw = torch.zeros(G, dtype=torch.long, device=dev)
     passes = 0
+    # two host synchronisations per pass, both sizes: the live members (0 ends the loop) and the pairs
     while True:
         U = torch.minimum(torch.where(st.hik, st.hi, torch.full_like(st.hi, bound)), cap[group])
         live = mem_active & (U - st.lo > 1)
-        if not bool(live.any()):
-            break
         mi = live.nonzero().squeeze(1)
+        if len(mi) == 0:
+            break
         c1, c2, unb = candidates(st, mi, U[mi], None if hint is None else hint[group[mi]], bound, tune)
-        two = c2 > 0
-        mem = torch.cat([mi, mi[two]])
-        cand = torch.cat([c1, c2[two]])
+        mem, cand = tested(mi, c1, c2)
         pred, marg = fwd(mem, cand)
         flip = pred != target_of[mem]
         nfw.index_add_(0, mem // S, torch.ones_like(mem))
-        update_brackets(st, mi, U[mi], c1, c2, flip, marg, unb)
+        update_brackets(st, mi, U[mi], c1, c2, flip, marg, unb, requests=(mem, cand))
         cap.scatter_reduce_(0, group, torch.where(st.hik, st.hi, torch.full_like(st.hi, bound)), "amin")
         passes += 1
         if on_pass:

@@ -52,7 +52,8 @@ def clean_pass(model, x, target=None, *, need_margin_grad=True, need_loss_grad=T
     None, the MarginInfo carries :math:`\nabla_x m` when asked.
     """
     grads, mgrads, logits_all, targets = [], [], [], []
-    batch_size = resolve_batch_size(batch_size, x.device)
+    batch_size = resolve_batch_size(batch_size, x.device, model=model, shape=tuple(x.shape[1:]),
+                                    kind="backward" if need_margin_grad or need_loss_grad else "forward")
     for s in range(0, len(x), batch_size):
         xb = x[s : s + batch_size].detach().clone()
         tb = None if target is None else torch.as_tensor(target[s : s + batch_size], device=x.device).long()

@@ -107,3 +107,63 @@ def map_shuffle_permutations(seed: int, n_values: int, shuffles: int, irrelevanc
     per-step shuffles draw from the same generators, ``shuffles`` per tested step.
     """
     return shuffle_permutations(side_seed(seed, irrelevance), n_values, shuffles)
+
+
+# ----------------------------------------------------------------------------- permutations drawn on a device
+#
+# A torch.Generator is one sequential stream: drawing a permutation per (item, draw) from per-item generators
+# needs the host to know which items a pass requests (a synchronisation) and one randperm call per row. On an
+# accelerator per-step shuffles instead sort the row's 3HW positions by a keyed bijection of [0, 2**32): keys
+# are computed for all rows of a batch at once, on the device, from (item seed, draw number) alone.
+
+_M32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+#: rounds of the keyed mixer that orders a row's positions (each one: xor a round key, then murmur3's fmix32)
+KEY_ROUNDS = 3
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2**32`` for int64 ``x`` in ``[0, 2**32)``, exactly: ``c`` is taken in ``(-2**31, 2**31)``."""
+    c = c - (1 << 32) if c >= 1 << 31 else c  # |x * c| < 2**63: no int64 overflow; & keeps the low 32 bits
+    return (x * c) & _M32
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """murmur3's finaliser, a bijection of ``[0, 2**32)`` (int64 tensors holding 32-bit values)."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _round_keys(seeds: torch.Tensor, draws: torch.Tensor) -> list[torch.Tensor]:
+    """:data:`KEY_ROUNDS` 32-bit keys per row from its 63-bit ``seed`` and ``draw`` number (two chained digests)."""
+    words = [seeds & _M32, (seeds >> 32) & _M32, draws & _M32, (draws >> 32) & _M32]
+    h1 = torch.full_like(seeds, 0x243F6A88)
+    h2 = torch.full_like(seeds, 0x85A308D3)
+    for w in words:
+        h1 = _fmix32(h1 ^ w)
+        h2 = _fmix32((h2 + _mul32(w, _GOLDEN)) & _M32)
+    return [_fmix32(_mul32((h1 + r) & _M32, _GOLDEN) ^ h2) for r in range(KEY_ROUNDS)]
+
+
+def keyed_permutations(seeds: torch.Tensor, draws: torch.Tensor, n_values: int) -> torch.Tensor:
+    """One permutation of ``range(n_values)`` per row, a function of ``(seeds[r], draws[r])`` only, on their device.
+
+    Row ``r`` sorts the positions ``j`` by ``k_r(j)``, a bijection of ``[0, 2**32)`` keyed by the row's seed
+    and draw number (:data:`KEY_ROUNDS` rounds of xor-key-then-fmix32), so keys never tie and the order is
+    deterministic. A row does not depend on the other rows, on the batch, or on the device: the arithmetic is
+    exact int64 (products stay below 2**63). Used by per-step shuffles on an accelerator
+    (:class:`apem.metric.forward.PerStepShuffles`); these are not the permutations a CPU generator draws.
+    """
+    if n_values > 1 << 32:
+        raise ValueError(f"keyed permutations cover at most 2**32 values, got {n_values}")
+    seeds = torch.as_tensor(seeds).long()
+    draws = torch.as_tensor(draws, device=seeds.device).long()
+    keys = _round_keys(seeds, draws)
+    v = torch.arange(n_values, dtype=torch.long, device=seeds.device).expand(len(seeds), -1)
+    for k in keys:
+        v = _fmix32(v ^ k[:, None])
+    # 32-bit keys shifted into int32 (same order): a cheaper sort than int64
+    return torch.argsort((v - (1 << 31)).to(torch.int32), dim=1, stable=True)

@@ -21,7 +21,7 @@ THESIS_PACES = (1000, 100, 10, 1)
 
 
 def thesis_engine(fwd, target_of, S, G, bound, active, *, paces=THESIS_PACES, on_pass=None, **_):
-    """The thesis's coarse-to-fine loop, one tested sigma per group per pass."""
+    """The thesis's coarse-to-fine loop, one tested sigma per group per pass (one host synchronisation per pass)."""
     dev = active.device
     pace = torch.tensor(paces, dtype=torch.long, device=dev)
     k = torch.zeros(G, dtype=torch.long, device=dev)
@@ -32,8 +32,10 @@ def thesis_engine(fwd, target_of, S, G, bound, active, *, paces=THESIS_PACES, on
     nfw = torch.zeros(G, dtype=torch.long, device=dev)
     slots = torch.arange(S, device=dev)
     passes = 0
-    while not bool(done.all()):
-        ga = (~done).nonzero().squeeze(1)
+    while True:
+        ga = (~done).nonzero().squeeze(1)  # the pass's one host synchronisation: its size ends the loop
+        if len(ga) == 0:
+            break
         mem = (ga[:, None] * S + slots).reshape(-1)
         grp = mem // S
         pred, _ = fwd(mem, sigma[grp])
@@ -59,33 +61,36 @@ def thesis_engine(fwd, target_of, S, G, bound, active, *, paces=THESIS_PACES, on
 
 
 def linear_engine(fwd, target_of, S, G, bound, active, *, block=32, on_pass=None, **_):
-    """Scan ``block`` consecutive steps per group per pass; the first changed step wins."""
+    """Scan ``block`` consecutive steps per group per pass; the first changed step wins.
+
+    One host synchronisation per pass: the ``nonzero`` that lists the pass's
+    (group, step, shuffle) requests, in that order (what per-step shuffles draw
+    in); everything else is computed for all G groups with ``torch.where``.
+    """
     dev = active.device
     nxt = torch.ones(G, dtype=torch.long, device=dev)
     eps = torch.full((G,), bound, dtype=torch.long, device=dev)
     done = ~active.clone()
     nfw = torch.zeros(G, dtype=torch.long, device=dev)
     ks = torch.arange(block, device=dev)
-    slots = torch.arange(S, device=dev)
     passes = 0
-    while not bool(done.all()):
-        ga = (~done).nonzero().squeeze(1)
-        steps = nxt[ga][:, None] + ks  # (A, K)
-        valid = steps < bound
-        # request order (group, step, shuffle) -- what per-step shuffles draw in
-        mem = (ga[:, None, None] * S + slots).expand(-1, block, -1)
-        st = steps[:, :, None].expand(-1, -1, S)
-        vmask = valid[:, :, None].expand(-1, -1, S)
-        pred, _ = fwd(mem[vmask], st[vmask])
-        flips = torch.zeros(vmask.shape, dtype=torch.bool, device=dev)
-        flips[vmask] = pred != target_of[mem[vmask]]
-        anyf = flips.any(2)  # (A, K)
-        nfw.index_add_(0, ga, vmask.flatten(1).sum(1))
-        hit = anyf.any(1)
-        first = torch.where(hit, anyf.float().argmax(1), torch.zeros_like(ga))
-        eps[ga] = torch.where(hit, nxt[ga] + first, eps[ga])
-        nxt[ga] = nxt[ga] + block
-        done[ga] = hit | (nxt[ga] >= bound)
+    while True:
+        act = ~done
+        # a group still searching has nxt < bound, so it has a valid step and the list is empty only when all are done
+        want = (act[:, None] & (nxt[:, None] + ks < bound))[:, :, None].expand(-1, -1, S)  # (G, K, S)
+        req = want.nonzero()  # (F, 3) rows (group, k, shuffle) in lexicographic order
+        if len(req) == 0:
+            break
+        g, k = req[:, 0], req[:, 1]
+        mem = g * S + req[:, 2]
+        pred, _ = fwd(mem, nxt[g] + k)
+        anyf = group_any(pred != target_of[mem], g * block + k, G * block).view(G, block)  # (G, K)
+        nfw.index_add_(0, g, torch.ones_like(g))
+        hit = anyf.any(1)  # False for groups without requests
+        first = anyf.float().argmax(1)
+        eps = torch.where(hit, nxt + first, eps)
+        nxt = torch.where(act, nxt + block, nxt)
+        done = done | (act & (hit | (nxt >= bound)))
         passes += 1
         if on_pass:
             on_pass(done)

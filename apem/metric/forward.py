@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
 
-from apem.metric.directions import permute
+from apem.metric.directions import keyed_permutations, permute
 from apem.metric.margin import margin
 
 #: Perturbed images per model call when ``batch_size`` is None, per device type. On the CPU the
@@ -25,21 +26,102 @@ AUTO_METHOD_BATCH = {"cpu": 16}
 AUTO_METHOD_BATCH_ACCELERATOR = 128
 
 
-def resolve_batch_size(batch_size, device) -> int:
-    """``batch_size`` as a positive int; None picks :data:`AUTO_BATCH` for ``device``'s type."""
+#: Share of the device's available memory (free + cached by torch's allocator) that an automatic batch
+#: may plan for; the rest is headroom for the perturbed inputs, LRP's hooks and the allocator's rounding.
+MEMORY_FRACTION = 0.5
+#: Images in the probe batch whose peak memory gives the bytes per image (:func:`probe_bytes_per_image`).
+PROBE_IMAGES = 8
+#: The input of an apem model, (3, 224, 224) (:class:`apem.models.LoadedModel`): the probe's image shape
+#: when the caller has no batch at hand (the methods' batch).
+MODEL_INPUT = (3, 224, 224)
+#: Kinds of work an automatic batch is sized for: an inference forward (the searches' perturbed images, the
+#: pool's classification) or a forward and a backward pass to the input (the methods, the clean pass).
+MEMORY_KINDS = ("forward", "backward")
+_MEMORY_BATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def available_memory(device) -> int:
+    """Bytes this process can still allocate on CUDA ``device``: free memory plus what torch caches unused."""
+    dev = torch.device(device)
+    free, _ = torch.cuda.mem_get_info(dev)
+    return int(free) + int(torch.cuda.memory_reserved(dev)) - int(torch.cuda.memory_allocated(dev))
+
+
+def probe_bytes_per_image(model, device, kind: str, shape, dtype=None, n: int = PROBE_IMAGES) -> int:
+    """Peak CUDA memory per image of one forward (``kind="forward"``) or forward + backward of ``n`` images.
+
+    The peak over the memory held before the probe, divided by ``n`` (so fixed costs such as cuDNN's
+    workspace count per image: an overestimate, on the safe side). Resets the device's peak statistics.
+    """
+    dev = torch.device(device)
+    if dtype is None:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    with torch.inference_mode(kind == "forward"):
+        x = torch.rand((n, *shape), dtype=dtype, device=dev)
+        if kind == "forward":
+            model(x)
+        else:
+            x.requires_grad_(True)
+            with torch.enable_grad():
+                torch.autograd.grad(model(x).sum(), x)
+    del x
+    torch.cuda.synchronize(dev)
+    return max(1, -(-(torch.cuda.max_memory_allocated(dev) - base) // n))
+
+
+def memory_capped(default: int, available: int, per_image: int, fraction: float = None) -> int:
+    """``min(default, floor(fraction * available / per_image))``, at least 1 (``fraction``: :data:`MEMORY_FRACTION`)."""
+    fraction = MEMORY_FRACTION if fraction is None else fraction
+    return max(1, min(int(default), int(fraction * available) // max(1, int(per_image))))
+
+
+def memory_batch(default: int, model, device, kind: str = "forward", shape=MODEL_INPUT) -> int:
+    """``default`` capped by the memory of CUDA ``device`` for ``model`` (unchanged on any other device).
+
+    Measured once per (model, device, kind, image shape, default) and cached: the same process keeps the
+    same batch. On a large card the cap does not bind (EfficientNet-Lite0 and VGG-16 fit 256 perturbed
+    images many times over); on a small one it replaces an out-of-memory error by smaller batches.
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda" or model is None:
+        return int(default)
+    if kind not in MEMORY_KINDS:
+        raise ValueError(f"kind must be one of {MEMORY_KINDS}, got {kind!r}")
+    model = getattr(model, "model", model)  # a LoadedModel or the module itself
+    key = (str(dev), kind, tuple(int(v) for v in shape), int(default))
+    cache = _MEMORY_BATCH.setdefault(model, {})
+    if key not in cache:
+        cache[key] = memory_capped(default, available_memory(dev), probe_bytes_per_image(model, dev, kind, key[2]))
+    return cache[key]
+
+
+def resolve_batch_size(batch_size, device, *, model=None, shape=None, kind="forward") -> int:
+    """``batch_size`` as a positive int; None picks :data:`AUTO_BATCH` for ``device``'s type.
+
+    With ``model`` (and the image ``shape``, default :data:`MODEL_INPUT`) the automatic batch is also
+    capped by the CUDA device's memory (:func:`memory_batch`); an explicit ``batch_size`` is kept as given.
+    """
     if batch_size is None:
-        kind = torch.device(device).type
-        return AUTO_BATCH.get(kind, AUTO_BATCH_ACCELERATOR)
+        kind_dev = torch.device(device).type
+        b = AUTO_BATCH.get(kind_dev, AUTO_BATCH_ACCELERATOR)
+        return memory_batch(b, model, device, kind, MODEL_INPUT if shape is None else shape)
     b = int(batch_size)
     if b < 1:
         raise ValueError(f"batch_size must be >= 1 (or None for the device's default), got {batch_size}")
     return b
 
 
-def resolve_method_batch(batch_size, device) -> int:
-    """The explanation methods' ``batch_size``: None picks :data:`AUTO_METHOD_BATCH` for ``device``'s type."""
+def resolve_method_batch(batch_size, device, *, model=None, shape=None) -> int:
+    """The explanation methods' ``batch_size``: None picks :data:`AUTO_METHOD_BATCH` for ``device``'s type.
+
+    With ``model``, capped on CUDA by the memory of a forward + backward pass (:func:`memory_batch`).
+    """
     if batch_size is None:
-        return AUTO_METHOD_BATCH.get(torch.device(device).type, AUTO_METHOD_BATCH_ACCELERATOR)
+        b = AUTO_METHOD_BATCH.get(torch.device(device).type, AUTO_METHOD_BATCH_ACCELERATOR)
+        return memory_batch(b, model, device, "backward", MODEL_INPUT if shape is None else shape)
     return resolve_batch_size(batch_size, device)
 
 
@@ -61,7 +143,7 @@ class Forward:
 
     def __init__(self, model, x, target, img_of, direction, *, clip=False, batch_size=None, record=None):
         self.model, self.x, self.target, self.img_of = model, x, target, img_of
-        self.batch_size = resolve_batch_size(batch_size, x.device)
+        self.batch_size = resolve_batch_size(batch_size, x.device, model=model, shape=tuple(x.shape[1:]))
         self.direction, self.clip, self.record = direction, clip, record
         self.channels_last = _wants_channels_last(model) and x.dim() == 4
         if self.channels_last:  # once here, so that perturbed batches come out channels_last without a copy
@@ -97,25 +179,71 @@ def fixed_directions(d: torch.Tensor) -> Callable:
     return lambda members, steps: d[members]
 
 
+#: Where :class:`PerStepShuffles` draws its permutations when not told (``draw_on=None``): None picks
+#: ``"host"`` for CPU tensors and ``"device"`` otherwise; tests set ``"device"`` to run the accelerator's
+#: code path on the CPU.
+DRAW_ON = None
+DRAW_PLACES = ("host", "device")
+
+
+def occurrence(index: torch.Tensor) -> torch.Tensor:
+    """For each position, how many earlier positions hold the same value (0 for a value's first row).
+
+    Computed on ``index``'s device without a host synchronisation (a stable sort and a search).
+    """
+    order = torch.argsort(index, stable=True)
+    s = index[order]
+    rank = torch.empty_like(index)
+    rank[order] = torch.arange(len(index), device=index.device) - torch.searchsorted(s, s)
+    return rank
+
+
 class PerStepShuffles:
     """Directions drawn afresh at every tested step: ``permute(Rn) * sign(g)``.
 
-    Member ``m = item * S + s`` is shuffle ``s`` of ``item``. Each item owns a
-    ``torch.Generator`` seeded with its seed; every requested (member, step)
-    draws one permutation from its item's generator, in request order (the
-    engines request (item, step, shuffle) in that order), so an item's draws
-    depend only on its seed and its own sequence of tested steps.
+    Member ``m = item * S + s`` is shuffle ``s`` of ``item``; every requested
+    (member, step) pair draws one new permutation for its item, in request
+    order (the engines request (item, step, shuffle) in that order), so an
+    item's draws depend only on its seed and its own sequence of tested steps,
+    never on the batch size or on which other items share the batch.
+
+    ``draw_on="host"`` (the default for CPU tensors): each item owns a CPU
+    ``torch.Generator`` seeded with its seed, and its k-th request gets the k-th
+    ``torch.randperm`` of that generator (copied to the tensors' device).
+    ``draw_on="device"`` (the default on an accelerator, :data:`DRAW_ON`): the
+    k-th request of an item gets :func:`~apem.metric.directions.keyed_permutations`
+    ``(seed, k)``, computed on the device for the whole batch, with no host
+    synchronisation, CPU ``randperm`` or host-to-device copy of permutations.
+    The two draw different (equally distributed) permutations: per-step shuffled
+    epsilons of a GPU run differ from a CPU run's with the same seeds, as two
+    seeds' would (the store records the device of every chunk,
+    :class:`apem.numerics.NumericEnv`). Fixed shuffles are drawn on the host either way.
     """
 
-    def __init__(self, Rn, sign_g, img_of_item, seeds, shuffles):
+    def __init__(self, Rn, sign_g, img_of_item, seeds, shuffles, *, draw_on=None):
         self.Rn, self.sign, self.img_of_item, self.S = Rn, sign_g, img_of_item, shuffles
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
         self.n = Rn[0].numel()
+        draw_on = draw_on or DRAW_ON or ("host" if Rn.device.type == "cpu" else "device")
+        if draw_on not in DRAW_PLACES:
+            raise ValueError(f"draw_on must be one of {DRAW_PLACES}, got {draw_on!r}")
+        self.draw_on = draw_on
+        if draw_on == "host":
+            self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
+        else:
+            self.seeds = torch.as_tensor(seeds).to(device=Rn.device, dtype=torch.long)
+            self.drawn = torch.zeros(len(self.seeds), dtype=torch.long, device=Rn.device)
+
+    def permutations(self, it: torch.Tensor) -> torch.Tensor:
+        """The next permutation of each requested item ``it`` (rows in request order)."""
+        if self.draw_on == "host":
+            return torch.stack([torch.randperm(self.n, generator=self.gens[i]) for i in it.tolist()])
+        draw = self.drawn[it] + occurrence(it)
+        self.drawn.index_add_(0, it, torch.ones_like(it))
+        return keyed_permutations(self.seeds[it], draw, self.n)
 
     def __call__(self, members, steps):
         it = members // self.S
-        perms = torch.stack([torch.randperm(self.n, generator=self.gens[i]) for i in it.tolist()])
-        return permute(self.Rn[it], perms) * self.sign[self.img_of_item[it]]
+        return permute(self.Rn[it], self.permutations(it)) * self.sign[self.img_of_item[it]]
 
 
 def group_any(flags: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:

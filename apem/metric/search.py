@@ -99,19 +99,21 @@ def search(model, x, d, target=None, *, spec: SearchSpec | None = None, image_in
     ii = as_index(image_index, M, dev)
     finite = torch.isfinite(d).flatten(1).all(1) if M else torch.zeros(0, dtype=torch.bool, device=dev)
     auto = finite & (d != 0).flatten(1).any(1) if M else finite
+    # reason codes with torch.where, not boolean-mask writes (each one a host synchronisation on an accelerator)
+    code = lambda r, mask, c: torch.where(mask, torch.full_like(r, c), r)  # noqa: E731
     if reason is None:
         reason = torch.zeros(M, dtype=torch.long, device=dev)
-        reason[~finite] = REASON_NONFINITE
-        reason[finite & ~auto] = REASON_ZERO_DIRECTION
+        reason = code(reason, ~finite, REASON_NONFINITE)
+        reason = code(reason, finite & ~auto, REASON_ZERO_DIRECTION)
     reason = reason.to(dev).clone()
     if defined is not None:
         defined = torch.as_tensor(defined, device=dev).bool()
-        reason[~defined & (reason == 0)] = REASON_CALLER
+        reason = code(reason, ~defined & (reason == 0), REASON_CALLER)
         active = defined & auto
     else:
         active = auto
-    reason[~active & (reason == 0)] = REASON_ZERO_DIRECTION
-    reason[active] = 0
+    reason = code(reason, ~active & (reason == 0), REASON_ZERO_DIRECTION)
+    reason = code(reason, active, 0)
     if M == 0:
         z = torch.zeros(0, dtype=torch.long, device=dev)
         return SearchResult(z, z.bool(), z.bool(), z, z, 0)

@@ -91,7 +91,7 @@ def _faithfulness(res, ids, stage, metrics, methods, metric_params, seed) -> pd.
             if k:
                 okd = ok.to(dev)
                 r = FA.quantus_evaluate(metric, lm, xs[okd], ys[okd], maps[okd], params=metric_params.get(metric),
-                                        batch_size=cfg.method_batch(lm.device), seed=seed)
+                                        batch_size=cfg.method_batch(lm.device, lm.model), seed=seed)
                 sc[ok.numpy()] = r.scores
                 secs, fwd = r.seconds, r.forward_images / k
             for j, m in enumerate(methods):

@@ -52,6 +52,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from apem.numerics import no_tf32
 from apem.studies.common import cached_study, correct_ids, pick_stage, predictions
 
 #: The variants: ``lrp`` method parameters. The first three are the thesis's; ``alpha1_beta0`` is beyond it.
@@ -184,6 +185,7 @@ def mlp_conservation(variants=None, *, widths=(32, 64, 64, 10), n_samples: int =
 # --------------------------------------------------------------------------- the study on the configuration
 
 
+@no_tf32()
 def lrp_variants(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, noise: float = NOISE,
               variants=None) -> pd.DataFrame:
     """One row per (image, variant) on the first ``n_images`` correctly classified images.
@@ -198,7 +200,8 @@ def lrp_variants(res, *, n_images: int = 8, stage: int | None = None, seed: int 
     n_forward`` (NaN epsilons for a non-finite map), and, where the results
     table has ``lrp_epsilon``, ``apem_table`` and ``map_equals_table`` (the
     variant's stage map is bit for bit the stored ``lrp_epsilon`` map).
-    Cached in the configuration's store.
+    Cached in the configuration's store. Runs with TF32 off (:func:`apem.numerics.no_tf32`), as the runner
+    computed the stored maps: on a GPU, TF32 convolutions would change the maps and the epsilons.
     """
     stage = pick_stage(res, stage)
     ids = correct_ids(res, n_images)

@@ -39,7 +39,7 @@ def sanity_params(res, method: str, smoothgrad_n: int = 16) -> dict:
     if "seed" in defaults and "seed" not in p:
         p["seed"] = seed_of(res.cfg.seed, method, "sanity")
     if "batch_size" in defaults and "batch_size" not in p:
-        p["batch_size"] = res.cfg.method_batch(res.model.device)
+        p["batch_size"] = res.cfg.method_batch(res.model.device, res.model.model)
     if method == "gradcam" and not p.get("layer"):
         p["layer"] = res.model.gradcam_layer
     return p
