@@ -98,7 +98,7 @@ class Page:
     """Chapter 1: ``image`` (position among the correct images), ``method`` and ``stage`` pick the walked map."""
 
     def __init__(self, params="default", overrides=None, *, image: int = 0, method: str = "gradient",
-                 stage: int | None = None, alpha: float = 0.05, n_compare: int = 4, linear_cap: int = 300):
+                 stage: int | None = None, alpha: float = 0.05, n_compare: int = 4, linear_cap: int = 150):
         self.res = results(params, progress=False, **dict(overrides or {}))
         self.cfg, T = self.res.cfg, self.res.table
         self.alpha, self.n_compare, self.linear_cap = alpha, int(n_compare), int(linear_cap)
