@@ -10,9 +10,9 @@ Pipeline for one configuration:
 1. classify the image pool once (cached per model/preset/data, shared by
    every configuration that uses them);
 2. draw ``n_correct`` correctly classified and ``n_misclassified``
-   misclassified images at random (seeded), with ground truth, prediction,
-   confidence (top softmax probability) and cross-entropy loss against the
-   ground truth;
+   misclassified images at random (seeded; ``all`` takes every image of the
+   group), with ground truth, prediction, confidence (top softmax
+   probability) and cross-entropy loss against the ground truth;
 3. per chunk of ``chunk_size`` images: loss gradient at the prediction, every
    method's attribution, every stage's map, and eps-minus / eps-plus (and the
    shuffled baseline) for all of the chunk's maps in one batched search;
@@ -103,19 +103,31 @@ def _timed_batches(batches):
 
 
 def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
-    """``n_correct`` correct and ``n_misclassified`` misclassified images, drawn at random (seeded)."""
+    """``n_correct`` correct and ``n_misclassified`` misclassified images, drawn at random (seeded).
+
+    A group's count ``all`` takes every image of the group: the same images as asking for the
+    group's size (the draw is a prefix of one seeded permutation per group, in pool order).
+    """
     from apem.data import class_name
 
     rng = np.random.default_rng(cfg.seed)
     parts = []
-    for group, want, mask in (("correct", cfg.n_correct, preds.correct), ("misclassified", cfg.n_misclassified, ~preds.correct)):
+    for group, mask in (("correct", preds.correct), ("misclassified", ~preds.correct)):
         pool = preds[mask]
+        want = cfg.wanted(group, len(pool))
         if want > len(pool):
             raise ValueError(f"asked for {want} {group} images but the pool has only {len(pool)}")
         pick = pool.iloc[np.sort(rng.permutation(len(pool))[:want])].copy()
         pick["group"] = group
         parts.append(pick)
     sel = pd.concat(parts, ignore_index=True)
+    if sel.empty:
+        raise ValueError(f"no image selected: the pool's groups asked for ({cfg.n_correct} correct, "
+                         f"{cfg.n_misclassified} misclassified) are empty")
+    n_right = int((sel.group == "correct").sum())
+    if cfg.filter_images > n_right:
+        raise ValueError(f"filter_images ({cfg.filter_images}) exceeds the {n_right} correctly classified images "
+                         "selected: the filter runs on the first correctly classified images")
     sel["label_name"] = [class_name(i) for i in sel.label]
     sel["pred_name"] = [class_name(i) for i in sel.pred]
     return sel
