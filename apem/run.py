@@ -64,12 +64,9 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     from tqdm import tqdm
 
     from apem.data import iter_batches
-    from apem.numerics import NumericEnv
     from apem.store import parquet_bytes, verified, write_checked
 
-    key_parts = dict(cfg.classification_key(), environment=NumericEnv.current(lm.device).key())
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = Path(store_root) / "_predictions" / f"{cfg.model}-{cfg.preset}-{key}.parquet"
+    path = prediction_cache(cfg, lm, store_root)
     if verified(path):
         return pd.read_parquet(path)
     ids = images.ids()
@@ -88,6 +85,15 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     df["correct"] = df.label == df.pred
     write_checked(path, parquet_bytes(df))
     return df
+
+
+def prediction_cache(cfg: Config, lm, store_root: Path) -> Path:
+    """The file :func:`classify_pool` keeps the pool's predictions in (present or not)."""
+    from apem.numerics import NumericEnv
+
+    key_parts = dict(cfg.classification_key(), environment=NumericEnv.current(lm.device).key())
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(store_root) / "_predictions" / f"{cfg.model}-{cfg.preset}-{key}.parquet"
 
 
 def _timed_batches(batches):
@@ -316,8 +322,12 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
     from apem.data import load_tensors
 
     tune_malloc()  # small-batch CPU forwards run up to ~1.8x faster with buffers kept on the heap (apem.alloc)
-    torch.manual_seed(cfg.seed)
     sel = store.read_frame("images.parquet")
+    if progress:  # what is left, timed on this machine, to stderr before anything is computed (apem.cost)
+        from apem.cost import announce
+
+        announce(cfg, store, lm, images)
+    torch.manual_seed(cfg.seed)
     if sel is None:
         preds = classify_pool(cfg, lm, images, store.root, progress)
         sel = select_images(cfg, preds)
@@ -325,8 +335,9 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
     starts = _chunk_starts(cfg, len(sel))
     todo = [c for c in range(len(starts)) if not store.chunk_ok(c)]
     if todo:
-        with tqdm(total=len(sel), desc=f"APEM {cfg.name}", unit="img", disable=not progress) as bar:
-            bar.update(sum(min(cfg.chunk_size, len(sel) - starts[c]) for c in range(len(starts)) if c not in todo))
+        done = sum(min(cfg.chunk_size, len(sel) - starts[c]) for c in range(len(starts)) if c not in todo)
+        # `initial`, not an update: the resumed images would count in the rate and shorten the ETA
+        with tqdm(total=len(sel), initial=done, desc=f"APEM {cfg.name}", unit="img", disable=not progress) as bar:
             for c in todo:
                 part = sel.iloc[starts[c] : starts[c] + cfg.chunk_size]
                 sub = images.subset(part.set_position.to_numpy())

@@ -108,7 +108,7 @@ def profile_run(params: str, overrides: dict, threads: int, chapters=(), root: P
     os.environ["APEM_RESULTS"] = str(root)
     t0 = time.perf_counter()
     with profile.Recorder() as rec:
-        run(cfg, progress=False, root=root, threads=threads)
+        store = run(cfg, progress=False, root=root, threads=threads)
     wall = time.perf_counter() - t0
     studies = {}
     for k in chapters:
@@ -116,7 +116,7 @@ def profile_run(params: str, overrides: dict, threads: int, chapters=(), root: P
         t1 = time.perf_counter()
         call()
         studies[CHAPTER_STUDIES[int(k)]] = time.perf_counter() - t1
-    n_sel = cfg.n_correct + cfg.n_misclassified
+    n_sel = len(store.read_frame("images.parquet"))  # the counts may be "all"
     return dict(seconds=dict(rec.seconds), items=dict(rec.items), wall=wall, studies=studies, n_selected=n_sel,
                 pool=cfg.pool, filter_images=cfg.filter_images, root=str(root))
 
@@ -134,8 +134,11 @@ def per_image_rows(prof: dict, t_fwd: float) -> list[dict]:
 
 
 def preset_rows(rows: list[dict], preset, n_pool: int, studies: dict, t_fwd: float) -> list[dict]:
-    """Each step's per-image cost times the images the preset gives it."""
-    n_sel = preset.n_correct + preset.n_misclassified
+    """Each step's per-image cost times the images the preset gives it (with "all" on one group only: the pool,
+    an upper bound)."""
+    from apem.cost import planned_images
+
+    n_sel = planned_images(preset, n_pool)[0]
     out = []
     for r in rows:
         if r["step"] == "classify pool":
