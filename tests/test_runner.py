@@ -88,7 +88,7 @@ def test_bad_values_fail_at_load():
 
 
 def test_parameter_sets_load_and_papermill_overrides_apply():
-    for name in ("default", "smoke", "paper"):
+    for name in ("default", "smoke", "paper", "full"):
         cfg = load_config(name)
         assert cfg.name == name
     cfg = load_config("default", n_correct=5, stages=[1])
@@ -284,3 +284,13 @@ def test_all_loads_from_yaml_and_hashes_apart_from_any_count(tmp_path):
     assert base.replace(n_correct=5).wanted("correct", 883) == 5
     # the "at least one image" and filter checks wait for the counts: all + 0 loads
     assert tiny(n_correct="all", n_misclassified=0, filter_images=3).filter_images == 3
+
+
+def test_full_is_the_thesis_settings_on_every_image_with_the_offline_model():
+    full, paper, default = load_config("full"), load_config("paper"), load_config("default")
+    for k in ("methods", "stages", "map_encoding", "search_mode", "search_bound", "shuffles", "shuffle_mode",
+              "quantize", "clip", "seed"):
+        assert getattr(full, k) == getattr(paper, k), k
+    for k in ("model", "weights", "preset", "data", "pool", "device"):
+        assert getattr(full, k) == getattr(default, k), k
+    assert (full.n_correct, full.n_misclassified) == ("all", "all") and full.filter_images > 0
