@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="compute (or resume) a configuration's results and print the summary table")
     p.add_argument("config", help="a YAML file or the name of a parameter set in params/")
     add_run_args(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no time estimate and no progress bar (both go to stderr)")
+    p.add_argument("--estimate-only", "--dry-run", action="store_true", dest="estimate_only",
+                   help="print how long the run would take on this machine (what is still missing), compute nothing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("table", help="print the summary table of a configuration (computing it if needed)")
@@ -126,6 +129,11 @@ def cmd_run(args) -> int:
     from apem.run import Results, run
 
     cfg = _config(args)
+    if args.estimate_only:
+        from apem.cost import estimate_only
+
+        print(estimate_only(cfg, root=args.results, threads=args.threads).report())
+        return 0
     t0 = time.perf_counter()
     store = run(cfg, progress=not args.no_progress, root=args.results, threads=args.threads)
     _print_summary(cfg, Results(cfg, store))

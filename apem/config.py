@@ -44,8 +44,9 @@ class Config:
     data: str | None = None  # folder; None = $APEM_DATA / the shared sample set
     ground_truth: str | None = None
     pool: int | None = None  # consider only the first `pool` images of the set (None = all)
-    n_correct: int = 50
-    n_misclassified: int = 20
+    # images drawn per group: a count, or "all" (every image of the group in the pool, known once it is classified)
+    n_correct: int | str = 50
+    n_misclassified: int | str = 20
     # explanations
     methods: dict = field(default_factory=lambda: {k: dict(v) for k, v in THESIS_METHOD_PARAMS.items()})
     stages: tuple = (1, 2, 3)
@@ -114,7 +115,10 @@ class Config:
         bad = [s for s in self.stages if s not in (1, 2, 3)]
         if bad or not self.stages:
             raise ConfigError(f"stages must be a non-empty subset of 1, 2, 3; got {list(self.stages)}")
-        for k in ("n_correct", "n_misclassified", "shuffles", "filter_images", "filter_fast_k", "seed"):
+        for k in ("n_correct", "n_misclassified"):
+            if getattr(self, k) != ALL and getattr(self, k) < 0:
+                raise ConfigError(f"{k} must be >= 0 or {ALL}, got {getattr(self, k)}")
+        for k in ("shuffles", "filter_images", "filter_fast_k", "seed"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("search_bound", "chunk_size"):
@@ -126,9 +130,10 @@ class Config:
             raise ConfigError("search_batch_size must be >= 1, or null for the device's default")
         if self.pool is not None and self.pool < 1:
             raise ConfigError(f"pool must be >= 1 (the first `pool` images of the set), or null for all; got {self.pool}")
-        if self.n_correct + self.n_misclassified < 1:
+        # with "all" the counts are known after the pool's classification: apem.run.select_images checks them there
+        if ALL not in (self.n_correct, self.n_misclassified) and self.n_correct + self.n_misclassified < 1:
             raise ConfigError("n_correct + n_misclassified is 0: ask for at least one image")
-        if self.filter_images > self.n_correct:
+        if self.n_correct != ALL and self.filter_images > self.n_correct:
             raise ConfigError(f"filter_images ({self.filter_images}) cannot exceed n_correct ({self.n_correct}): "
                               "the filter runs on the first correctly classified images")
         if not _NAME.match(self.name):
@@ -175,6 +180,14 @@ class Config:
         d = self.to_dict()
         d.update(overrides)
         return Config.from_dict(d, "parameter override")
+
+    def wanted(self, group: str, available: int) -> int:
+        """Images drawn from ``group`` ("correct" or "misclassified") when the pool holds ``available`` of them.
+
+        ``all`` resolves to ``available``; a count is returned as it is (the draw checks it fits).
+        """
+        v = {"correct": self.n_correct, "misclassified": self.n_misclassified}[group]
+        return int(available) if v == ALL else int(v)
 
     def method_batch(self, device, model=None) -> int:
         """``batch_size`` resolved for ``device`` (None: :data:`apem.metric.forward.AUTO_METHOD_BATCH`,
@@ -236,14 +249,18 @@ class Config:
         return d
 
 
+#: the value of ``n_correct`` / ``n_misclassified`` that draws every image of the group
+ALL = "all"
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # the type every field must have after loading (YAML and -p values are checked, never coerced:
 # `-p n_correct 2.5` or `-p n_correct true` is an error, not 2 or 1)
 _INT, _OPT_INT, _BOOL, _STR, _OPT_STR = "int", "int or null", "true or false", "text", "text or null"
+_COUNT = f"an integer or {ALL}"  # n_correct / n_misclassified
 FIELD_TYPES = {
     "name": _STR, "model": _STR, "weights": _STR, "preset": _STR, "data": _OPT_STR, "ground_truth": _OPT_STR,
-    "pool": _OPT_INT, "n_correct": _INT, "n_misclassified": _INT, "quantize": _BOOL, "map_encoding": _STR,
+    "pool": _OPT_INT, "n_correct": _COUNT, "n_misclassified": _COUNT, "quantize": _BOOL, "map_encoding": _STR,
     "search_mode": _STR,
     "search_bound": _INT, "clip": _BOOL, "shuffles": _INT, "shuffle_mode": _STR, "filter_images": _INT,
     "filter_fast_k": _INT, "seed": _INT, "device": _STR, "batch_size": _OPT_INT, "search_batch_size": _OPT_INT,
@@ -261,7 +278,8 @@ def _check_types(cfg: "Config") -> None:
         v = getattr(cfg, name)
         if v is None and kind in (_OPT_INT, _OPT_STR):
             continue
-        ok = {_INT: _is_int, _OPT_INT: _is_int, _BOOL: lambda x: isinstance(x, bool),
+        ok = {_INT: _is_int, _OPT_INT: _is_int, _COUNT: lambda x: _is_int(x) or x == ALL,
+              _BOOL: lambda x: isinstance(x, bool),
               _STR: lambda x: isinstance(x, str) and x != "", _OPT_STR: lambda x: isinstance(x, str) and x != ""}[kind](v)
         if not ok:
             raise ConfigError(f"{name} must be {'an integer' if kind == _INT else kind}"

@@ -10,9 +10,9 @@ Pipeline for one configuration:
 1. classify the image pool once (cached per model/preset/data, shared by
    every configuration that uses them);
 2. draw ``n_correct`` correctly classified and ``n_misclassified``
-   misclassified images at random (seeded), with ground truth, prediction,
-   confidence (top softmax probability) and cross-entropy loss against the
-   ground truth;
+   misclassified images at random (seeded; ``all`` takes every image of the
+   group), with ground truth, prediction, confidence (top softmax
+   probability) and cross-entropy loss against the ground truth;
 3. per chunk of ``chunk_size`` images: loss gradient at the prediction, every
    method's attribution, every stage's map, and eps-minus / eps-plus (and the
    shuffled baseline) for all of the chunk's maps in one batched search;
@@ -64,12 +64,9 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     from tqdm import tqdm
 
     from apem.data import iter_batches
-    from apem.numerics import NumericEnv
     from apem.store import parquet_bytes, verified, write_checked
 
-    key_parts = dict(cfg.classification_key(), environment=NumericEnv.current(lm.device).key())
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = Path(store_root) / "_predictions" / f"{cfg.model}-{cfg.preset}-{key}.parquet"
+    path = prediction_cache(cfg, lm, store_root)
     if verified(path):
         return pd.read_parquet(path)
     ids = images.ids()
@@ -90,6 +87,15 @@ def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = Tr
     return df
 
 
+def prediction_cache(cfg: Config, lm, store_root: Path) -> Path:
+    """The file :func:`classify_pool` keeps the pool's predictions in (present or not)."""
+    from apem.numerics import NumericEnv
+
+    key_parts = dict(cfg.classification_key(), environment=NumericEnv.current(lm.device).key())
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(store_root) / "_predictions" / f"{cfg.model}-{cfg.preset}-{key}.parquet"
+
+
 def _timed_batches(batches):
     """Time the decoding of each batch (the iterator's own work) as the step "decode images"."""
     it = iter(batches)
@@ -103,19 +109,31 @@ def _timed_batches(batches):
 
 
 def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
-    """``n_correct`` correct and ``n_misclassified`` misclassified images, drawn at random (seeded)."""
+    """``n_correct`` correct and ``n_misclassified`` misclassified images, drawn at random (seeded).
+
+    A group's count ``all`` takes every image of the group: the same images as asking for the
+    group's size (the draw is a prefix of one seeded permutation per group, in pool order).
+    """
     from apem.data import class_name
 
     rng = np.random.default_rng(cfg.seed)
     parts = []
-    for group, want, mask in (("correct", cfg.n_correct, preds.correct), ("misclassified", cfg.n_misclassified, ~preds.correct)):
+    for group, mask in (("correct", preds.correct), ("misclassified", ~preds.correct)):
         pool = preds[mask]
+        want = cfg.wanted(group, len(pool))
         if want > len(pool):
             raise ValueError(f"asked for {want} {group} images but the pool has only {len(pool)}")
         pick = pool.iloc[np.sort(rng.permutation(len(pool))[:want])].copy()
         pick["group"] = group
         parts.append(pick)
     sel = pd.concat(parts, ignore_index=True)
+    if sel.empty:
+        raise ValueError(f"no image selected: the pool's groups asked for ({cfg.n_correct} correct, "
+                         f"{cfg.n_misclassified} misclassified) are empty")
+    n_right = int((sel.group == "correct").sum())
+    if cfg.filter_images > n_right:
+        raise ValueError(f"filter_images ({cfg.filter_images}) exceeds the {n_right} correctly classified images "
+                         "selected: the filter runs on the first correctly classified images")
     sel["label_name"] = [class_name(i) for i in sel.label]
     sel["pred_name"] = [class_name(i) for i in sel.pred]
     return sel
@@ -323,8 +341,12 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
     from apem.data import load_tensors
 
     tune_malloc()  # small-batch CPU forwards run up to ~1.8x faster with buffers kept on the heap (apem.alloc)
-    torch.manual_seed(cfg.seed)
     sel = store.read_frame("images.parquet")
+    if progress:  # what is left, timed on this machine, to stderr before anything is computed (apem.cost)
+        from apem.cost import announce
+
+        announce(cfg, store, lm, images)
+    torch.manual_seed(cfg.seed)
     if sel is None:
         preds = classify_pool(cfg, lm, images, store.root, progress)
         sel = select_images(cfg, preds)
@@ -332,8 +354,9 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
     starts = _chunk_starts(cfg, len(sel))
     todo = [c for c in range(len(starts)) if not store.chunk_ok(c)]
     if todo:
-        with tqdm(total=len(sel), desc=f"APEM {cfg.name}", unit="img", disable=not progress) as bar:
-            bar.update(sum(min(cfg.chunk_size, len(sel) - starts[c]) for c in range(len(starts)) if c not in todo))
+        done = sum(min(cfg.chunk_size, len(sel) - starts[c]) for c in range(len(starts)) if c not in todo)
+        # `initial`, not an update: the resumed images would count in the rate and shorten the ETA
+        with tqdm(total=len(sel), initial=done, desc=f"APEM {cfg.name}", unit="img", disable=not progress) as bar:
             for c in todo:
                 part = sel.iloc[starts[c] : starts[c] + cfg.chunk_size]
                 sub = images.subset(part.set_position.to_numpy())

@@ -133,7 +133,7 @@ def profile_run(params: str, overrides: dict, threads: int, chapters=(), root: P
     apem.store.RESULTS_DIR = root  # the chapters' results() calls find this store, not results/
     t0 = time.perf_counter()
     with profile.Recorder() as rec:
-        run(cfg, progress=False, root=root, threads=threads)
+        store = run(cfg, progress=False, root=root, threads=threads)
     wall = time.perf_counter() - t0
     studies, study_forwards = {}, {}
     for k in chapters:
@@ -144,7 +144,7 @@ def profile_run(params: str, overrides: dict, threads: int, chapters=(), root: P
                 call()
         studies[name], study_forwards[name] = srec.seconds[name], srec.forwards.get(name, 0)
         print(f"({name}: {studies[name]:.1f} s, {study_forwards[name]:,} images forwarded)", flush=True)
-    n_sel = cfg.n_correct + cfg.n_misclassified
+    n_sel = len(store.read_frame("images.parquet"))  # the counts may be "all"
     return dict(seconds=dict(rec.seconds), items=dict(rec.items), forwards=dict(rec.forwards), wall=wall,
                 studies=studies, study_forwards=study_forwards, n_selected=n_sel,
                 pool=cfg.pool, filter_images=cfg.filter_images, root=str(root))
@@ -164,8 +164,11 @@ def per_image_rows(prof: dict, t_fwd: float) -> list[dict]:
 
 
 def preset_rows(rows: list[dict], preset, n_pool: int, studies: dict, t_fwd: float) -> list[dict]:
-    """Each step's per-image cost times the images the preset gives it."""
-    n_sel = preset.n_correct + preset.n_misclassified
+    """Each step's per-image cost times the images the preset gives it (with "all" on one group only: the pool,
+    an upper bound)."""
+    from apem.cost import planned_images
+
+    n_sel = planned_images(preset, n_pool)[0]
     out = []
     for r in rows:
         if r["step"] == "classify pool":

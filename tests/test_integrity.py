@@ -278,10 +278,11 @@ def test_every_chunk_records_its_numeric_environment(reference, tmp_path):
 
 
 BAD = [
-    (["-p", "n_correct", "2.5"], "n_correct must be an integer; got 2.5"),
-    (["-p", "n_correct", "abc"], "n_correct must be an integer; got 'abc'"),
-    (["-p", "n_correct", "true"], "n_correct must be an integer; got True"),
-    (["-p", "n_correct", "null"], "n_correct must be an integer, not null"),
+    (["-p", "n_correct", "2.5"], "n_correct must be an integer or all; got 2.5"),
+    (["-p", "n_correct", "abc"], "n_correct must be an integer or all; got 'abc'"),
+    (["-p", "n_correct", "true"], "n_correct must be an integer or all; got True"),
+    (["-p", "n_correct", "null"], "n_correct must be an integer or all, not null"),
+    (["-p", "n_misclassified", "-3"], "n_misclassified must be >= 0 or all, got -3"),
     (["-p", "stages", "3"], "stages must be a list"),
     (["-p", "stages", "[4]"], "stages must be a non-empty subset"),
     (["-p", "stages", "[1, 2"], "-p stages '[1, 2': not a valid YAML value"),

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_bad_values_fail_at_load():
 
 
 def test_parameter_sets_load_and_papermill_overrides_apply():
-    for name in ("default", "smoke", "paper"):
+    for name in ("default", "smoke", "paper", "full"):
         cfg = load_config(name)
         assert cfg.name == name
     cfg = load_config("default", n_correct=5, stages=[1])
@@ -239,3 +240,75 @@ def test_run_and_table_commands(reference, tmp_path, monkeypatch, capsys):
     assert "APEM per method and stage" in out and "lrp_epsilon" in out
     assert main(["table", str(p)]) == 0
     assert "median" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- "all" images of a group
+
+
+def _preds(n_right: int, n_wrong: int) -> pd.DataFrame:
+    """A classified pool, correct and misclassified images interleaved."""
+    right = [True] * n_right + [False] * n_wrong
+    order = sorted(range(len(right)), key=lambda i: (i * 7) % len(right))
+    correct = [right[i] for i in order]
+    return pd.DataFrame({
+        "set_position": range(len(correct)), "image_id": [f"img{i}" for i in range(len(correct))],
+        "label": [1] * len(correct), "pred": [1 if c else 2 for c in correct], "confidence": 0.5, "loss": 1.0,
+        "correct": correct,
+    })
+
+
+def test_all_selects_every_image_of_its_group_and_the_draw_of_that_count():
+    from apem.run import select_images
+
+    preds = _preds(7, 3)
+    sel = select_images(tiny(n_correct="all", n_misclassified="all", filter_images=0), preds)
+    assert sorted(sel.image_id) == sorted(preds.image_id)
+    assert (sel.group == "correct").sum() == 7 and (sel.group == "misclassified").sum() == 3
+    # "all" on one group, a count on the other: the count's draw is unchanged, the group is whole
+    mixed = select_images(tiny(n_correct="all", n_misclassified=2, filter_images=0), preds)
+    counted = select_images(tiny(n_correct=7, n_misclassified=2, filter_images=0), preds)
+    _same(mixed, counted)
+    assert set(mixed[mixed.group == "correct"].image_id) == set(preds[preds.correct].image_id)
+    # a group that is empty in the pool gives no image, and "all" of it is no error
+    only = select_images(tiny(n_correct="all", n_misclassified="all", filter_images=0), _preds(4, 0))
+    assert len(only) == 4 and set(only.group) == {"correct"}
+    with pytest.raises(ValueError, match="no image selected"):
+        select_images(tiny(n_correct=0, n_misclassified="all", filter_images=0), _preds(4, 0))
+    with pytest.raises(ValueError, match=r"filter_images \(5\) exceeds the 4 correctly classified images"):
+        select_images(tiny(n_correct="all", n_misclassified=0, filter_images=5), _preds(4, 2))
+
+
+@pytest.mark.parametrize("key", ["n_correct", "n_misclassified"])
+@pytest.mark.parametrize("value,message", [
+    ("most", "must be an integer or all; got 'most'"), ("ALL", "must be an integer or all; got 'ALL'"),
+    (-1, "must be >= 0 or all, got -1"), (2.5, "must be an integer or all; got 2.5"),
+    (None, "must be an integer or all, not null; got None"),
+])
+def test_a_bad_image_count_fails_naming_its_key(key, value, message):
+    with pytest.raises(ConfigError, match=f"^{key} {re.escape(message)}$"):
+        tiny(**{key: value})
+
+
+def test_all_loads_from_yaml_and_hashes_apart_from_any_count(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("n_correct: all\nn_misclassified: all\n")
+    cfg = Config.from_yaml(p)
+    assert (cfg.n_correct, cfg.n_misclassified) == ("all", "all")
+    base = Config(name="c")
+    assert cfg.digest() == base.replace(n_correct="all", n_misclassified="all").digest()  # YAML, -p, replace alike
+    digests = {base.replace(n_correct=v, n_misclassified="all").digest() for v in ("all", 883, 1000, 0)}
+    assert len(digests) == 4
+    assert base.replace(n_correct="all").wanted("correct", 883) == 883
+    assert base.replace(n_correct=5).wanted("correct", 883) == 5
+    # the "at least one image" and filter checks wait for the counts: all + 0 loads
+    assert tiny(n_correct="all", n_misclassified=0, filter_images=3).filter_images == 3
+
+
+def test_full_is_the_thesis_settings_on_every_image_with_the_offline_model():
+    full, paper, default = load_config("full"), load_config("paper"), load_config("default")
+    for k in ("methods", "stages", "map_encoding", "search_mode", "search_bound", "shuffles", "shuffle_mode",
+              "quantize", "clip", "seed"):
+        assert getattr(full, k) == getattr(paper, k), k
+    for k in ("model", "weights", "preset", "data", "pool", "device"):
+        assert getattr(full, k) == getattr(default, k), k
+    assert (full.n_correct, full.n_misclassified) == ("all", "all") and full.filter_images > 0

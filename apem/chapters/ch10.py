@@ -225,7 +225,7 @@ class Page:
         self.cfg = self.res.cfg
         self.stage, self.alpha = pick_stage(self.res, stage), alpha
         self.n = min(int(n_images), len(E.correct_ids(self.res)))
-        self.quick = (self.cfg.n_correct < 10) if quick is None else bool(quick)
+        self.quick = (len(E.correct_ids(self.res)) < 10) if quick is None else bool(quick)
         self.metric_params = QUICK if self.quick else {}
         self.metrics = [FA.canonical_name(m) for m in FA.METRICS]
         self._scores = None

@@ -271,7 +271,7 @@ class Page:
         self.cfg = self.res.cfg
         self.stage, self.alpha, self.threshold = pick_stage(self.res, stage), alpha, float(threshold)
         self.n = min(int(n_images), len(E.correct_ids(self.res)))
-        quick = (self.cfg.n_correct < 10) if quick is None else bool(quick)
+        quick = (len(E.correct_ids(self.res)) < 10) if quick is None else bool(quick)
         self.every = max(int(every), 5) if quick else int(every)  # a smoke budget: fewer cascade steps
         self.kw = dict(n_images=self.n, stage=self.stage, every=self.every, smoothgrad_n=int(smoothgrad_n),
                        seed=self.cfg.seed)

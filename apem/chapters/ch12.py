@@ -115,13 +115,13 @@ class Page:
         cfg = self.cfg = self.res.cfg
         self.alpha, self.stage, self.ig_steps = alpha, pick_stage(self.res, stage), int(ig_steps)
         self.new_methods = {**E.MORE_METHODS, "integrated_gradients": {"n_steps": int(ig_steps)}}
-        self.n_correct = int((self.res.table.group == "correct").any() and cfg.n_correct)
+        self.n_correct = len(E.correct_ids(self.res))  # the table's count (the configuration may say "all")
         self.extra = self.extra_norm = None
         if self.n_correct:
             self.extra = E.more_methods(params, overrides, methods=self.new_methods,
-                                        n_correct=min(int(n_images), cfg.n_correct), shuffles=0)
+                                        n_correct=min(int(n_images), self.n_correct), shuffles=0)
             if cfg.shuffles:
-                k = max(1, min(int(n_images_norm), int(n_images), cfg.n_correct // 2))
+                k = max(1, min(int(n_images_norm), int(n_images), self.n_correct // 2))
                 self.extra_norm = E.more_methods(params, overrides, methods=self.new_methods, n_correct=k,
                                                  stages=(self.stage,))
         self.old = report.method_order(self.res.table)

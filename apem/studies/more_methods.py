@@ -27,14 +27,17 @@ def more_methods(params="default", overrides: dict | None = None, methods: dict 
     not need it. Everything else -- model, pool, seed, search, batch size --
     is the configuration's.
     """
-    from apem.config import load_config
+    from apem.config import ALL, load_config
     from apem.run import results
 
     over = dict(overrides or {})
     base = load_config(params, **over)
     over.update(methods=copy.deepcopy(methods if methods is not None else MORE_METHODS),
                 n_misclassified=0, filter_images=0)
-    over["n_correct"] = base.n_correct if n_correct is None else min(int(n_correct), base.n_correct)
+    if n_correct is None:
+        over["n_correct"] = base.n_correct
+    else:  # the first n_correct of the correct group's permutation: a subset of the base's draw, "all" included
+        over["n_correct"] = int(n_correct) if base.n_correct == ALL else min(int(n_correct), base.n_correct)
     if stages is not None:
         over["stages"] = tuple(stages)
     if shuffles is not None:
