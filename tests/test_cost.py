@@ -68,7 +68,8 @@ def test_estimate_is_fe_times_the_calibrated_second_plus_decoding():
 def test_planned_images_are_exact_unless_one_group_waits_for_the_classification():
     full = load_config("full")
     assert cost.planned_images(full, 1000) == (1000, True)  # every image of both groups: the pool
-    assert cost.planned_images(load_config("default"), 1000) == (36, True)
+    d = load_config("default")
+    assert cost.planned_images(d, 1000) == (d.n_correct + d.n_misclassified, True)  # counts: exact
     mixed = full.replace(n_misclassified=1)
     assert cost.planned_images(mixed, 1000) == (1000, False)  # an upper bound
     preds = pd.DataFrame({"correct": [True] * 8 + [False] * 2})
