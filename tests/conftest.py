@@ -49,3 +49,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 switched on (PyTorch's cuDNN default) for the test, restored after it."""
+    import torch
+
+    from apem import numerics
+
+    old = numerics.tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -183,14 +183,6 @@ class FlagRecorder(nn.Module):
         return self.lin(x.flatten(1))
 
 
-@pytest.fixture
-def tf32_on():
-    old = numerics.tf32_flags()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
 
 def test_no_tf32_switches_both_flags_off_and_restores_them(tf32_on):
     assert numerics.tf32_flags() == (True, True)

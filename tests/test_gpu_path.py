@@ -436,14 +436,6 @@ def test_memory_probe_on_cuda():
 # ----------------------------------------------------------------------------- TF32
 
 
-@pytest.fixture
-def tf32_on():
-    old = numerics.tf32_flags()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
 
 def test_lrp_variants_study_runs_with_tf32_off(tf32_on, monkeypatch):
     from apem.studies import lrp_rules
