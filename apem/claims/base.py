@@ -1,0 +1,128 @@
+"""The verdicts, formatting, the unit (one value per image), a claim's evidence and the base class."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+HELD, NOT_HELD, INCONCLUSIVE, NOT_APPLICABLE = "held", "not held", "inconclusive", "not applicable"
+VERDICTS = (HELD, NOT_HELD, INCONCLUSIVE, NOT_APPLICABLE)
+BADGE = {HELD: "✅ held", NOT_HELD: "❌ not held", INCONCLUSIVE: "➖ inconclusive", NOT_APPLICABLE: "⚪ not applicable"}
+ALPHA = 0.05
+POWER = 0.8
+MAX_N = 1_000_000  # "images needed" beyond this prints as "> 10⁶"
+
+THESIS, OURS = "thesis", "ours"
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt(x, digits: int = 2, pct: bool = False, sign: bool = False) -> str:
+    """A number for prose and tables: ``–`` for NaN/None (``nan`` never reaches a page)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "∞" if isinstance(x, float) and x == math.inf else "–"
+    if pct:
+        return f"{100 * x:.{digits}f}%"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):+d}" if sign else f"{int(x):,}"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_n(n) -> str:
+    if n is None:
+        return "–"
+    if n == math.inf:
+        return "∞"
+    return "> 10⁶" if n > MAX_N else f"{int(n):,}"
+
+
+# ----------------------------------------------------------------------------- the unit
+
+
+def per_image(df: pd.DataFrame, value: str, unit: str = "image_id", how: str = "mean") -> pd.Series:
+    """One value per image: the maps (rows) of an image aggregated together (default: their mean).
+
+    A claim's test treats images as independent and nothing else; several maps of
+    one image are one observation.
+    """
+    if unit not in df:
+        raise ValueError(f"the table has no {unit!r} column: a claim's unit is the image")
+    return df.groupby(unit, sort=False)[value].agg(how)
+
+
+def _series(v, name: str) -> pd.Series:
+    if isinstance(v, pd.Series):
+        if v.index.has_duplicates:
+            raise ValueError(f"{name}: one value per image is required (aggregate with apem.claims.per_image)")
+        return v.astype(float)
+    return pd.Series(np.asarray(v, dtype=float).ravel())
+
+
+# ----------------------------------------------------------------------------- evidence
+
+
+@dataclass
+class Evidence:
+    """What evaluating a claim gave: the family turns the p-values into a verdict."""
+
+    n: int
+    estimate: str
+    p_for: float = np.nan
+    p_against: float = np.nan
+    needed: float | None = None  # images needed (see the module docstring); inf when the effect is null
+    applicable: bool = True
+    reason: str = ""
+    decided: str | None = None  # a deterministic verdict (Invariant), no test
+    direction: int = 0  # +1 the data point the claimed way, -1 the other way, 0 null
+
+
+@dataclass
+class Claim:
+    """Base class: ``text`` (what is claimed), ``source`` (``"thesis"`` or ``"ours"``).
+
+    ``applicable=False`` with a ``reason`` declares the claim untestable on these data
+    (decided by the chapter from a stated condition, never from the outcome).
+    """
+
+    text: str
+    source: str = THESIS
+    applicable: bool = True
+    reason: str = ""
+
+    # filled by Claims.decide
+    evidence: Evidence | None = field(default=None, init=False, repr=False)
+    verdict: str | None = field(default=None, init=False)
+    p_for_adj: float = field(default=np.nan, init=False, repr=False)
+    p_against_adj: float = field(default=np.nan, init=False, repr=False)
+
+    def evaluate(self, alpha: float, power: float) -> Evidence:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rule(self, alpha: float) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def parts(self) -> list["Claim"]:
+        return [self]
+
+    def _evaluate(self, alpha: float, power: float) -> Evidence:
+        if not self.applicable:
+            return Evidence(0, "–", applicable=False, reason=self.reason or "not testable on these data")
+        ev = self.evaluate(alpha, power)
+        if ev.applicable and ev.n == 0 and ev.decided is None:
+            ev.applicable, ev.reason = False, "no images to test it on"
+        return ev
+
+
+def _z(q: float) -> float:
+    return float(sps.norm.ppf(q))

@@ -1,0 +1,404 @@
+"""The claim kinds: proportions, paired and one-sample tests, two groups, correlation, invariants, compounds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from apem.claims.base import HELD, MAX_N, NOT_HELD, Claim, Evidence, _series, _z, fmt
+
+
+# ----------------------------------------------------------------------------- proportions
+
+
+def _binom_needed(p_hat: float, p0: float, alpha: float, power: float) -> float:
+    """Smallest n whose one-sided exact test of p <= p0 rejects with probability >= power when p = p_hat."""
+    if p_hat <= p0:
+        return math.inf
+    hi = 64
+    while hi <= MAX_N:
+        ns = np.arange(1, hi + 1)
+        k_crit = sps.binom.isf(alpha, ns, p0)  # reject when X > k_crit  (P(X > k_crit | p0) <= alpha)
+        pw = sps.binom.sf(k_crit, ns, p_hat)
+        ok = np.flatnonzero(pw >= power)
+        if ok.size:
+            return float(ns[ok[0]])
+        hi *= 8
+    return MAX_N + 1.0
+
+
+@dataclass
+class Proportion(Claim):
+    """"The share of images with a property is above (or below) ``threshold``".
+
+    ``outcomes``: one boolean per image (a Series indexed by image, or an array).
+    Test: exact one-sided binomial test of the share against ``threshold``;
+    interval: Clopper-Pearson at ``1 - alpha``.
+    """
+
+    outcomes: object = None
+    threshold: float = 0.5
+    above: bool = True
+    what: str = "images"
+
+    def evaluate(self, alpha, power):
+        v = _series(self.outcomes, self.text).dropna()
+        n, k = int(v.size), int(v.astype(bool).sum())
+        if n == 0:
+            return Evidence(0, "–")
+        ci = sps.binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="exact")
+        p_gt = sps.binomtest(k, n, self.threshold, alternative="greater").pvalue
+        p_lt = sps.binomtest(k, n, self.threshold, alternative="less").pvalue
+        p_for, p_against = (p_gt, p_lt) if self.above else (p_lt, p_gt)
+        share = k / n
+        direction = int(np.sign(share - self.threshold)) * (1 if self.above else -1)
+        # images needed, in the direction the data point: as a test of the claimed side's count
+        if self.above:
+            needed = _binom_needed(share, self.threshold, alpha, power) if direction > 0 else \
+                _binom_needed(1 - share, 1 - self.threshold, alpha, power)
+        else:
+            needed = _binom_needed(1 - share, 1 - self.threshold, alpha, power) if direction > 0 else \
+                _binom_needed(share, self.threshold, alpha, power)
+        est = f"{k}/{n} {self.what} = {fmt(share, 1, pct=True)} [{fmt(ci.low, 1, pct=True)}, {fmt(ci.high, 1, pct=True)}]"
+        return Evidence(n, est, p_for, p_against, needed, direction=direction)
+
+    def rule(self, alpha):
+        side = "above" if self.above else "below"
+        return (f"held when an exact one-sided binomial test finds the share of {self.what} {side} "
+                f"{fmt(self.threshold, 1, pct=True)} (Holm-adjusted p < {alpha}); not held when it finds it on the "
+                f"other side; interval: Clopper-Pearson {fmt(1 - alpha, 0, pct=True)}")
+
+
+# ----------------------------------------------------------------------------- paired, per image
+
+
+def _walsh_p(d: np.ndarray) -> float:
+    """P(D_i + D_j > 0) over i <= j (+1/2 for zero sums): Noether's effect for the signed-rank test."""
+    s = d[:, None] + d[None, :]
+    iu = np.triu_indices(d.size)
+    w = s[iu]
+    return float(((w > 0).sum() + 0.5 * (w == 0).sum()) / w.size)
+
+
+def _noether_signed_rank(d: np.ndarray, alpha: float, power: float) -> float:
+    """Noether (1987): n = (z_{1-a} + z_{power})^2 / (3 (p' - 1/2)^2), inflated for ties (zeros dropped)."""
+    nz = d[d != 0]
+    if nz.size == 0:
+        return math.inf
+    p = _walsh_p(nz)
+    if p == 0.5:
+        return math.inf
+    n = (_z(1 - alpha) + _z(power)) ** 2 / (3 * (p - 0.5) ** 2)
+    return float(math.ceil(n / (nz.size / d.size)))
+
+
+@dataclass
+class Paired(Claim):
+    """"``a`` is greater (``greater=False``: smaller) than ``b`` on the same images".
+
+    ``a``, ``b``: one value per image (Series indexed by image; :func:`per_image`
+    aggregates maps). Images where either is missing are left out. Test:
+    one-sided Wilcoxon signed-rank test of ``a - b``, ties (zero differences)
+    dropped (``test="sign"``: the exact sign test on wins and losses).
+    """
+
+    a: object = None
+    b: object = None
+    greater: bool = True
+    test: str = "wilcoxon"
+    names: tuple = ("a", "b")
+    digits: int = 1
+
+    def _d(self):
+        a, b = _series(self.a, self.text), _series(self.b, self.text)
+        both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
+        return (both.a - both.b).to_numpy(float), both
+
+    def evaluate(self, alpha, power):
+        if self.test not in ("wilcoxon", "sign"):
+            raise ValueError(f"unknown paired test {self.test!r}")
+        d, both = self._d()
+        n = int(d.size)
+        if n == 0:
+            return Evidence(0, "–")
+        wins, ties, losses = int((d > 0).sum()), int((d == 0).sum()), int((d < 0).sum())
+        if not self.greater:
+            wins, losses = losses, wins
+        na, nb = self.names
+        est = (f"median {na} {fmt(float(both.a.median()), self.digits)} vs {nb} {fmt(float(both.b.median()), self.digits)}; "
+               f"claimed side on {wins}, tie on {ties}, other side on {losses} of {n} images")
+        if wins + losses == 0:
+            return Evidence(n, est, 1.0, 1.0, math.inf, direction=0)
+        if self.test == "sign":
+            p_for = sps.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue
+            p_against = sps.binomtest(wins, wins + losses, 0.5, alternative="less").pvalue
+            share = max(wins, losses) / (wins + losses)
+            needed = _binom_needed(share, 0.5, alpha, power)
+            needed = math.inf if wins == losses else float(math.ceil(needed / ((wins + losses) / n)))
+        else:
+            alt_for = "greater" if self.greater else "less"
+            alt_against = "less" if self.greater else "greater"
+            p_for = float(sps.wilcoxon(d, zero_method="wilcox", alternative=alt_for).pvalue)
+            p_against = float(sps.wilcoxon(d, zero_method="wilcox", alternative=alt_against).pvalue)
+            needed = _noether_signed_rank(d, alpha, power)
+        direction = int(np.sign(wins - losses)) if self.test == "sign" else int(np.sign(p_against - p_for))
+        return Evidence(n, est, p_for, p_against, needed, direction=direction)
+
+    def rule(self, alpha):
+        rel = "greater" if self.greater else "smaller"
+        na, nb = self.names
+        test = ("one-sided Wilcoxon signed-rank test (per image, ties dropped)" if self.test == "wilcoxon"
+                else "one-sided exact sign test (wins against losses per image, ties dropped)")
+        return f"held when a {test} finds {na} {rel} than {nb} (Holm-adjusted p < {alpha}); not held when it finds the opposite"
+
+
+# ----------------------------------------------------------------------------- one sample
+
+
+@dataclass
+class Location(Claim):
+    """"The typical per-image value is above (``greater=False``: below) ``threshold``".
+
+    ``values``: one per image. Test: one-sided Wilcoxon signed-rank test of
+    ``value - threshold`` (ties dropped); interval: the distribution-free
+    order-statistic interval of the median (:func:`scipy.stats.quantile_test`).
+    """
+
+    values: object = None
+    threshold: float = 0.0
+    greater: bool = True
+    what: str = "value"
+    digits: int = 2
+
+    def evaluate(self, alpha, power):
+        v = _series(self.values, self.text).dropna().to_numpy(float)
+        n = int(v.size)
+        if n == 0:
+            return Evidence(0, "–")
+        d = v - self.threshold
+        med = float(np.median(v))
+        try:
+            ci = sps.quantile_test(v, q=med, p=0.5).confidence_interval(1 - alpha)
+            lo, hi = float(ci.low), float(ci.high)
+        except ValueError:
+            lo = hi = np.nan
+        interval = f" [{fmt(lo, self.digits)}, {fmt(hi, self.digits)}]" if np.isfinite(lo) and np.isfinite(hi) else \
+            " (interval unbounded at this n)"
+        est = f"median {self.what} {fmt(med, self.digits)}{interval}; mean {fmt(float(v.mean()), self.digits)}"
+        if not (d != 0).any():
+            return Evidence(n, est, 1.0, 1.0, math.inf, direction=0)
+        alt_for, alt_against = ("greater", "less") if self.greater else ("less", "greater")
+        p_for = float(sps.wilcoxon(d, zero_method="wilcox", alternative=alt_for).pvalue)
+        p_against = float(sps.wilcoxon(d, zero_method="wilcox", alternative=alt_against).pvalue)
+        return Evidence(n, est, p_for, p_against, _noether_signed_rank(d, alpha, power),
+                        direction=int(np.sign(p_against - p_for)))
+
+    def rule(self, alpha):
+        side = "above" if self.greater else "below"
+        return (f"held when a one-sided Wilcoxon signed-rank test (per image) finds the {self.what} {side} "
+                f"{fmt(self.threshold, self.digits)} (Holm-adjusted p < {alpha}); not held when it finds the opposite; "
+                f"interval: distribution-free {fmt(1 - alpha, 0, pct=True)} interval of the median")
+
+
+# ----------------------------------------------------------------------------- two groups of images
+
+
+@dataclass
+class TwoGroups(Claim):
+    """"Values on the images of group ``a`` are greater (``greater=False``: smaller) than on group ``b``".
+
+    Different images in the two groups. Test: one-sided Mann-Whitney U; effect:
+    the probability of superiority P(a > b) + P(a = b)/2.
+    """
+
+    a: object = None
+    b: object = None
+    greater: bool = True
+    names: tuple = ("a", "b")
+    digits: int = 1
+
+    def evaluate(self, alpha, power):
+        a = _series(self.a, self.text).dropna().to_numpy(float)
+        b = _series(self.b, self.text).dropna().to_numpy(float)
+        n = int(a.size + b.size)
+        if a.size == 0 or b.size == 0:
+            return Evidence(0, "–")
+        alt_for, alt_against = ("greater", "less") if self.greater else ("less", "greater")
+        u = sps.mannwhitneyu(a, b, alternative=alt_for)
+        p_for = float(u.pvalue)
+        p_against = float(sps.mannwhitneyu(a, b, alternative=alt_against).pvalue)
+        ps = float(sps.mannwhitneyu(a, b).statistic) / (a.size * b.size)  # P(a > b) + P(a = b)/2
+        na, nb = self.names
+        est = (f"median {na} {fmt(float(np.median(a)), self.digits)} ({a.size} images) vs {nb} "
+               f"{fmt(float(np.median(b)), self.digits)} ({b.size} images); P({na} > {nb}) = {fmt(ps, 2)}")
+        if ps == 0.5:
+            needed = math.inf
+        else:  # Noether (1987): N = (z_a + z_b)^2 / (12 c (1 - c) (p - 1/2)^2)
+            c = a.size / n
+            needed = float(math.ceil((_z(1 - alpha) + _z(power)) ** 2 / (12 * c * (1 - c) * (ps - 0.5) ** 2)))
+        direction = int(np.sign(ps - 0.5)) * (1 if self.greater else -1)
+        return Evidence(n, est, p_for, p_against, needed, direction=direction)
+
+    def rule(self, alpha):
+        rel = "greater" if self.greater else "smaller"
+        na, nb = self.names
+        return (f"held when a one-sided Mann-Whitney U test finds {na} {rel} than {nb} (Holm-adjusted p < {alpha}); "
+                "not held when it finds the opposite")
+
+
+# ----------------------------------------------------------------------------- correlation
+
+
+@dataclass
+class Correlation(Claim):
+    """"Spearman's rho between ``x`` and ``y`` (one pair per image) is positive (``negative=True``: negative)"."""
+
+    x: object = None
+    y: object = None
+    negative: bool = False
+    names: tuple = ("x", "y")
+
+    def evaluate(self, alpha, power):
+        x, y = _series(self.x, self.text), _series(self.y, self.text)
+        both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
+        n = int(len(both))
+        if n < 3:
+            return Evidence(n, "–", applicable=n > 0, reason="fewer than 3 images")
+        if both.x.nunique() < 2 or both.y.nunique() < 2:
+            return Evidence(n, "a variable is constant", applicable=False,
+                            reason="a variable is constant over the images: no correlation to test")
+        rho = float(sps.spearmanr(both.x, both.y).statistic)
+        alt_for, alt_against = ("less", "greater") if self.negative else ("greater", "less")
+        p_for = float(sps.spearmanr(both.x, both.y, alternative=alt_for).pvalue)
+        p_against = float(sps.spearmanr(both.x, both.y, alternative=alt_against).pvalue)
+        # Fisher z with Bonett & Wright's (2000) variance for Spearman: (1 + rho^2 / 2) / (n - 3)
+        r = min(max(rho, -0.9999), 0.9999)
+        if n > 3:
+            se = math.sqrt((1 + r * r / 2) / (n - 3))
+            z = math.atanh(r)
+            lo, hi = math.tanh(z - _z(1 - alpha / 2) * se), math.tanh(z + _z(1 - alpha / 2) * se)
+            ci = f" [{fmt(lo, 2, sign=True)}, {fmt(hi, 2, sign=True)}]"
+        else:
+            ci = ""
+        needed = math.inf if rho == 0 else float(math.ceil(
+            (1 + r * r / 2) * ((_z(1 - alpha) + _z(power)) / math.atanh(abs(r))) ** 2 + 3))
+        direction = int(np.sign(rho)) * (-1 if self.negative else 1)
+        est = f"ρ({self.names[0]}, {self.names[1]}) = {fmt(rho, 2, sign=True)}{ci}"
+        return Evidence(n, est, p_for, p_against, needed, direction=direction)
+
+    def rule(self, alpha):
+        side = "negative" if self.negative else "positive"
+        return (f"held when a one-sided test of Spearman's ρ finds it {side} (Holm-adjusted p < {alpha}); not held when "
+                f"it finds the opposite sign; interval: Fisher z with Bonett-Wright variance")
+
+
+# ----------------------------------------------------------------------------- deterministic
+
+
+@dataclass
+class Invariant(Claim):
+    """A property every item must have by construction: checked on all of them, no statistics.
+
+    ``violations`` out of ``n`` items; held when none violates it, not held otherwise.
+    """
+
+    violations: int = 0
+    n: int = 0
+    what: str = "maps"
+    basis: str = "a guarantee of the algorithm, not a statistical claim; no test"
+
+    def evaluate(self, alpha, power):
+        n, v = int(self.n), int(self.violations)
+        if n == 0:
+            return Evidence(0, "–")
+        return Evidence(n, f"{v} of {n} {self.what} violate it", decided=HELD if v == 0 else NOT_HELD)
+
+    def rule(self, alpha):
+        return f"checked on every one of the {self.what}: held when none violates it, not held otherwise ({self.basis})"
+
+
+# ----------------------------------------------------------------------------- compound
+
+
+@dataclass
+class AllOf(Claim):
+    """A claim made of parts: held when every part holds, not held when any part is not held.
+
+    Each part is a test in the family (and in Holm's correction).
+    """
+
+    of: list = field(default_factory=list)
+
+    def parts(self):
+        return [q for c in self.of for q in c.parts()]
+
+    def evaluate(self, alpha, power):  # the family decides the parts; this only summarises
+        return Evidence(0, "")
+
+    def rule(self, alpha):
+        return f"held when each of its {len(self.parts())} parts holds, not held when any part is not held"
+
+
+# ----------------------------------------------------------------------------- zero, and untested
+
+
+@dataclass
+class Vanishes(Correlation):
+    """"Spearman's rho between ``x`` and ``y`` is (virtually) zero".
+
+    A test cannot show a correlation to be zero (that would need a declared
+    equivalence margin), so this claim is never held: it is **not held** when a
+    two-sided test of Spearman's rho finds it nonzero (Holm-adjusted), and
+    **inconclusive** otherwise. "Images needed": at the observed rho, the images
+    at which the two-sided test would find it nonzero with the family's power.
+    """
+
+    def evaluate(self, alpha, power):
+        ev = super().evaluate(alpha, power)
+        if ev.applicable and ev.n < 3:
+            return Evidence(ev.n, "–", applicable=False, reason=f"{ev.n} image(s): Spearman's ρ needs at least 3")
+        if not ev.applicable:
+            return ev
+        x, y = _series(self.x, self.text), _series(self.y, self.text)
+        both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
+        res = sps.spearmanr(both.x, both.y)
+        rho, p = float(res.statistic), float(res.pvalue)
+        r = min(abs(rho), 0.9999)
+        q = float(sps.norm.ppf(1 - alpha / 2)) + float(sps.norm.ppf(power))
+        needed = math.inf if rho == 0 else float(math.ceil((1 + r * r / 2) * (q / math.atanh(r)) ** 2 + 3))
+        return Evidence(ev.n, ev.estimate, p_for=np.nan, p_against=p, needed=needed,
+                           direction=-1 if rho != 0 else 0)
+
+    def rule(self, alpha):
+        return (f"never held (no test shows a correlation to be zero without a declared margin); not held when a "
+                f"two-sided test of Spearman's ρ finds it nonzero (Holm-adjusted p < {alpha}); inconclusive otherwise")
+
+
+@dataclass
+class NoneNonzero(AllOf):
+    """Every part is a :class:`Vanishes`: never held, not held when any part is, inconclusive otherwise."""
+
+    def rule(self, alpha):
+        return (f"never held; not held when any of its {len(self.parts())} parts is not held (a correlation found "
+                "nonzero), inconclusive otherwise")
+
+
+@dataclass
+class Descriptive(Claim):
+    """A comparison shown but not tested: always ``not applicable``; ``why`` says why no test is declared,
+    ``reason`` (what the table prints) carries the numbers."""
+
+    why: str = ""
+
+    def evaluate(self, alpha, power):  # pragma: no cover - never evaluated (applicable is False)
+        return Evidence(0, "–", applicable=False, reason=self.reason)
+
+    def rule(self, alpha):
+        return f"descriptive, never tested: {self.why}; the numbers are shown as they are"
+
+    def __post_init__(self):
+        self.applicable = False
