@@ -82,7 +82,8 @@ def decode(images, transform, chunk: Chunk):
         except DataError:
             idx, x = [], None
     if len(idx) != chunk.size:
-        bad = [iid for j, iid in enumerate(chunk.part.image_id) if j not in set(idx)]
+        read = set(idx)
+        bad = [iid for j, iid in enumerate(chunk.part.image_id) if j not in read]
         raise DataError(f"{chunk.name()}: cannot read image(s) {', '.join(map(str, bad))}")
     return x
 
@@ -122,7 +123,8 @@ def store_all(store, env, n_selected: int, todo: list[Chunk], source: Iterator[D
               progress: bool = True, fail_after_chunks: int | None = None, interrupt=RuntimeError) -> Throughput:
     """Write each chunk ``source`` yields as it arrives; a progress bar of chunks, images/s and ETA.
 
-    ``store.computed`` gets each written chunk's index, ``store.chunk_workers`` who computed it.
+    ``store.computed`` gets each written chunk's index, ``store.chunk_workers`` who computed it,
+    ``store.chunk_arrivals`` (seconds since the call, images) per chunk, ``store.throughput`` the figures.
     ``fail_after_chunks`` (tests) raises ``interrupt`` after that many chunks; closing ``source``
     then stops its workers.
     """
@@ -132,6 +134,7 @@ def store_all(store, env, n_selected: int, todo: list[Chunk], source: Iterator[D
     stats = Throughput()
     if not hasattr(store, "chunk_workers"):
         store.chunk_workers = {}
+    store.chunk_arrivals, store.throughput = [], stats
     t0 = time.perf_counter()
     # `initial`, not an update: the resumed images would count in the rate and shorten the ETA
     with tqdm(total=n_selected, initial=done_before, desc=desc, unit="img", disable=not progress) as bar:
@@ -141,6 +144,7 @@ def store_all(store, env, n_selected: int, todo: list[Chunk], source: Iterator[D
                 store.write_chunk(d.chunk.index, d.rows, d.arrays, env)
                 store.computed.append(d.chunk.index)
                 store.chunk_workers[d.chunk.index] = d.worker
+                store.chunk_arrivals.append((time.perf_counter() - t0, d.chunk.size))
                 stats.add(d)
                 bar.update(d.chunk.size)
                 bar.set_postfix_str(f"chunks {len(store.computed)}/{len(todo)}")
