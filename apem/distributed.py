@@ -274,7 +274,7 @@ def _dispatch(ray, actors, store, images, transform, todo: list[Chunk], env):
                     try:
                         x = decode(images, transform, ch)
                     except Exception as e:  # an image that cannot be read: no worker can do better
-                        attempts[ch.index] = MAX_ATTEMPTS
+                        attempts[ch.index] += 1
                         fail(ch, _cause(e))
                         continue
                     inflight[a.compute.remote(ch.index, ch.part, x)] = (a, ch)
@@ -319,8 +319,9 @@ def _dispatch(ray, actors, store, images, transform, todo: list[Chunk], env):
             yield Done(ch, rows, arrays, worker=labels.get(a, "a worker"), seconds=seconds)
         if failed:
             listed = " | ".join(failed[c] for c in sorted(failed))
-            raise ChunkFailure(f"{len(failed)} chunk(s) failed {MAX_ATTEMPTS} times and were given up; the other "
-                               f"chunks are stored, run again to retry these: {listed}")
+            raise ChunkFailure(f"{len(failed)} chunk(s) failed and were given up (a worker's error after {MAX_ATTEMPTS} "
+                               f"attempts, an unreadable image at once); the other chunks are stored, and running "
+                               f"again retries only these: {listed}")
     finally:
         for a in actors:
             with contextlib.suppress(Exception):

@@ -144,18 +144,31 @@ def test_a_driver_killed_with_kill_9_resumes_without_recomputing(cluster, refere
 @pytest.mark.timeout(400)
 def test_a_chunk_failing_every_time_is_named_the_run_ends_and_a_serial_run_finishes_it(cluster, reference, root,
                                                                                         monkeypatch):
+    """Chunk 1 fails on every worker; chunk 2's image cannot be read (on the driver, which decodes)."""
+    from apem.data import DataError
+
     cfg = small("failing")
     monkeypatch.setattr(distributed, "TEST_HOOKS", {"fail_chunks": [1]})
+    real_decode = distributed.decode
+
+    def decode(images, transform, ch):
+        if ch.index == 2:
+            raise DataError(f"cannot read image {ch.part.image_id[0]}.JPEG: truncated (test)")
+        return real_decode(images, transform, ch)
+
+    monkeypatch.setattr(distributed, "decode", decode)
     with pytest.raises(ChunkFailure) as err:
         run(cfg, progress=False, root=root, threads=1, ray="local")
     store = Store(cfg, root)
-    image = store.read_frame("images.parquet").image_id[1]
+    ids = store.read_frame("images.parquet").image_id
     message = str(err.value)
-    assert "1 chunk(s) failed 3 times" in message and "chunk 1 " in message and image in message
-    assert "fails on purpose" in message
-    assert store.chunk_ids() == [0, 2, 3] and store.read_frame("results.parquet") is None  # no partial table
+    assert message.startswith("2 chunk(s) failed and were given up") and "\n" not in message
+    assert f"chunk 1 ({store.chunk_path(1)}), images {ids[1]}: RuntimeError: chunk 1 fails on purpose" in message
+    assert f"chunk 2 ({store.chunk_path(2)}), images {ids[2]}: DataError: cannot read image {ids[2]}.JPEG" in message
+    assert store.chunk_ids() == [0, 3] and store.read_frame("results.parquet") is None  # no partial table
+    monkeypatch.undo()
     store = run(cfg, progress=False, root=root, threads=1)  # serial: resumes what the Ray run stored
-    assert store.computed == [1]
+    assert sorted(store.computed) == [1, 2]
     same_as_reference(store, reference)
 
 
