@@ -209,3 +209,23 @@ def test_apem_runs_without_ray(monkeypatch):
     code = "import sys; sys.modules['ray'] = None; import apem.run, apem.cli, apem.book; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_ray_flag_of_run_table_and_book(monkeypatch, tmp_path):
+    from apem import book
+    from apem.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["run", "smoke"]).ray is None
+    assert parse(["run", "smoke", "--ray"]).ray == "local"
+    assert parse(["table", "smoke", "--ray", "auto"]).ray == "auto"
+    args = parse(["book", "--params", "smoke", "--ray", "head:6379", "--no-html"])
+    assert args.ray == "head:6379"
+    import apem.run
+
+    seen = {}
+    monkeypatch.setattr(apem.run, "run", lambda cfg, **kw: seen.update(kw))
+    monkeypatch.setattr(book, "chapters", lambda: [])
+    monkeypatch.setattr(book, "execute_chapter", lambda *a, **k: None)
+    assert args.func(args) == 0
+    assert seen["ray"] == "head:6379"
