@@ -207,11 +207,13 @@ def _refusal(info: dict, env, code: str) -> str | None:
 
 
 def _cause(err) -> str:
-    cause = getattr(err, "cause", None) or err
-    text = " ".join(str(cause).split())
-    if cause is err:  # a RayTaskError's own text is a traceback: keep its last line
-        text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-    return f"{type(cause).__name__}: {text[:300]}"
+    """``Type: message`` on one line: a worker's exception (a RayTaskError's cause) or the error itself."""
+    cause = getattr(err, "cause", None)
+    if cause is None and hasattr(err, "cause"):  # a RayTaskError without its exception: the traceback's last line
+        lines = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {lines[-1][:300] if lines else ''}"
+    cause = cause or err
+    return f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
 
 
 def compute(cfg, store, images, transform, todo: list[Chunk], env, workers: int | None = None,
@@ -292,6 +294,11 @@ def _dispatch(ray, actors, store, images, transform, todo: list[Chunk], env):
                     info = ray.get(ref)
                 except lost:
                     continue  # died before it could start, after its restarts: dropped
+                except RayTaskError as e:
+                    refused.append(f"a worker refused: it cannot say where it runs ({_cause(e)})")
+                    _say(refused[-1])
+                    ray.kill(a)
+                    continue
                 why = _refusal(info, env, code)
                 if why is None:
                     names[a] = labels[a] = _worker_name(info)

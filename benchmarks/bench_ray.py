@@ -135,7 +135,7 @@ def project(args, measured: dict | None) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", default="smoke")
-    p.add_argument("--pool", type=int, default=24)
+    p.add_argument("--pool", type=int, default=48)
     p.add_argument("--correct", type=int, default=4)
     p.add_argument("--misclassified", type=int, default=2)
     p.add_argument("--chunk-size", type=int, default=1)

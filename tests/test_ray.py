@@ -229,3 +229,23 @@ def test_the_ray_flag_of_run_table_and_book(monkeypatch, tmp_path):
     monkeypatch.setattr(book, "execute_chapter", lambda *a, **k: None)
     assert args.func(args) == 0
     assert seen["ray"] == "head:6379"
+
+
+def test_a_worker_is_refused_for_any_difference_in_its_environment_or_code():
+    from apem.numerics import NumericEnv
+
+    gpu = NumericEnv(torch="2.14.1", device_type="cuda", device_name="NVIDIA H100", threads=2)
+    code = distributed.code_digest()
+
+    def info(env, **kw):
+        return dict(dict(pid=7, host="node", env=env.record(), code=code, error=None), **kw)
+
+    assert distributed._refusal(info(gpu), gpu, code) is None
+    assert distributed._refusal(info(gpu.__class__(**{**gpu.record(), "threads": 8})), gpu, code) is None  # not on CUDA
+    for field, value in (("device_name", "NVIDIA A100"), ("torch", "2.13.0"), ("tf32_matmul", True), ("dtype", "bfloat16"),
+                         ("device_type", "cpu")):
+        why = distributed._refusal(info(NumericEnv(**{**gpu.record(), field: value})), gpu, code)
+        assert why is not None and f"{value!r} (store:" in why, (field, why)
+    assert "other apem code" in distributed._refusal(info(gpu, code="0" * 12), gpu, code)
+    assert "cannot load the model" in distributed._refusal(info(gpu, error="WeightsError: no file"), gpu, code)
+    assert distributed._cause(ValueError("a\n  b")) == "ValueError: a b"
