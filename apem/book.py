@@ -301,7 +301,8 @@ def _with_filter(current: str | None, extra: str) -> str:
 def build(params: str = "default", chapter_keys=None, overrides: dict | None = None, force: bool = False,
           html: bool = True, progress: bool = True, root: Path | None = None, threads: int | None = None,
           results_root: str | Path | None = None,
-          chapter_params: dict[str, dict] | None = None) -> tuple[Path | None, list[ChapterOutcome]]:
+          chapter_params: dict[str, dict] | None = None,
+          ray: str | None = None) -> tuple[Path | None, list[ChapterOutcome]]:
     """Run the configuration, execute stale chapters, build the HTML (under ``root``).
 
     Returns the index page (None without HTML) and each chapter's outcome; a failing
@@ -321,7 +322,8 @@ def build(params: str = "default", chapter_keys=None, overrides: dict | None = N
         env["APEM_THREADS"] = str(threads)
     if results_root is not None:
         env["APEM_RESULTS"] = str(Path(results_root).resolve())
-    run(cfg, progress=progress, root=results_root, threads=threads)  # the heavy work, once, in the terminal
+    # the heavy work, once, in the terminal (on a Ray cluster with `ray`: apem.distributed)
+    run(cfg, progress=progress, root=results_root, threads=threads, ray=ray)
     print(f"results ready in {time.perf_counter() - t0:.0f} s", flush=True)
     todo = [find_chapter(k) for k in chapter_keys] if chapter_keys else chapters()
     saved = {k: os.environ.get(k) for k in env}
@@ -365,5 +367,5 @@ def _cmd_book(args) -> int:
         return 0
     overrides, per_chapter = split_params(args.param, todo)
     _, outcomes = build(args.params, args.chapter, overrides, args.force, not args.no_html,
-                        threads=args.threads, results_root=args.results, chapter_params=per_chapter)
+                        threads=args.threads, results_root=args.results, chapter_params=per_chapter, ray=args.ray)
     return 1 if any(o.status == "failed" for o in outcomes) else 0

@@ -102,6 +102,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: the store's recorded count, else $APEM_THREADS, else 2); "
                         "part of the numeric environment every result records")
     p.add_argument("--results", default=None, metavar="DIR", help="results store root (default: $APEM_RESULTS or results/)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="compute the chunks on a Ray cluster: alone, a local Ray with this machine's cores; 'auto' "
+                        "or HOST:PORT (ray://HOST:PORT) joins a running cluster. Same store, same numbers "
+                        "(README: Running at scale)")
 
 
 def _config(args):
@@ -135,7 +139,7 @@ def cmd_run(args) -> int:
         print(estimate_only(cfg, root=args.results, threads=args.threads).report())
         return 0
     t0 = time.perf_counter()
-    store = run(cfg, progress=not args.no_progress, root=args.results, threads=args.threads)
+    store = run(cfg, progress=not args.no_progress, root=args.results, threads=args.threads, ray=args.ray)
     _print_summary(cfg, Results(cfg, store))
     print(f"\ncomputed {len(store.computed)} chunk(s) in this run; wall time {time.perf_counter() - t0:.1f} s")
     return 0
@@ -145,20 +149,23 @@ def cmd_table(args) -> int:
     from apem.run import results
 
     cfg = _config(args)
-    _print_summary(cfg, results(cfg, root=args.results, threads=args.threads))
+    _print_summary(cfg, results(cfg, root=args.results, threads=args.threads, ray=args.ray))
     return 0
 
 
 def user_errors() -> tuple:
     """The exceptions that mean bad input or a bad store, reported as one line (a bug keeps its traceback)."""
     from apem.book import BookError
+    from apem.chunks import ChunkFailure
     from apem.config import ConfigError
     from apem.data import DataError
+    from apem.distributed import ClusterError
     from apem.models import WeightsError
     from apem.numerics import EnvironmentMismatch
     from apem.store import StoreError
 
-    return (ConfigError, DataError, WeightsError, StoreError, EnvironmentMismatch, BookError, ValueError)
+    return (ConfigError, DataError, WeightsError, StoreError, EnvironmentMismatch, BookError, ValueError, ClusterError,
+            ChunkFailure)
 
 
 def one_line(e: BaseException) -> str:

@@ -18,12 +18,15 @@ Pipeline for one configuration:
    shuffled baseline) for all of the chunk's maps in one batched search;
    the chunk is written atomically;
 4. the chunks' rows are gathered into ``results.parquet``.
+
+Steps 1-2 live in :mod:`apem.selection`; step 3's loop (what is missing, who computes
+it, storing each chunk) in :mod:`apem.chunks`, shared by the serial run and the run
+on a Ray cluster (:mod:`apem.distributed`, ``ray=``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
+from apem import chunks
 from apem.config import Config, load_config
 from apem.maps import from_storage, to_storage
 from apem.profile import step
 from apem.seeds import seed_of
+from apem.selection import classify_pool, prediction_cache, select_images  # noqa: F401 (apem.run's names too)
 from apem.store import Store, StoreError
 
 # ----------------------------------------------------------------------------- helpers
@@ -52,91 +56,6 @@ def _load(cfg: Config):
     if cfg.pool:
         images = images.subset(range(min(cfg.pool, len(images))))
     return lm, images
-
-
-@torch.no_grad()
-def classify_pool(cfg: Config, lm, images, store_root: Path, progress: bool = True) -> pd.DataFrame:
-    """The model's answer on every pool image, cached under ``_predictions/``.
-
-    The cache key holds what decides the answers: model, weights, preset, pool, the
-    resolved image folder with its file-list fingerprint, and the numeric environment.
-    """
-    from tqdm import tqdm
-
-    from apem.data import iter_batches
-    from apem.store import parquet_bytes, verified, write_checked
-
-    path = prediction_cache(cfg, lm, store_root)
-    if verified(path):
-        return pd.read_parquet(path)
-    ids = images.ids()
-    rows = []
-    with tqdm(total=len(images), desc="classify pool", unit="img", disable=not progress) as bar:
-        for idx, x, y in _timed_batches(iter_batches(images, lm.transform, cfg.method_batch(lm.device, lm.model))):
-            with step("classify pool", len(idx)):
-                logits = lm.model(x.to(lm.device)).float()
-                p = logits.softmax(1)
-                conf, pred = p.max(1)
-                loss = F.cross_entropy(logits, y.to(lm.device), reduction="none")
-            for j, i in enumerate(idx):
-                rows.append((i, ids[i], int(y[j]), int(pred[j]), float(conf[j]), float(loss[j])))
-            bar.update(len(idx))
-    df = pd.DataFrame(rows, columns=["set_position", "image_id", "label", "pred", "confidence", "loss"])
-    df["correct"] = df.label == df.pred
-    write_checked(path, parquet_bytes(df))
-    return df
-
-
-def prediction_cache(cfg: Config, lm, store_root: Path) -> Path:
-    """The file :func:`classify_pool` keeps the pool's predictions in (present or not)."""
-    from apem.numerics import NumericEnv
-
-    key_parts = dict(cfg.classification_key(), environment=NumericEnv.current(lm.device).key())
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Path(store_root) / "_predictions" / f"{cfg.model}-{cfg.preset}-{key}.parquet"
-
-
-def _timed_batches(batches):
-    """Time the decoding of each batch (the iterator's own work) as the step "decode images"."""
-    it = iter(batches)
-    while True:
-        with step("decode images") as h:
-            b = next(it, None)
-            h.items = 0 if b is None else len(b[0])
-        if b is None:
-            return
-        yield b
-
-
-def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
-    """``n_correct`` correct and ``n_misclassified`` misclassified images, drawn at random (seeded).
-
-    A group's count ``all`` takes every image of the group: the same images as asking for the
-    group's size (the draw is a prefix of one seeded permutation per group, in pool order).
-    """
-    from apem.data import class_name
-
-    rng = np.random.default_rng(cfg.seed)
-    parts = []
-    for group, mask in (("correct", preds.correct), ("misclassified", ~preds.correct)):
-        pool = preds[mask]
-        want = cfg.wanted(group, len(pool))
-        if want > len(pool):
-            raise ValueError(f"asked for {want} {group} images but the pool has only {len(pool)}")
-        pick = pool.iloc[np.sort(rng.permutation(len(pool))[:want])].copy()
-        pick["group"] = group
-        parts.append(pick)
-    sel = pd.concat(parts, ignore_index=True)
-    if sel.empty:
-        raise ValueError(f"no image selected: the pool's groups asked for ({cfg.n_correct} correct, "
-                         f"{cfg.n_misclassified} misclassified) are empty")
-    n_right = int((sel.group == "correct").sum())
-    if cfg.filter_images > n_right:
-        raise ValueError(f"filter_images ({cfg.filter_images}) exceeds the {n_right} correctly classified images "
-                         "selected: the filter runs on the first correctly classified images")
-    sel["label_name"] = [class_name(i) for i in sel.label]
-    sel["pred_name"] = [class_name(i) for i in sel.pred]
-    return sel
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -281,7 +200,7 @@ class _Interrupt(RuntimeError):
 
 
 def _chunk_starts(cfg: Config, n_images: int) -> list[int]:
-    return list(range(0, n_images, cfg.chunk_size))
+    return chunks.starts(cfg.chunk_size, n_images)
 
 
 def _needs_work(store: Store, cfg: Config) -> bool:
@@ -295,7 +214,8 @@ def _needs_work(store: Store, cfg: Config) -> bool:
 
 
 def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, threads: int | None = None,
-        wait: bool = True, fail_after_chunks: int | None = None) -> Store:
+        wait: bool = True, fail_after_chunks: int | None = None, ray: str | None = None,
+        workers: int | None = None) -> Store:
     """Compute whatever the store of ``cfg`` lacks or holds damaged; return the store.
 
     ``threads``: torch's CPU thread count for the run (None: the store's recorded count,
@@ -303,13 +223,17 @@ def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, t
     environment is pinned for the run and recorded; resuming under another one raises
     :class:`apem.numerics.EnvironmentMismatch`. One run writes a store at a time
     (``wait``: wait for the other one, else raise :class:`apem.store.StoreError`).
-    ``store.computed`` lists the chunks this call computed.
+    ``ray``: compute the chunks on a Ray cluster (``"local"``, ``"auto"``, ``HOST:PORT`` or
+    ``ray://HOST:PORT``; :mod:`apem.distributed`) with at most ``workers`` workers; the same
+    store, the same numbers. ``store.computed`` lists the chunks this call computed,
+    ``store.chunk_workers`` who computed each.
     """
-    from apem import numerics
+    from apem import distributed, numerics
     from apem.models import resolve_device
 
+    ray = distributed.check_address(ray)  # a malformed address fails before anything is loaded
     store = Store(cfg, root)  # resolves the data folder: a bad one fails here, before anything is created
-    store.computed = []
+    store.computed, store.chunk_workers = [], {}
     recorded = store.environment() if store.exists() else None
     with numerics.pinned(numerics.resolve_threads(threads, recorded)):
         env = numerics.NumericEnv.current(resolve_device(cfg.device))
@@ -317,28 +241,27 @@ def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, t
             numerics.check_compatible(recorded, env, str(store.dir))
         if not _needs_work(store, cfg):
             return store
-        lm, images = _load(cfg)  # bad weights or images fail here, before anything is created
-        with store.lock(wait=wait):
-            try:
-                store.open()
-                recorded = store.environment()
-                if recorded is None:
-                    store.set_environment(env)
-                else:
-                    numerics.check_compatible(recorded, env, str(store.dir))
-                _compute(cfg, store, lm, images, env, progress, fail_after_chunks)
-            except BaseException:
-                store.remove_if_empty()  # a run that failed before its first result leaves no folder
-                raise
+        with distributed.connected(ray) if ray else contextlib.nullcontext():
+            lm, images = _load(cfg)  # bad weights or images fail here, before anything is created
+            with store.lock(wait=wait):
+                try:
+                    store.open()
+                    recorded = store.environment()
+                    if recorded is None:
+                        store.set_environment(env)
+                    else:
+                        numerics.check_compatible(recorded, env, str(store.dir))
+                    _compute(cfg, store, lm, images, env, progress, fail_after_chunks, ray=ray, workers=workers)
+                except BaseException:
+                    store.remove_if_empty()  # a run that failed before its first result leaves no folder
+                    raise
     return store
 
 
-def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_after_chunks: int | None) -> None:
+def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_after_chunks: int | None,
+             ray: str | None = None, workers: int | None = None) -> None:
     """The locked part of :func:`run`: missing or damaged chunks, the table, the filter."""
-    from tqdm import tqdm
-
     from apem.alloc import tune_malloc
-    from apem.data import load_tensors
 
     tune_malloc()  # small-batch CPU forwards run up to ~1.8x faster with buffers kept on the heap (apem.alloc)
     sel = store.read_frame("images.parquet")
@@ -351,29 +274,23 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
         preds = classify_pool(cfg, lm, images, store.root, progress)
         sel = select_images(cfg, preds)
         store.write_frame("images.parquet", sel)
-    starts = _chunk_starts(cfg, len(sel))
-    todo = [c for c in range(len(starts)) if not store.chunk_ok(c)]
+    n_chunks = len(_chunk_starts(cfg, len(sel)))
+    todo = chunks.missing(cfg, store, sel)
     if todo:
-        done = sum(min(cfg.chunk_size, len(sel) - starts[c]) for c in range(len(starts)) if c not in todo)
-        # `initial`, not an update: the resumed images would count in the rate and shorten the ETA
-        with tqdm(total=len(sel), initial=done, desc=f"APEM {cfg.name}", unit="img", disable=not progress) as bar:
-            for c in todo:
-                part = sel.iloc[starts[c] : starts[c] + cfg.chunk_size]
-                sub = images.subset(part.set_position.to_numpy())
-                with step("decode images", len(part)):
-                    _, x, _ = load_tensors(sub, lm.transform)
-                rows, arrays = compute_chunk(cfg, lm, x, part.reset_index(drop=True), c)
-                store.write_chunk(c, rows, arrays, env)
-                store.computed.append(c)
-                bar.update(len(part))
-                if fail_after_chunks is not None and len(store.computed) >= fail_after_chunks:
-                    raise _Interrupt(f"stopped after {len(store.computed)} chunk(s) on request")
+        if ray:
+            from apem import distributed
+
+            source = distributed.compute(cfg, store, images, lm.transform, todo, env, workers, progress)
+        else:
+            source = chunks.serial(cfg, lm, images, todo)
+        chunks.store_all(store, env, len(sel), todo, source, desc=f"APEM {cfg.name}", progress=progress,
+                         fail_after_chunks=fail_after_chunks, interrupt=_Interrupt)
     if todo or store.trusted("results.parquet") is None:
-        for c in range(len(starts)):
+        for c in range(n_chunks):
             if store.chunk_environment(c).key() != env.key():
                 raise StoreError(f"chunk {store.chunk_path(c)} was computed under {store.chunk_environment(c).describe()},"
                                  f" not {env.describe()}: remove it or use a new store")
-        table = pd.concat([store.read_rows(c) for c in range(len(starts))], ignore_index=True)
+        table = pd.concat([store.read_rows(c) for c in range(n_chunks)], ignore_index=True)
         store.write_frame("results.parquet", table)
     else:
         table = store.read_frame("results.parquet")
@@ -485,14 +402,16 @@ class Results:
 
 
 def results(params: str | Path | Config = "default", *, progress: bool = True, root=None, threads: int | None = None,
-            **overrides) -> Results:
+            ray: str | None = None, **overrides) -> Results:
     """Run or reuse the configuration ``params`` (+ overrides) and return its results.
+
+    ``ray``: compute what is missing on a Ray cluster (see :func:`run`).
 
     The calling process is left in the store's numeric environment (its CPU thread count,
     TF32 off), so what a chapter computes from the results matches what the runner stored.
     """
     cfg = load_config(params, **overrides)
-    store = run(cfg, progress=progress, root=root, threads=threads)
+    store = run(cfg, progress=progress, root=root, threads=threads, ray=ray)
     # what the caller computes next from these results (a chapter's figures, a study) gets the numbers
     # the runner would: this process takes the store's thread count, and TF32 stays off
     from apem import numerics

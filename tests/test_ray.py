@@ -1,0 +1,251 @@
+"""The runner on a Ray cluster (apem.distributed): the serial run's table, bit for bit, through faults.
+
+One local Ray (2 CPUs) for the whole module; every run pins one thread, so the serial
+reference and each Ray worker compute in the same numeric environment. The smoke
+parameters, cut to 4 images in 4 chunks of one (two methods, one stage, one shuffle).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from apem import distributed  # noqa: E402
+from apem.chunks import ChunkFailure  # noqa: E402
+from apem.config import load_config  # noqa: E402
+from apem.run import Results, _Interrupt, run  # noqa: E402
+from apem.store import Store  # noqa: E402
+
+SMALL = dict(pool=16, n_correct=3, n_misclassified=1, chunk_size=1, filter_images=0, stages=[3], shuffles=1,
+             methods={"gradient": {}, "smoothgrad": {"n": 2, "sigma": 0.2}})
+N_CHUNKS = 4
+
+
+def small(name: str):
+    return load_config("smoke", name=name, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray with 2 CPUs; its GCS address (for a second driver process)."""
+    import logging
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, logging_level=logging.WARNING)
+    print(f"\nlocal Ray started in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("ray")  # one root: the pool's predictions are classified once
+
+
+@pytest.fixture(scope="module")
+def reference(sample_dir, root):
+    """The serial run: its table and every chunk's stored maps."""
+    store = run(small("ref"), progress=False, root=root, threads=1)
+    return Results(store.cfg, store).table, {c: store.read_maps(c) for c in range(N_CHUNKS)}
+
+
+def same_as_reference(store, reference):
+    table, maps = reference
+    pd.testing.assert_frame_equal(Results(store.cfg, store).table, table, check_exact=True)
+    assert store.chunk_ids() == list(range(N_CHUNKS))
+    for c in range(N_CHUNKS):
+        got = store.read_maps(c)
+        assert got.keys() == maps[c].keys()
+        for k in got:
+            assert got[k].dtype == maps[c][k].dtype and np.array_equal(got[k], maps[c][k]), (c, k)
+
+
+def test_a_ray_run_equals_the_serial_run_bit_for_bit(cluster, reference, root):
+    store = run(small("eq"), progress=False, root=root, threads=1, ray="local", workers=2)
+    assert sorted(store.computed) == list(range(N_CHUNKS))
+    assert all("pid" in w for w in store.chunk_workers.values())
+    same_as_reference(store, reference)
+
+
+def test_a_worker_killed_mid_chunk_has_its_chunk_redone_elsewhere(cluster, reference, root, tmp_path, monkeypatch):
+    hold = tmp_path / "hold"
+    monkeypatch.setattr(distributed, "TEST_HOOKS", {"hold_first_chunk": str(hold)})
+    killed = []
+
+    def kill_the_held_worker():
+        pid_file = Path(f"{hold}.pid")
+        deadline = time.time() + 240
+        while time.time() < deadline and not (pid_file.exists() and pid_file.read_text()):
+            time.sleep(0.05)
+        if pid_file.exists():
+            killed.append(int(pid_file.read_text()))
+            os.kill(killed[0], signal.SIGKILL)
+        hold.touch()  # releases a held worker if the kill did not happen
+
+    t = threading.Thread(target=kill_the_held_worker)
+    t.start()
+    try:
+        store = run(small("killed"), progress=False, root=root, threads=1, ray="local", workers=2)
+    finally:
+        hold.touch()
+        t.join()
+    assert killed, "no worker took a chunk"
+    assert f"pid {killed[0]} " not in " ".join(store.chunk_workers.values())  # its chunk was finished by another
+    assert sorted(store.computed) == list(range(N_CHUNKS))
+    same_as_reference(store, reference)
+
+
+def test_a_ray_run_resumes_a_serial_run(cluster, reference, root):
+    cfg = small("resume")
+    with pytest.raises(_Interrupt):
+        run(cfg, progress=False, root=root, threads=1, fail_after_chunks=2)
+    store = run(cfg, progress=False, root=root, threads=1, ray="local")
+    assert sorted(store.computed) == [2, 3]  # the serial run's chunks were not recomputed
+    same_as_reference(store, reference)
+    # the other way round (a serial run finishing a Ray run): the failing chunk's test below
+
+
+def test_a_driver_killed_with_kill_9_resumes_without_recomputing(cluster, reference, root, tmp_path):
+    cfg = small("driver")
+    cfg_file = tmp_path / "driver.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    script = textwrap.dedent(f"""
+        from apem.config import Config
+        from apem.run import run
+        run(Config.from_yaml({str(cfg_file)!r}), progress=False, root={str(root)!r}, threads=1, ray={cluster!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    store = Store(cfg, root)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not store.chunk_ids():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the driver ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stored = store.chunk_ids()
+    assert 0 < len(stored) < N_CHUNKS and store.read_frame("results.parquet") is None
+    stamps = {c: (store.chunk_path(c) / "manifest.json").stat().st_mtime_ns for c in stored}
+    resumed = run(cfg, progress=False, root=root, threads=1, ray="local")
+    assert sorted(resumed.computed) == sorted(set(range(N_CHUNKS)) - set(stored))
+    assert {c: (store.chunk_path(c) / "manifest.json").stat().st_mtime_ns for c in stored} == stamps
+    same_as_reference(resumed, reference)
+
+
+@pytest.mark.timeout(400)
+def test_a_chunk_failing_every_time_is_named_the_run_ends_and_a_serial_run_finishes_it(cluster, reference, root,
+                                                                                        monkeypatch):
+    """Chunk 1 fails on every worker; chunk 2's image cannot be read (on the driver, which decodes)."""
+    from apem.data import DataError
+
+    cfg = small("failing")
+    monkeypatch.setattr(distributed, "TEST_HOOKS", {"fail_chunks": [1]})
+    real_decode = distributed.decode
+
+    def decode(images, transform, ch):
+        if ch.index == 2:
+            raise DataError(f"cannot read image {ch.part.image_id[0]}.JPEG: truncated (test)")
+        return real_decode(images, transform, ch)
+
+    monkeypatch.setattr(distributed, "decode", decode)
+    with pytest.raises(ChunkFailure) as err:
+        run(cfg, progress=False, root=root, threads=1, ray="local")
+    store = Store(cfg, root)
+    ids = store.read_frame("images.parquet").image_id
+    message = str(err.value)
+    assert message.startswith("2 chunk(s) failed and were given up") and "\n" not in message
+    assert f"chunk 1 ({store.chunk_path(1)}), images {ids[1]}: RuntimeError: chunk 1 fails on purpose" in message
+    assert f"chunk 2 ({store.chunk_path(2)}), images {ids[2]}: DataError: cannot read image {ids[2]}.JPEG" in message
+    assert store.chunk_ids() == [0, 3] and store.read_frame("results.parquet") is None  # no partial table
+    monkeypatch.undo()
+    store = run(cfg, progress=False, root=root, threads=1)  # serial: resumes what the Ray run stored
+    assert sorted(store.computed) == [1, 2]
+    same_as_reference(store, reference)
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_in_another_numeric_environment_is_refused(cluster, reference, root, monkeypatch):
+    monkeypatch.setattr(distributed, "TEST_HOOKS", {"threads_offset": 1})  # workers would compute with 2 threads
+    with pytest.raises(distributed.ClusterError, match=r"refused: it computes under .*threads 2 \(store: 1\)"):
+        run(small("refused"), progress=False, root=root, threads=1, ray="local")
+    assert Store(small("refused"), root).chunk_ids() == []
+
+
+# ----------------------------------------------------------------------------- no cluster needed
+
+
+def test_bad_addresses_are_one_line_errors(tmp_path, capsys, sample_dir):
+    from apem.cli import main
+
+    for bad in ("not an address", "host", "http://x:1"):
+        with pytest.raises(distributed.ClusterError, match="expected nothing"):
+            distributed.check_address(bad)
+    assert distributed.check_address("10.0.0.1:6379") == "10.0.0.1:6379"
+    assert distributed.check_address("ray://head:10001") == "ray://head:10001"
+    t0 = time.perf_counter()
+    with pytest.raises(distributed.ClusterError, match="no Ray cluster answers at 127.0.0.1:1"):
+        distributed._reachable("127.0.0.1:1")
+    assert time.perf_counter() - t0 < 10  # not Ray's own two minutes of retries
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(small("cli").to_yaml())
+    assert main(["run", str(cfg_file), "--ray", "two words", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("apem: error: --ray 'two words'") and err.count("\n") == 1
+
+
+def test_apem_runs_without_ray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails from here on
+    with pytest.raises(distributed.ClusterError, match=r"pip install 'ray=="):
+        distributed._ray()
+    code = "import sys; sys.modules['ray'] = None; import apem.run, apem.cli, apem.book; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_ray_flag_of_run_table_and_book(monkeypatch, tmp_path):
+    from apem import book
+    from apem.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["run", "smoke"]).ray is None
+    assert parse(["run", "smoke", "--ray"]).ray == "local"
+    assert parse(["table", "smoke", "--ray", "auto"]).ray == "auto"
+    args = parse(["book", "--params", "smoke", "--ray", "head:6379", "--no-html"])
+    assert args.ray == "head:6379"
+    import apem.run
+
+    seen = {}
+    monkeypatch.setattr(apem.run, "run", lambda cfg, **kw: seen.update(kw))
+    monkeypatch.setattr(book, "chapters", lambda: [])
+    monkeypatch.setattr(book, "execute_chapter", lambda *a, **k: None)
+    assert args.func(args) == 0
+    assert seen["ray"] == "head:6379"
+
+
+def test_a_worker_is_refused_for_any_difference_in_its_environment_or_code():
+    from apem.numerics import NumericEnv
+
+    gpu = NumericEnv(torch="2.14.1", device_type="cuda", device_name="NVIDIA H100", threads=2)
+    code = distributed.code_digest()
+
+    def info(env, **kw):
+        return dict(dict(pid=7, host="node", env=env.record(), code=code, error=None), **kw)
+
+    assert distributed._refusal(info(gpu), gpu, code) is None
+    assert distributed._refusal(info(gpu.__class__(**{**gpu.record(), "threads": 8})), gpu, code) is None  # not on CUDA
+    for field, value in (("device_name", "NVIDIA A100"), ("torch", "2.13.0"), ("tf32_matmul", True), ("dtype", "bfloat16"),
+                         ("device_type", "cpu")):
+        why = distributed._refusal(info(NumericEnv(**{**gpu.record(), field: value})), gpu, code)
+        assert why is not None and f"{value!r} (store:" in why, (field, why)
+    assert "other apem code" in distributed._refusal(info(gpu, code="0" * 12), gpu, code)
+    assert "cannot load the model" in distributed._refusal(info(gpu, error="WeightsError: no file"), gpu, code)
+    assert distributed._cause(ValueError("a\n  b")) == "ValueError: a b"
