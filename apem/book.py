@@ -55,7 +55,7 @@ def find_chapter(key: str | int) -> Path:
     key = str(key)
     for p in chapters():
         num = p.name.split("_", 1)[0]
-        if key in (num, num.lstrip("0"), p.stem, p.name):
+        if key in (num, num.lstrip("0") or "0", p.stem, p.name):  # "00".lstrip("0") is "": chapter 0 is "0"
             return p
     raise BookError(f"no chapter {key!r}; chapters: {[p.stem for p in chapters()]}")
 

@@ -146,3 +146,33 @@ def test_math_in_generated_markdown_is_typeset(smoke_book):
         assert not literal.search(text), f"{page.name}: untypeset math {literal.search(text).group(0)!r}"
     ch1 = next(html.glob("01_*.html")).read_text(errors="ignore")
     assert 'class="math notranslate nohighlight"' in ch1
+
+
+_TERM = re.compile(r"\{term\}`([^`]+)`")
+
+
+def glossary_terms() -> set[str]:
+    """The terms of book/glossary.md's glossary directive: its unindented lines (several may share a definition)."""
+    text = (REPO / "book" / "glossary.md").read_text()
+    body = text.split("```{glossary}", 1)[1].split("\n```", 1)[0]
+    return {line.strip().lower() for line in body.splitlines() if line.strip() and not line.startswith(" ")}
+
+
+def test_every_term_a_page_links_is_in_the_glossary():
+    """``{term}`text <target>``` or ``{term}`target``` in the chapters and pages: the target is a glossary term."""
+    terms = glossary_terms()
+    assert {"apem", "relevance map", "irrelevance map", "eps-minus", "eps-plus", "censoring", "apem_norm",
+            "canonizer", "stage", "flip step", "search bound", "coarse-to-fine search", "bisect", "smoothgrad",
+            "lrp"} <= terms
+    pages = chapters() + [REPO / f"{f}.md" for f in toc_files() if not f.startswith("book/chapters/")]
+    for p in pages:
+        for ref in _TERM.findall(p.read_text()):
+            target = ref.rsplit("<", 1)[1].rstrip(">").strip() if ref.endswith(">") else ref
+            assert " ".join(target.split()).lower() in terms, f"{p.name}: {{term}}`{ref}` is not in the glossary"
+
+
+def test_every_chapter_links_the_glossary_near_its_top():
+    """Each chapter links at least one glossary term before its parameters cell (its introduction)."""
+    for p in chapters():
+        head = p.read_text().split(":tags: [parameters", 1)[0]
+        assert _TERM.search(head), f"{p.name} links no glossary term in its introduction"
