@@ -51,6 +51,15 @@ def chapters() -> list[Path]:
     return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.md"))
 
 
+def needs_results(nb_path: Path) -> bool:
+    """Whether the chapter reads the configuration's results (false where its front matter says
+    ``apem_book: {needs_results: false}``, as chapter 0's does)."""
+    import jupytext
+
+    meta = jupytext.read(nb_path).metadata.get("apem_book", {})
+    return bool(meta.get("needs_results", True))
+
+
 def find_chapter(key: str | int) -> Path:
     key = str(key)
     for p in chapters():
@@ -323,9 +332,12 @@ def build(params: str = "default", chapter_keys=None, overrides: dict | None = N
     if results_root is not None:
         env["APEM_RESULTS"] = str(Path(results_root).resolve())
     # the heavy work, once, in the terminal (on a Ray cluster with `ray`: apem.distributed)
-    run(cfg, progress=progress, root=results_root, threads=threads, ray=ray)
-    print(f"results ready in {time.perf_counter() - t0:.0f} s", flush=True)
     todo = [find_chapter(k) for k in chapter_keys] if chapter_keys else chapters()
+    if any(needs_results(nb) for nb in todo):
+        run(cfg, progress=progress, root=results_root, threads=threads, ray=ray)
+        print(f"results ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    else:  # chapter 0 builds its models on the page: asking for it alone must not start the image run
+        print("no chapter asked for reads the configuration's results: the run is skipped", flush=True)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the chapters' kernels inherit the store and thread count
     try:

@@ -236,3 +236,19 @@ def test_chapter_zero_is_found_by_number_and_declares_its_parameters():
     assert ps["mode"].types == (str, type(None)) and ps["clip"].types == (bool, type(None))
     _, per = book.split_params([("clip", "True"), ("window", "[300, 306]"), ("mode", "thesis")], [nb])
     assert per[nb.stem] == {"clip": True, "window": [300, 306], "mode": "thesis"}
+
+
+def test_chapter_zero_alone_starts_no_image_run(monkeypatch, tmp_path):
+    """`apem book --chapter 0` must run in seconds: no chapter asked for reads results, so `run` is not called;
+    with a chapter that reads them it is."""
+    import apem.run
+
+    calls, executed = [], []
+    monkeypatch.setattr(apem.run, "run", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(book, "execute_chapter", lambda nb, *a, **k: executed.append(nb.stem)
+                        or book.ChapterOutcome(nb.stem, "executed"))
+    assert not book.needs_results(book.find_chapter(0)) and book.needs_results(book.find_chapter(3))
+    book.build("smoke", ["0"], html=False, root=tmp_path)
+    assert calls == [] and executed == ["00_apem_by_hand"]
+    book.build("smoke", ["0", "3"], html=False, root=tmp_path)
+    assert len(calls) == 1 and executed[1:] == ["00_apem_by_hand", "03_apem_results"]
