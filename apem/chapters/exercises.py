@@ -103,6 +103,7 @@ def _ch02(page) -> dict:
     stable = ", ".join(f"{v} {cl.fmt(float(x), 4)}" for v, x in zip(stab.variant, stab.value))
     other = 0.01 if page.alpha != 0.01 else 0.05
     return {"ex02_lrp_n": str(int(lrp.image_id.nunique())), "ex02_stability": stable,
+            "ex02_stability_max": cl.fmt(float(stab.threshold.iloc[0]), 0, pct=True) if len(stab) else "–",
             "ex02_alpha": f"{page.alpha:g}", "ex02_verdicts": counts_sentence(page.claims().counts()),
             "ex02_other_alpha": f"{other:g}", "ex02_verdicts_other": counts_sentence(verdicts_at(page, other))}
 
