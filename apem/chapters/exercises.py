@@ -89,7 +89,7 @@ def _ch01(page) -> dict:
     O = page.outcomes
     have = O.non_monotone.notna()
     c = page.claims()
-    return {"ex01_image": f"`{page.iid}`", "ex01_stage": str(page.stage), "ex01_walk": walk,
+    return {"ex01_image": str(page.iid), "ex01_stage": str(page.stage), "ex01_walk": walk,
             "ex01_compared": str(int(have.sum())), "ex01_alpha": f"{page.alpha:g}",
             "ex01_exact_min": cl.fmt(EXACT_MIN, 0, pct=True),
             "ex01_n_min": str(all_success_n(EXACT_MIN, page.alpha)),
