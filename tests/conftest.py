@@ -63,3 +63,18 @@ def tf32_on():
     torch.backends.cudnn.allow_tf32 = True
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory, sample_dir):
+    """A results store with the smoke configuration computed, shared by the tests that execute chapters.
+
+    The smoke book (tests/test_book.py) and the exercises' commands (tests/test_exercises.py)
+    read the same run, so the session computes it once and the developer's results/ is left alone.
+    """
+    from apem.config import load_config
+    from apem.run import run
+
+    root = tmp_path_factory.mktemp("smoke-results")
+    run(load_config("smoke"), progress=False, root=root)
+    return root

@@ -35,9 +35,9 @@ def toc_files() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def smoke_book(tmp_path_factory, sample_dir):
+def smoke_book(tmp_path_factory, smoke_results):
     root = tmp_path_factory.mktemp("smokebook")
-    build("smoke", root=root, progress=False)
+    build("smoke", root=root, progress=False, results_root=smoke_results)
     return root
 
 
