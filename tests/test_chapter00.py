@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from apem import book, metric
+from apem import by_hand
 from apem.chapters import ch00
 from apem.metric.clean import loss_gradient
 
@@ -111,7 +112,7 @@ def test_a_wrong_closed_form_is_caught(monkeypatch):
         d, ok = orig(toy_, R)
         return [3 * v for v in d], ok
 
-    monkeypatch.setattr(ch00, "direction_by_hand", narrow)
+    monkeypatch.setattr(by_hand, "direction_by_hand", narrow)  # where closed_forms looks it up
     wrong = ch00.closed_forms(toy, maps, BOUND, False)
     monkeypatch.undo()
     assert ch00.disagreements(wrong, found).all()
