@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torchvision import transforms as T
+from torchvision import transforms
 
 PRESETS = ("standard", "thesis")
 
@@ -194,18 +194,18 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 # name -> (builder, standard mean, standard std, interpolation, grad-cam layer inside `net`)
 MODELS = {
     "efficientnet_lite0": (_build_efficientnet_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                           T.InterpolationMode.BICUBIC, "bn2"),
-    "vgg16": (_build_vgg16, _IMAGENET_MEAN, _IMAGENET_STD, T.InterpolationMode.BILINEAR, "features.29"),
+                           transforms.InterpolationMode.BICUBIC, "bn2"),
+    "vgg16": (_build_vgg16, _IMAGENET_MEAN, _IMAGENET_STD, transforms.InterpolationMode.BILINEAR, "features.29"),
 }
 
 
-def make_transform(preset: str, interpolation=T.InterpolationMode.BILINEAR, size: int = 224):
+def make_transform(preset: str, interpolation=transforms.InterpolationMode.BILINEAR, size: int = 224):
     """PIL image -> float tensor (3, size, size) in [0, 1]."""
     if preset == "standard":
         resize = int(round(size / 0.875))  # 256 for 224: the usual crop fraction
-        return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), T.ToTensor()])
+        return transforms.Compose([transforms.Resize(resize, interpolation=interpolation), transforms.CenterCrop(size), transforms.ToTensor()])
     if preset == "thesis":
-        return T.Compose([T.Resize((size, size)), T.ToTensor()])
+        return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
     raise ValueError(f"unknown preprocessing preset {preset!r}; choose one of {PRESETS}")
 
 

@@ -103,7 +103,7 @@ def no_tf32():
 
     Every public entry point that searches epsilons or computes maps runs under it
     (:func:`apem.metric.evaluate_maps`, :func:`apem.metric.search`, the explanation
-    filter, :func:`apem.faithfulness.quantus_evaluate`, the studies, ``apem classify``;
+    filter, :func:`apem.quantus_adapter.quantus_evaluate`, the studies, ``apem classify``;
     the runner through :func:`pinned`), so a number
     computed outside the runner is computed as the runner computes it: TF32 moves
     logits by about 1e-3 and with them borderline epsilons. Also a decorator

@@ -117,7 +117,7 @@ def _shared_loss_gradient(method, grad: torch.Tensor):
 
 def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: int):
     """Maps and epsilons for one chunk of images: (rows DataFrame, maps arrays)."""
-    from apem import maps as M
+    from apem import maps
     from apem import metric
     from apem.metric.clean import loss_gradient
 
@@ -140,7 +140,7 @@ def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: in
             if A is None:
                 A = method(lm.model, x, target)
         with step("stage maps", len(x)):
-            stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=cfg.map_encoding)
+            stage = maps.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=cfg.map_encoding)
         for s in cfg.stages:
             blocks.append(stage[s].expand(-1, 3, -1, -1) if stage[s].shape[1] == 1 else stage[s])
             keys.append((name, s, stage[s].detach().cpu()))

@@ -15,7 +15,7 @@ Where it is used (each draw names what it is for):
   and ``seed_of(that, 1)`` for the irrelevance map (:mod:`apem.metric.directions`);
 - SmoothGrad noise of image ``i``: ``seed_of(seed, offset + i)`` (:mod:`apem.explain.gradient`),
   the method's seed per chunk being ``seed_of(cfg.seed, method, "chunk", chunk)``;
-- sanity checks: a layer's re-initialisation ``seed_of(seed, layer name)`` (:mod:`apem.sanity`).
+- sanity checks: a layer's re-initialisation ``seed_of(seed, layer name)`` (:mod:`apem.randomisation`).
 """
 
 from __future__ import annotations

@@ -174,6 +174,20 @@ def censoring_sides(df: pd.DataFrame, value: str) -> np.ndarray:
     return side
 
 
+def censored(df: pd.DataFrame, value: str) -> pd.Series:
+    """Per row: is the stored ``value`` censored (bounded on at least one side, :data:`CENSORING`)?
+
+    APEM is censored when either of its searches reached the bound; a NaN value is not.
+    """
+    return pd.Series(censoring_sides(df, value) != 0, index=df.index) & df[value].notna()
+
+
+def censored_counts(df: pd.DataFrame, value: str, by=("method",)) -> pd.Series:
+    """How many values of ``value`` are censored, per group (``by``), groups in the order of the table."""
+    by = [by] if isinstance(by, str) else list(by)
+    return censored(df, value).groupby([df[b] for b in by], sort=False).sum().astype(int)
+
+
 def censored_bounds(df: pd.DataFrame, value: str) -> dict:
     """What censoring leaves known of the mean and the median of ``value`` (NaN rows dropped).
 
@@ -288,107 +302,4 @@ def pairwise_outcomes(df: pd.DataFrame, value: str = "apem", by: str = "method",
             frac = (lambda m: float(m.sum()) / n) if n else (lambda m: np.nan)
             rows.append({**keys, "a": a, "b": b, "n": n,
                          "better": frac(d > 0), "equal": frac(d == 0), "worse": frac(d < 0)})
-    return pd.DataFrame(rows)
-
-
-def rank_biserial(d, zero_method: str = "wilcox") -> float:
-    """Matched-pairs rank-biserial correlation of differences ``d = a - b`` (Kerby 2014).
-
-    ``r = (T+ - T-) / (T+ + T-)``, with ``T+`` (``T-``) the sum of the ranks
-    of ``|d|`` over the positive (negative) differences: the ranks of the
-    Wilcoxon signed-rank test with the same ``zero_method`` --
-    ``"wilcox"``: zeros dropped before ranking; ``"pratt"``: zeros ranked,
-    then dropped; ``"zsplit"``: zeros ranked, their ranks split half-half
-    between ``T+`` and ``T-``. ``r`` is in [-1, 1]; ``r > 0`` means ``a``
-    tends to be larger than ``b``; ``r = 1`` when every non-zero difference is
-    positive. NaN when no difference counts.
-    """
-    d = _clean(d)
-    if zero_method == "wilcox":
-        d = d[d != 0]
-    if d.size == 0:
-        return np.nan
-    ranks = sps.rankdata(np.abs(d))
-    t_plus, t_minus, t_zero = ranks[d > 0].sum(), ranks[d < 0].sum(), ranks[d == 0].sum()
-    if zero_method == "zsplit":
-        t_plus, t_minus = t_plus + t_zero / 2, t_minus + t_zero / 2
-    elif zero_method not in ("wilcox", "pratt"):
-        raise ValueError(f"unknown zero_method {zero_method!r}")
-    total = t_plus + t_minus
-    return float((t_plus - t_minus) / total) if total > 0 else np.nan
-
-
-def paired_wilcoxon(a, b, zero_method: str = "wilcox", alternative: str = "two-sided") -> dict:
-    """Wilcoxon signed-rank test of ``a - b`` on the pairs where both are present.
-
-    Returns ``n`` (pairs used), ``n_zero`` (pairs with ``a == b``),
-    ``median_diff`` and ``mean_diff`` of ``a - b``, ``statistic`` and
-    ``p_value`` from :func:`scipy.stats.wilcoxon` (its ``method="auto"``:
-    exact null distribution for small samples without ties, the normal
-    approximation otherwise), and ``rank_biserial`` (:func:`rank_biserial`,
-    positive when ``a`` tends to exceed ``b``). The test and the effect size
-    are NaN when no pair differs (``p_value`` then NaN: nothing to test).
-    """
-    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in length: {a.shape} vs {b.shape}")
-    ok = ~(np.isnan(a) | np.isnan(b))
-    d = a[ok] - b[ok]
-    out = {"n": int(d.size), "n_zero": int((d == 0).sum()),
-           "median_diff": float(np.median(d)) if d.size else np.nan,
-           "mean_diff": float(np.mean(d)) if d.size else np.nan,
-           "statistic": np.nan, "p_value": np.nan, "rank_biserial": rank_biserial(d, zero_method)}
-    if (d != 0).any():
-        res = sps.wilcoxon(d, zero_method=zero_method, alternative=alternative)
-        out["statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
-    return out
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values (Holm 1979); NaNs stay NaN and do not count.
-
-    With the ``m`` finite p-values sorted ascending, ``p~_(i) = max_{j <= i}
-    min(1, (m - j + 1) p_(j))``.
-    """
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out[order] = np.maximum.accumulate(adj)
-    return out
-
-
-def wilcoxon_pairs(df: pd.DataFrame, value: str = "apem", by: str = "method", pair_on: str = "image_id",
-                   zero_method: str = "wilcox", within=None) -> pd.DataFrame:
-    """Wilcoxon signed-rank test for every unordered pair of ``by`` levels, Holm-adjusted.
-
-    One row per pair ``(a, b)`` (levels in order of appearance, ``a`` first),
-    from :func:`paired_wilcoxon` on ``a - b`` per ``pair_on``: ``n, n_zero,
-    median_diff, mean_diff, statistic, p_value, rank_biserial``, plus
-    ``p_holm``: Holm-adjusted across the pairs (inside each ``within`` group).
-
-    ``zero_method="wilcox"`` (the default) drops images where the two methods
-    tie. The epsilon search is discrete, so ties are common; dropping them
-    makes the test ask "when the two methods differ on an image, which one is
-    larger?", which is the question of the thesis's pairwise comparison, and
-    it is the definition that the matched-pairs rank-biserial correlation
-    uses, so test and effect size see the same data. How often the methods tie
-    is reported as ``n_zero`` here and as ``equal`` in
-    :func:`pairwise_outcomes`. ``"pratt"`` (zeros ranked, then dropped) is the
-    more conservative alternative when ties are many.
-    """
-    rows = []
-    for keys, g in _within_groups(df, within):
-        wide = _paired_wide(g, value, by, pair_on)
-        block = []
-        for a, b in itertools.combinations(wide.columns, 2):
-            block.append({**keys, "a": a, "b": b, **paired_wilcoxon(wide[a], wide[b], zero_method)})
-        if block:
-            for r, p in zip(block, holm([r["p_value"] for r in block])):
-                r["p_holm"] = float(p)
-        rows.extend(block)
     return pd.DataFrame(rows)

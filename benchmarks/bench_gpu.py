@@ -641,7 +641,7 @@ def _method(name, params, cfg, chunk, lm):
 
 def chunk_stages(label: str, name: str, cfg, n_images: int, correct_only: bool, filter_maps: int):
     """apem.run.compute_chunk's steps on one chunk of ``n_images`` images, each one timed (synchronised)."""
-    from apem import maps as M
+    from apem import maps
 
     lm = model(name)
     xa, ya, pa = images(name)
@@ -656,7 +656,7 @@ def chunk_stages(label: str, name: str, cfg, n_images: int, correct_only: bool, 
     t_stage = 0.0
     for mname, params in cfg.methods.items():
         A, T[f"method {mname}"] = timed(lambda: _method(mname, params, cfg, 0, lm)(lm.model, x, target))
-        st, t = timed(lambda: M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize))
+        st, t = timed(lambda: maps.stage_maps(A, x, cfg.stages, quantize=cfg.quantize))
         t_stage += t
         for s in cfg.stages:
             blocks.append(st[s].expand(-1, 3, -1, -1) if st[s].shape[1] == 1 else st[s])
@@ -842,7 +842,7 @@ def sec_runner():
 
 def sec_projection():
     """Wall time of params/paper.yaml on this GPU, from the measured rates."""
-    from apem import thesis as TH  # noqa: F401  (the cited numbers live there)
+    from apem import thesis  # noqa: F401  (the cited numbers live there)
 
     N = 10_000
     S = 10

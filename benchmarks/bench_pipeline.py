@@ -84,7 +84,7 @@ def forward_seconds(cfg, threads: int, n: int = 16, rounds: int = 3) -> tuple[fl
 
 def _chapter_call(k: int, params: str, overrides: dict):
     """The chapter's own heavy call, with the chapter's default parameters."""
-    from apem import chapters as C  # noqa: F401
+    from apem import chapters  # noqa: F401
     import importlib
 
     ch = importlib.import_module(f"apem.chapters.ch{k:02d}")
@@ -237,20 +237,20 @@ VARIANTS = [
 
 def compare(params: str, over: dict, threads: int, rounds: int, t_fwd: float) -> dict:
     """Every variant on a fresh store, in alternating rounds (ABC ABC): the fastest round of each step."""
-    import apem.run as R
+    from apem import run
 
     best: dict[str, dict[str, float]] = {label: {} for label, _, _ in VARIANTS}
     n_sel = over["n_correct"] + over["n_misclassified"]
     for r in range(rounds):
         for label, cfg_over, switches in VARIANTS:
-            old = {k: getattr(R, k) for k in switches}
+            old = {k: getattr(run, k) for k in switches}
             for k, v in switches.items():
-                setattr(R, k, v)
+                setattr(run, k, v)
             try:
                 prof = profile_run(params, {**over, **cfg_over}, threads)
             finally:
                 for k, v in old.items():
-                    setattr(R, k, v)
+                    setattr(run, k, v)
             for row in per_image_rows(prof, t_fwd):
                 prev = best[label].get(row["step"])
                 best[label][row["step"]] = row["per_image"] if prev is None else min(prev, row["per_image"])

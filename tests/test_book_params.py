@@ -242,7 +242,8 @@ def test_charts_and_plots_release_their_figures_from_pyplot():
     import pandas as pd
     import torch
 
-    from apem import charts, plots
+    from apem.figures import charts
+    from apem.figures import plots
 
     plt.close("all")
     outcomes = pd.DataFrame({"a": ["gradient"], "b": ["smoothgrad"], "better": [0.5], "equal": [0.25],

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from apem import claims as cl
-from apem import report, stats
+from apem import stats
+from apem.book import display
+from apem.figures import charts
 from apem.chapters import ch01, ch03, ch04
 
 # ----------------------------------------------------------------------------- chapter 1
@@ -114,28 +116,29 @@ def test_censored_counts_per_value_and_group():
     C = _results(6)
     C.loc[(C.method == "gradient") & (C.image_id == "im0"), "censored_plus"] = True
     C.loc[(C.method == "smoothgrad") & (C.image_id.isin(["im1", "im2"])), "censored_minus"] = True
-    assert ch03.censored_counts(C, "eps_plus").to_dict() == {"gradient": 1, "lrp_epsilon": 0, "smoothgrad": 0}
-    assert ch03.censored_counts(C, "eps_minus").to_dict() == {"gradient": 0, "lrp_epsilon": 0, "smoothgrad": 2}
-    assert ch03.censored_counts(C, "apem").to_dict() == {"gradient": 1, "lrp_epsilon": 0, "smoothgrad": 2}
-    assert ch03.censored_total(C) == "3 of 18 censored"
+    assert stats.censored_counts(C, "eps_plus").to_dict() == {"gradient": 1, "lrp_epsilon": 0, "smoothgrad": 0}
+    assert stats.censored_counts(C, "eps_minus").to_dict() == {"gradient": 0, "lrp_epsilon": 0, "smoothgrad": 2}
+    assert stats.censored_counts(C, "apem").to_dict() == {"gradient": 1, "lrp_epsilon": 0, "smoothgrad": 2}
+    assert charts.censored_total(C) == "3 of 18 censored"
 
 
 def test_censored_boxes_put_the_counts_in_the_labels():
     C = _results(6, stages=(1, 2, 3))
     C.loc[(C.method == "gradient") & (C.stage == 2), "censored_plus"] = True
-    fig = ch03.censored_boxes(C, hue="stage")
+    fig = charts.censored_boxes(C, hue="stage")
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels[0] == "Gradient\ncensored 0/6/0"
-    fig = ch03.censored_boxes(C[C.stage == 3])
+    fig = charts.censored_boxes(C[C.stage == 3])
     assert [t.get_text() for t in fig.axes[2].get_xticklabels()][1] == "LRP-ε\n0 censored"
 
 
 def test_summary_view_of_table_4_2_has_censoring_and_the_thesis():
-    from apem import report, thesis
+    from apem import thesis
+    from apem.book import display
 
     C = _results(10)
     C.loc[(C.method == "gradient") & (C.image_id == "im3"), "censored_plus"] = True
-    V = report.summary_view(stats.summary_table(C, by="method", n_boot=200), thesis=thesis.TABLE_4_2.set_index("method"))
+    V = display.summary_view(stats.summary_table(C, by="method", n_boot=200), thesis=thesis.TABLE_4_2.set_index("method"))
     assert V.loc["Gradient", "censored"] == 1 and V.loc["Gradient", "mean"].startswith("≥ ")
     assert V.loc["SmoothGrad", "thesis mean"] == "44.38"
 
@@ -214,9 +217,9 @@ def test_fmt_never_prints_nan():
 
 
 def test_a_mean_censored_both_ways_is_printed_with_its_value():
-    assert report.fmt_mean(101.4, stats.UNDETERMINED) == "101.4 (censored both ways: not a bound)"
-    assert report.fmt_mean(66.14, stats.LOWER) == "≥ 66.1"
-    assert report.fmt_mean(float("nan"), stats.EXACT) == "–"
+    assert display.fmt_mean(101.4, stats.UNDETERMINED) == "101.4 (censored both ways: not a bound)"
+    assert display.fmt_mean(66.14, stats.LOWER) == "≥ 66.1"
+    assert display.fmt_mean(float("nan"), stats.EXACT) == "–"
 
 
 def test_drop_table_counts_images_censored_at_either_end():

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from apem import claims as cl
-from apem import studies as E
+from apem import studies
 from apem.chapters import ch09, ch10, ch11, ch12
 
 METHODS = ("gradient", "smoothgrad", "lrp_epsilon")
@@ -119,7 +119,7 @@ def _scores(n=12, apem_cost=10.0, road_cost=30.0, agree=True):
         for m in METHODS:
             pf = base[m] + 0.01 * i
             ap = (pf if agree else -pf) * 100
-            for metric, score, fwd, back in ((E.APEM, ap, apem_cost + 0.1 * i, 2),
+            for metric, score, fwd, back in ((studies.APEM, ap, apem_cost + 0.1 * i, 2),
                                              ("PixelFlipping", pf, 48.0, 0), ("ROAD", pf, road_cost, 0)):
                 rows.append({"image_id": f"im{i}", "method": m, "metric": metric, "score": score,
                              "seconds_image": 1.0, "n_maps": 3, "forwards_map": fwd, "backwards_image": back})

@@ -125,16 +125,16 @@ def test_split_params_rejects_what_an_exercise_must_not_name():
 
 
 def test_solutions_quote_glued_values_that_the_module_computes():
-    """Every ``{glue:text}`` name a solution quotes is one :func:`apem.chapters.exercises.values` computes."""
+    """Every ``{glue:text}`` name a solution quotes is one :func:`apem.book.exercises.values` computes."""
     import importlib
     import inspect
 
-    from apem.chapters import exercises as X
+    from apem.chapters import exercises
 
     for nb in chapters():
         n = nb.name[:2]
-        if f"ch{n}" in X.CHAPTERS:
-            src, prefix, where = inspect.getsource(X.CHAPTERS[f"ch{n}"]), f"ex{n}_", f"exercises._ch{n}"
+        if f"ch{n}" in exercises.CHAPTERS:
+            src, prefix, where = inspect.getsource(exercises.CHAPTERS[f"ch{n}"]), f"ex{n}_", f"exercises._ch{n}"
         else:  # chapter 0 glues its own page's numbers (apem.chapters.ch00.Page.glue)
             src, prefix, where = inspect.getsource(importlib.import_module(f"apem.chapters.ch{n}")), f"ch{n}-", f"ch{n}"
         for name in _GLUE.findall(exercise_section(nb)):
@@ -145,7 +145,7 @@ def test_solutions_quote_glued_values_that_the_module_computes():
 def test_helpers_closed_form():
     from scipy import stats as sps
 
-    from apem.chapters.exercises import all_success_n, counts_sentence, smallest_mann_whitney_p
+    from apem.book.exercises import all_success_n, counts_sentence, smallest_mann_whitney_p
 
     for thr, alpha in ((0.95, 0.05), (0.9, 0.01), (0.5, 0.05)):
         n = all_success_n(thr, alpha)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from apem import explain as E
+from apem import explain
 from apem.seeds import seed_of
 from apem.metric.clean import loss_gradient
 from apem.models import Normalize
@@ -56,8 +56,8 @@ def hooks_and_flags(model):
 
 def test_gradient_equals_central_finite_differences():
     model, x = tiny_cnn(), images(2)
-    target = E.predict_targets(model, x)
-    a = E.attribute(model, x, method="gradient")
+    target = explain.predict_targets(model, x)
+    a = explain.attribute(model, x, method="gradient")
 
     def loss(z):
         with torch.no_grad():
@@ -78,8 +78,8 @@ def test_gradient_uses_given_target():
     model, x = tiny_cnn(), images(2)
     t = torch.tensor([3, 1])
     g, _, _ = loss_gradient(model, x, t)
-    assert torch.equal(E.attribute(model, x, t), g)
-    assert not torch.allclose(E.attribute(model, x, t), E.attribute(model, x, (E.predict_targets(model, x) + 1) % 5))
+    assert torch.equal(explain.attribute(model, x, t), g)
+    assert not torch.allclose(explain.attribute(model, x, t), explain.attribute(model, x, (explain.predict_targets(model, x) + 1) % 5))
 
 
 # --------------------------------------------------------------------------- SmoothGrad
@@ -89,7 +89,7 @@ def smoothgrad_reference(model, x, target, n, sigma, seed, noise_target, offset=
     """One noisy copy at a time."""
     out = torch.zeros_like(x)
     for i in range(len(x)):
-        noise = E.smoothgrad_noise(x[i], n, seed, offset + i)
+        noise = explain.smoothgrad_noise(x[i], n, seed, offset + i)
         for k in range(n):
             xi = (x[i] + sigma * noise[k]).unsqueeze(0)
             t = None if noise_target == "sample" else target[i : i + 1]
@@ -100,8 +100,8 @@ def smoothgrad_reference(model, x, target, n, sigma, seed, noise_target, offset=
 
 def test_smoothgrad_with_vanishing_noise_is_the_gradient():
     model, x = tiny_cnn(), images(3)
-    sg = E.attribute(model, x, method="smoothgrad", n=5, sigma=1e-8, batch_size=4)
-    assert torch.allclose(sg, E.attribute(model, x), rtol=1e-5, atol=1e-9)
+    sg = explain.attribute(model, x, method="smoothgrad", n=5, sigma=1e-8, batch_size=4)
+    assert torch.allclose(sg, explain.attribute(model, x), rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("noise_target", ["sample", "fixed"])
@@ -109,7 +109,7 @@ def test_smoothgrad_equals_slow_reference(noise_target):
     model, x = tiny_cnn(), images(3)
     t = torch.tensor([0, 2, 4])
     # n = 5 copies in chunks of 3: chunks span two images
-    sg = E.attribute(model, x, t, method="smoothgrad", n=5, sigma=0.3, batch_size=3, seed=7, noise_target=noise_target)
+    sg = explain.attribute(model, x, t, method="smoothgrad", n=5, sigma=0.3, batch_size=3, seed=7, noise_target=noise_target)
     ref = smoothgrad_reference(model, x, t, 5, 0.3, 7, noise_target)
     assert torch.allclose(sg, ref, rtol=1e-10, atol=1e-12)
 
@@ -117,29 +117,29 @@ def test_smoothgrad_equals_slow_reference(noise_target):
 def test_smoothgrad_targets_differ_between_modes():
     # with large noise some copies change class: "sample" and "fixed" must then differ
     model, x = tiny_cnn(), images(3)
-    a = E.attribute(model, x, method="smoothgrad", n=16, sigma=1.0, noise_target="sample")
-    b = E.attribute(model, x, method="smoothgrad", n=16, sigma=1.0, noise_target="fixed")
+    a = explain.attribute(model, x, method="smoothgrad", n=16, sigma=1.0, noise_target="sample")
+    b = explain.attribute(model, x, method="smoothgrad", n=16, sigma=1.0, noise_target="fixed")
     assert not torch.allclose(a, b)
 
 
 def test_smoothgrad_is_reproducible_and_seeded():
     model, x = tiny_cnn(), images(3, dtype=torch.float32).float()
     model = model.float()
-    a = E.attribute(model, x, method="smoothgrad", n=6, seed=3)
-    b = E.attribute(model, x, method="smoothgrad", n=6, seed=3)
-    c = E.attribute(model, x, method="smoothgrad", n=6, seed=4)
+    a = explain.attribute(model, x, method="smoothgrad", n=6, seed=3)
+    b = explain.attribute(model, x, method="smoothgrad", n=6, seed=3)
+    c = explain.attribute(model, x, method="smoothgrad", n=6, seed=4)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
 
 def test_smoothgrad_noise_depends_on_seed_and_position_only():
     model, x = tiny_cnn(), images(4)
-    full = E.attribute(model, x, method="smoothgrad", n=4, seed=1, batch_size=5)
-    head = E.attribute(model, x[:2], method="smoothgrad", n=4, seed=1, batch_size=3)
-    tail = E.attribute(model, x[2:], method="smoothgrad", n=4, seed=1, batch_size=8, offset=2)
+    full = explain.attribute(model, x, method="smoothgrad", n=4, seed=1, batch_size=5)
+    head = explain.attribute(model, x[:2], method="smoothgrad", n=4, seed=1, batch_size=3)
+    tail = explain.attribute(model, x[2:], method="smoothgrad", n=4, seed=1, batch_size=8, offset=2)
     assert torch.allclose(full, torch.cat([head, tail]), rtol=1e-12, atol=1e-14)
     # without the offset the tail images get the head's noise
-    assert not torch.allclose(full[2:], E.attribute(model, x[2:], method="smoothgrad", n=4, seed=1))
+    assert not torch.allclose(full[2:], explain.attribute(model, x[2:], method="smoothgrad", n=4, seed=1))
 
 
 def test_image_seeds_do_not_collide():
@@ -163,7 +163,7 @@ def test_lrp_on_a_linear_model_equals_the_closed_form():
         t = torch.tensor([1, 3])
         rout = torch.softmax(z, 1) if objective == "loss" else F.one_hot(t, 4).to(D)
         expected = torch.einsum("ni,ji,nj->ni", xn, w, rout / (z + eps * torch.sign(z)))
-        got = E.attribute(model, x, t, method="lrp_epsilon", epsilon=eps, objective=objective)
+        got = explain.attribute(model, x, t, method="lrp_epsilon", epsilon=eps, objective=objective)
         assert torch.allclose(got.flatten(1), expected, rtol=1e-10, atol=1e-14)
 
 
@@ -179,7 +179,7 @@ def _layer_relevances(net: nn.Sequential, x, rout, eps):
             acts.append(layer(acts[-1]))
     for k, layer in enumerate(net):
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            sums.append(E.lrp_relevance(net[k:], acts[k], rout, eps).sum().item())
+            sums.append(explain.lrp_relevance(net[k:], acts[k], rout, eps).sum().item())
     return sums
 
 
@@ -203,7 +203,7 @@ def test_lrp_max_pool_sends_relevance_to_the_winner():
     torch.manual_seed(0)
     net = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 2 * 2, 3)).to(D).eval()
     a = images(1, size=4)
-    rel = E.lrp_relevance(net, a, lambda z: torch.softmax(z, 1), 1e-9)
+    rel = explain.lrp_relevance(net, a, lambda z: torch.softmax(z, 1), 1e-9)
     winners = F.max_pool2d(a, 2, return_indices=True)[1]
     mask = torch.zeros(a.numel(), dtype=torch.bool)
     mask[(winners + torch.arange(3).view(1, 3, 1, 1) * 16).flatten()] = True
@@ -228,8 +228,8 @@ def test_lrp_handles_conv2d_same_like_explicit_padding():
     b.net[0].padding = (0, 1, 0, 1)
     with torch.no_grad():
         assert torch.allclose(a(x), b(x))
-    ra = E.attribute(a, x, method="lrp_epsilon", epsilon=1e-9)
-    rb = E.attribute(b, x, method="lrp_epsilon", epsilon=1e-9)
+    ra = explain.attribute(a, x, method="lrp_epsilon", epsilon=1e-9)
+    rb = explain.attribute(b, x, method="lrp_epsilon", epsilon=1e-9)
     assert torch.allclose(ra, rb, rtol=1e-9, atol=1e-15)
     assert ra.sum().item() == pytest.approx(2.0, rel=1e-6)  # conserved: softmax sums to 1 per image
 
@@ -275,9 +275,9 @@ def test_lrp_residual_sum_conserves_relevance_without_double_counting():
     assert block.has_skip
     x = torch.randn(2, 4, 5, 5, dtype=D, generator=torch.Generator().manual_seed(2))
     rout = torch.rand(2, 4, 5, 5, dtype=D, generator=torch.Generator().manual_seed(3))
-    fold, residual = E.canonizer_classes()
-    with_sum = LayerMapComposite(E.lrp_layer_map(1e-12, 1e-12), canonizers=[fold(), residual()])
-    without = LayerMapComposite(E.lrp_layer_map(1e-12, 1e-12), canonizers=[fold()])
+    fold, residual = explain.canonizer_classes()
+    with_sum = LayerMapComposite(explain.lrp_layer_map(1e-12, 1e-12), canonizers=[fold(), residual()])
+    without = LayerMapComposite(explain.lrp_layer_map(1e-12, 1e-12), canonizers=[fold()])
     total = rout.sum().item()
     assert _relevance_sum(block, with_sum, x, rout) == pytest.approx(total, rel=1e-6)
     # a plain "+" hands the whole relevance to both branches: counted twice
@@ -316,7 +316,7 @@ def test_lite0_canonized_logits_equal_and_model_unchanged(random_lite0):
     with torch.no_grad():
         before = model(x)
     state = snapshot(model)
-    composite = E.lrp_composite(model)
+    composite = explain.lrp_composite(model)
     with composite.context(model):
         with torch.no_grad():
             canon = model(x)
@@ -337,7 +337,7 @@ def test_lrp_on_lite0_is_finite_and_leaves_model_unchanged(random_lite0):
     model = random_lite0
     x = images(2, size=64, dtype=torch.float32)
     state = snapshot(model)
-    a = E.attribute(model, x, method="lrp_epsilon")
+    a = explain.attribute(model, x, method="lrp_epsilon")
     assert a.shape == x.shape and torch.isfinite(a).all() and a.abs().sum() > 0
     assert_same_snapshot(state, snapshot(model))
 
@@ -353,7 +353,7 @@ def test_lrp_on_lite0_conserves_relevance_without_bias(random_lite0):
     model.net.classifier.bias.data.zero_()
     x = images(1, size=32)
     rout = torch.softmax(model(x), 1)
-    a = E.lrp_relevance(model, x, rout, epsilon=1e-12, stabilizer=1e-12)
+    a = explain.lrp_relevance(model, x, rout, epsilon=1e-12, stabilizer=1e-12)
     assert a.sum().item() == pytest.approx(1.0, rel=1e-6)
 
 
@@ -364,7 +364,7 @@ def test_lrp_on_random_vgg16_small_input():
     model = wrap(vgg16(weights=None), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), dtype=torch.float32)
     x = images(1, size=64, dtype=torch.float32)
     state = hooks_and_flags(model)
-    a = E.attribute(model, x, method="lrp_epsilon")
+    a = explain.attribute(model, x, method="lrp_epsilon")
     assert a.shape == (1, 3, 64, 64) and torch.isfinite(a).all() and a.abs().sum() > 0
     assert hooks_and_flags(model) == state
 
@@ -373,7 +373,7 @@ def test_lrp_refuses_a_batch_norm_it_cannot_fold():
     torch.manual_seed(0)
     model = wrap(nn.Sequential(nn.Flatten(), nn.Unflatten(1, (3, 2, 2)), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(12, 2)))
     with pytest.raises(ValueError, match="batch norm"):
-        E.attribute(model, images(1, size=2), method="lrp_epsilon")
+        explain.attribute(model, images(1, size=2), method="lrp_epsilon")
 
 
 # --------------------------------------------------------------------------- captum methods
@@ -385,7 +385,7 @@ def test_integrated_gradients_completeness_on_the_target_logit():
     model = wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)))
     x = images(2)
     t = torch.tensor([1, 4])
-    a = E.attribute(model, x, t, method="integrated_gradients", n_steps=32, internal_batch_size=16)
+    a = explain.attribute(model, x, t, method="integrated_gradients", n_steps=32, internal_batch_size=16)
     with torch.no_grad():
         diff = model(x).gather(1, t[:, None]) - model(torch.zeros_like(x)).gather(1, t[:, None])
     assert torch.allclose(a.sum((1, 2, 3)), diff.flatten(), rtol=1e-6, atol=1e-8)
@@ -396,7 +396,7 @@ def test_input_x_gradient_is_input_times_logit_gradient():
     t = torch.tensor([0, 3])
     xg = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(model(xg).gather(1, t[:, None]).sum(), xg)
-    assert torch.allclose(E.attribute(model, x, t, method="input_x_gradient"), x * g)
+    assert torch.allclose(explain.attribute(model, x, t, method="input_x_gradient"), x * g)
 
 
 def test_guided_backprop_on_relu6_closed_form():
@@ -412,11 +412,11 @@ def test_guided_backprop_on_relu6_closed_form():
     # guided: only positive gradients pass each ReLU6, then the linear layers' transposes
     up = torch.relu(mask * l2.weight[t])
     expected = (up @ l1.weight) / std
-    got = E.attribute(model, x, t, method="guided_backprop")
+    got = explain.attribute(model, x, t, method="guided_backprop")
     assert torch.allclose(got.flatten(1), expected)
     # relu6=False is captum's own behaviour: ReLU6 is not hooked, the plain logit gradient
     with pytest.warns(UserWarning, match="plain gradient"):
-        plain = E.attribute(model, x, t, method="guided_backprop", relu6=False)
+        plain = explain.attribute(model, x, t, method="guided_backprop", relu6=False)
     assert torch.allclose(plain.flatten(1), ((mask * l2.weight[t]) @ l1.weight) / std)
 
 
@@ -432,10 +432,10 @@ def test_gradcam_equals_manual_computation():
     handle.remove()
     cam = torch.relu((g.mean((2, 3), keepdim=True) * acts["a"]).sum(1, keepdim=True)).detach()
     expected = F.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
-    assert torch.allclose(E.attribute(model, x, t, method="gradcam"), expected)
-    assert torch.allclose(E.attribute(model, x, t, method="gradcam", layer="net.3"), expected)
+    assert torch.allclose(explain.attribute(model, x, t, method="gradcam"), expected)
+    assert torch.allclose(explain.attribute(model, x, t, method="gradcam", layer="net.3"), expected)
     with pytest.raises(ValueError, match="net.nope"):
-        E.attribute(model, x, t, method="gradcam", layer="net.nope")
+        explain.attribute(model, x, t, method="gradcam", layer="net.nope")
 
 
 def test_gradcam_default_layer_of_a_loaded_model():
@@ -444,9 +444,9 @@ def test_gradcam_default_layer_of_a_loaded_model():
     model, x = tiny_cnn(), images(2)
     loaded = LoadedModel(name="tiny", preset="standard", model=model, transform=None, mean=(), std=(),
                          weights="random", gradcam_layer="net.4")
-    a = E.attribute(loaded, x, method="gradcam")
-    assert torch.allclose(a, E.attribute(model, x, method="gradcam", layer="net.4"))
-    assert not torch.allclose(a, E.attribute(model, x, method="gradcam"))
+    a = explain.attribute(loaded, x, method="gradcam")
+    assert torch.allclose(a, explain.attribute(model, x, method="gradcam", layer="net.4"))
+    assert not torch.allclose(a, explain.attribute(model, x, method="gradcam"))
 
 
 # --------------------------------------------------------------------------- common behaviour
@@ -454,12 +454,12 @@ def test_gradcam_default_layer_of_a_loaded_model():
 FAST = {"smoothgrad": {"n": 3}, "integrated_gradients": {"n_steps": 4}}
 
 
-@pytest.mark.parametrize("name", sorted(E.METHODS))
+@pytest.mark.parametrize("name", sorted(explain.METHODS))
 def test_every_method_keeps_model_state_and_shape(name):
     model, x = tiny_cnn(), images(2)
     model.net[0].weight.requires_grad_(True)  # a mixed state must survive too
     before = hooks_and_flags(model)
-    a = E.attribute(model, x, method=name, **FAST.get(name, {}))
+    a = explain.attribute(model, x, method=name, **FAST.get(name, {}))
     assert a.shape == x.shape and a.dtype == x.dtype and a.device == x.device
     assert hooks_and_flags(model) == before
     assert not a.requires_grad
@@ -477,26 +477,26 @@ def test_non_finite_attribution_raises_naming_method_and_count(name):
     x = images(3, size=2) + 0.1
     x[1, 0, 0, 0] = 0.0  # d sqrt / dx = inf at 0: one image of three
     params = {"n": 2, "sigma": 0.0} if name == "smoothgrad" else {}
-    with pytest.raises(E.AttributionError, match=rf"{name}: .*1 of 3 image"):
-        E.attribute(model, x, method=name, **params)
+    with pytest.raises(explain.AttributionError, match=rf"{name}: .*1 of 3 image"):
+        explain.attribute(model, x, method=name, **params)
 
 
 def test_attribution_error_is_a_value_error():
-    assert issubclass(E.AttributionError, ValueError)
+    assert issubclass(explain.AttributionError, ValueError)
 
 
 # --------------------------------------------------------------------------- registry
 
 
 def test_registry_names_and_defaults():
-    assert set(E.THESIS_METHODS) <= set(E.METHODS)
-    assert E.method_params("smoothgrad") == {
+    assert set(explain.THESIS_METHODS) <= set(explain.METHODS)
+    assert explain.method_params("smoothgrad") == {
         "n": 100, "sigma": 0.2, "noise_target": "sample", "batch_size": 32, "seed": 0, "offset": 0, "objective": "loss",
     }
-    assert E.method_params("lrp_epsilon") == {"epsilon": 1.0, "objective": "loss"}
-    assert E.method_params("gradient") == {"objective": "loss"}
-    assert E.method_params("gradcam")["objective"] == "logit"
-    m = E.get_method("smoothgrad", n=4)
+    assert explain.method_params("lrp_epsilon") == {"epsilon": 1.0, "objective": "loss"}
+    assert explain.method_params("gradient") == {"objective": "loss"}
+    assert explain.method_params("gradcam")["objective"] == "logit"
+    m = explain.get_method("smoothgrad", n=4)
     assert m.params["n"] == 4 and m.params["sigma"] == 0.2 and "n=4" in repr(m)
 
 
@@ -508,13 +508,13 @@ def test_objective_says_what_a_method_explains():
     g_loss, _, _ = loss_gradient(model, x, t)
     w = model[1].weight
     g_logit = w[t].reshape(3, 3, 2, 2)
-    assert torch.equal(E.attribute(model, x, t, method="gradient"), g_loss)
-    assert torch.allclose(E.attribute(model, x, t, method="gradient", objective="logit"), g_logit)
-    assert torch.allclose(E.attribute(model, x, t, method="input_x_gradient"), x * g_logit)
+    assert torch.equal(explain.attribute(model, x, t, method="gradient"), g_loss)
+    assert torch.allclose(explain.attribute(model, x, t, method="gradient", objective="logit"), g_logit)
+    assert torch.allclose(explain.attribute(model, x, t, method="input_x_gradient"), x * g_logit)
     # the loss per class is -log_softmax: its gradient at the target is the loss gradient
-    assert torch.allclose(E.attribute(model, x, t, method="input_x_gradient", objective="loss"), x * g_loss)
+    assert torch.allclose(explain.attribute(model, x, t, method="input_x_gradient", objective="loss"), x * g_loss)
     with pytest.raises(ValueError, match="objective"):
-        E.get_method("gradient", objective="margin")
+        explain.get_method("gradient", objective="margin")
 
 
 def linear_classifier(seed=0, classes=5, shape=(3, 2, 2)):
@@ -530,16 +530,16 @@ def test_gradient_objectives_match_their_closed_forms_on_a_linear_classifier():
     model, x, W = linear_classifier()
     t = torch.tensor([0, 3, 1, 4])
     p = torch.softmax(model(x), 1).detach()
-    logit = E.attribute(model, x, t, method="gradient", objective="logit")
+    logit = explain.attribute(model, x, t, method="gradient", objective="logit")
     assert torch.equal(logit, W[t].reshape(x.shape))
-    loss = E.attribute(model, x, t, method="gradient", objective="loss")
+    loss = explain.attribute(model, x, t, method="gradient", objective="loss")
     closed = torch.stack([
         -(1 - p[i, c]) * W[c] + sum(p[i, k] * W[k] for k in range(W.shape[0]) if k != c)
         for i, c in enumerate(t.tolist())
     ]).reshape(x.shape)
     torch.testing.assert_close(loss, closed, rtol=1e-12, atol=1e-15)
     # the default is the loss (the thesis's code), and the two objectives differ
-    assert torch.equal(E.attribute(model, x, t, method="gradient"), loss)
+    assert torch.equal(explain.attribute(model, x, t, method="gradient"), loss)
     assert not torch.allclose(loss, logit)
 
 
@@ -547,7 +547,7 @@ def test_smoothgrad_logit_objective_averages_the_class_score_gradient():
     """On a linear model every noisy copy's logit gradient is W[t]: the mean is W[t] (noise_target fixed)."""
     model, x, W = linear_classifier(seed=1)
     t = torch.tensor([2, 0, 1, 1])
-    sg = E.attribute(model, x, t, method="smoothgrad", objective="logit", n=8, noise_target="fixed", seed=3)
+    sg = explain.attribute(model, x, t, method="smoothgrad", objective="logit", n=8, noise_target="fixed", seed=3)
     torch.testing.assert_close(sg, W[t].reshape(x.shape), rtol=1e-12, atol=1e-15)
 
 
@@ -570,13 +570,13 @@ def test_a_configuration_passes_the_objective_to_gradient_and_smoothgrad(tmp_pat
 
 def test_unknown_method_or_parameter_is_a_value_error_naming_it():
     with pytest.raises(ValueError, match="'gradcam_plus'"):
-        E.get_method("gradcam_plus")
+        explain.get_method("gradcam_plus")
     with pytest.raises(ValueError, match="'nope'"):
-        E.method_params("nope")
+        explain.method_params("nope")
     with pytest.raises(ValueError, match="sigmaa"):
-        E.get_method("smoothgrad", sigmaa=0.1)
+        explain.get_method("smoothgrad", sigmaa=0.1)
     with pytest.raises(ValueError, match="epsilon"):
-        E.attribute(tiny_cnn(), images(1), method="gradient", epsilon=1.0)
+        explain.attribute(tiny_cnn(), images(1), method="gradient", epsilon=1.0)
 
 
 @settings(max_examples=30, deadline=None)
@@ -593,22 +593,22 @@ def test_bad_parameter_values_are_refused(key, value):
         "seed": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     }[key](value)
     if ok:
-        E.get_method("smoothgrad", **{key: value})
+        explain.get_method("smoothgrad", **{key: value})
     else:
         with pytest.raises(ValueError, match=key):
-            E.get_method("smoothgrad", **{key: value})
+            explain.get_method("smoothgrad", **{key: value})
 
 
 def test_methods_work_under_no_grad_and_inference_mode():
     model, x = tiny_cnn(), images(2)
-    expected = E.attribute(model, x)
+    expected = explain.attribute(model, x)
     with torch.no_grad():
-        assert torch.equal(E.attribute(model, x), expected)
+        assert torch.equal(explain.attribute(model, x), expected)
     with torch.inference_mode():
         xi = x.clone()
-        assert torch.equal(E.attribute(model, xi), expected)
+        assert torch.equal(explain.attribute(model, xi), expected)
 
 
 def test_target_shape_is_checked():
     with pytest.raises(ValueError, match="one class index per image"):
-        E.attribute(tiny_cnn(), images(2), torch.tensor([1, 2, 3]))
+        explain.attribute(tiny_cnn(), images(2), torch.tensor([1, 2, 3]))

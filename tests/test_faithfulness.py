@@ -9,7 +9,7 @@ from torch import nn
 import quantus
 from quantus.functions.perturb_func import noisy_linear_imputation
 
-from apem import faithfulness as F
+from apem import quantus_adapter
 from apem.studies import agreement_table
 
 N, C, H, W = 4, 3, 16, 16
@@ -50,19 +50,19 @@ def _norm_auc(curves, x=None):
 
 def test_pixel_flipping_matches_quantus(tiny):
     net, x, y, maps = tiny
-    res = F.quantus_evaluate("pixel_flipping", net, x, y, maps, batch_size=3)
+    res = quantus_adapter.quantus_evaluate("pixel_flipping", net, x, y, maps, batch_size=3)
     assert res.curves.shape == (N, 48)  # default: features_in_step = 16 on 16x16x3
     curves = np.asarray(_direct(quantus.PixelFlipping(features_in_step=16, disable_warnings=True), net, x, y,
                                 maps.numpy()))
     np.testing.assert_allclose(res.curves, curves, rtol=1e-6)
     np.testing.assert_allclose(res.scores, 1 - _norm_auc(curves), rtol=1e-6)
     assert res.forward_calls == 2 * 48 and res.forward_images == N * 48  # batches of 3 + 1
-    np.testing.assert_allclose(F.quantus_scores("PixelFlipping", net, x, y, maps[:, 0]), res.scores, rtol=1e-6)
+    np.testing.assert_allclose(quantus_adapter.quantus_scores("PixelFlipping", net, x, y, maps[:, 0]), res.scores, rtol=1e-6)
 
 
 def test_selectivity_matches_quantus(tiny):
     net, x, y, maps = tiny
-    res = F.quantus_evaluate("Selectivity", net, x, y, maps)
+    res = quantus_adapter.quantus_evaluate("Selectivity", net, x, y, maps)
     curves = np.asarray(_direct(quantus.Selectivity(patch_size=2, disable_warnings=True), net, x, y, maps.numpy()))
     assert curves.shape == (N, 64)
     np.testing.assert_allclose(res.curves, curves, rtol=1e-6)
@@ -73,10 +73,10 @@ def test_selectivity_matches_quantus(tiny):
 def test_road_matches_quantus_called_per_image(tiny):
     net, x, y, maps = tiny
     pct = [10, 30, 50, 70]
-    res = F.quantus_evaluate("ROAD", net, x, y, maps, params={"percentages": pct}, seed=3)
+    res = quantus_adapter.quantus_evaluate("ROAD", net, x, y, maps, params={"percentages": pct}, seed=3)
     rows = []
     for i in range(N):
-        metric = quantus.ROAD(percentages=pct, noise=0.01, perturb_func=F.pixel_noisy_linear_imputation,
+        metric = quantus.ROAD(percentages=pct, noise=0.01, perturb_func=quantus_adapter.pixel_noisy_linear_imputation,
                               disable_warnings=True)
         np.random.seed(3)
         a = np.ascontiguousarray(np.broadcast_to(maps[i : i + 1].numpy(), (1, C, H, W)))
@@ -90,7 +90,7 @@ def test_road_matches_quantus_called_per_image(tiny):
 def test_faithfulness_correlation_matches_quantus(tiny):
     net, x, y, maps = tiny
     state = np.random.get_state()
-    res = F.quantus_evaluate("FaithfulnessCorrelation", net, x, y, maps, params={"nr_runs": 20}, seed=7)
+    res = quantus_adapter.quantus_evaluate("FaithfulnessCorrelation", net, x, y, maps, params={"nr_runs": 20}, seed=7)
     assert np.array_equal(np.random.get_state()[1], state[1])  # the global generator is restored
     expected = []
     for i in range(N):
@@ -101,7 +101,7 @@ def test_faithfulness_correlation_matches_quantus(tiny):
     np.testing.assert_allclose(res.scores, expected, rtol=1e-6)
     assert res.forward_images == N * 21 and res.curves is None
     # an image's score does not depend on the other images in the call
-    alone = F.quantus_scores("FaithfulnessCorrelation", net, x[2:3], y[2:3], maps[2:3], params={"nr_runs": 20}, seed=7)
+    alone = quantus_adapter.quantus_scores("FaithfulnessCorrelation", net, x[2:3], y[2:3], maps[2:3], params={"nr_runs": 20}, seed=7)
     np.testing.assert_allclose(alone, res.scores[2:3], rtol=1e-6)
 
 
@@ -123,7 +123,7 @@ def test_pixel_imputation_imputes_the_top_pixels_only():
     flat = np.broadcast_to(rank.reshape(1, H, W), (C, H, W)).ravel()
     order = np.argsort(-flat)
     k = int(flat.size * 30 / 100)  # what ROAD keeps for p = 30% with a_size = C*H*W
-    out = F.pixel_noisy_linear_imputation(img, order[:k], noise=0.0)
+    out = quantus_adapter.pixel_noisy_linear_imputation(img, order[:k], noise=0.0)
     top = np.argsort(-rank)[: -(-k // C)]
     np.testing.assert_allclose(out, noisy_linear_imputation(img, top, noise=0.0))
     changed = np.flatnonzero((out != img).any(0).ravel())
@@ -133,7 +133,7 @@ def test_pixel_imputation_imputes_the_top_pixels_only():
     tied[:20] = 1.0
     flat = np.broadcast_to(tied.reshape(1, H, W), (C, H, W)).ravel()
     order = np.argsort(-flat)
-    out = F.pixel_noisy_linear_imputation(img, order[: 3 * 50], noise=0.0)
+    out = quantus_adapter.pixel_noisy_linear_imputation(img, order[: 3 * 50], noise=0.0)
     assert (out != img).any(0).sum() <= 50
 
 
@@ -181,8 +181,8 @@ def test_higher_scores_for_the_faithful_map(name, model):
         assert (model(x).argmax(1) == 0).all()
     good, bad = _quadrant_maps(3)
     params = {"percentages": [10, 20, 30, 40, 50]} if name == "ROAD" else None
-    s_good = F.quantus_scores(name, model, x, y, good, params=params)
-    s_bad = F.quantus_scores(name, model, x, y, bad, params=params)
+    s_good = quantus_adapter.quantus_scores(name, model, x, y, good, params=params)
+    s_bad = quantus_adapter.quantus_scores(name, model, x, y, bad, params=params)
     assert (s_good > s_bad).all(), (s_good, s_bad)
 
 
@@ -190,17 +190,17 @@ def test_higher_scores_for_the_faithful_map(name, model):
 
 
 def test_defaults_and_names():
-    assert F.default_params("PixelFlipping", (3, 224, 224)) == {"features_in_step": 3136}  # 48 steps
-    assert F.default_params("selectivity", (3, 224, 224)) == {"patch_size": 28}  # 64 patches
-    assert F.canonical_name("Faithfulness-Correlation") == "FaithfulnessCorrelation"
+    assert quantus_adapter.default_params("PixelFlipping", (3, 224, 224)) == {"features_in_step": 3136}  # 48 steps
+    assert quantus_adapter.default_params("selectivity", (3, 224, 224)) == {"patch_size": 28}  # 64 patches
+    assert quantus_adapter.canonical_name("Faithfulness-Correlation") == "FaithfulnessCorrelation"
     with pytest.raises(ValueError):
-        F.canonical_name("IROF")
+        quantus_adapter.canonical_name("IROF")
 
 
 def test_maps_must_fit_the_images(tiny):
     net, x, y, maps = tiny
     with pytest.raises(ValueError, match="do not fit"):
-        F.quantus_scores("Selectivity", net, x, y, maps[:, :, :8])
+        quantus_adapter.quantus_scores("Selectivity", net, x, y, maps[:, :, :8])
 
 
 def test_ranking_agreement_by_hand():

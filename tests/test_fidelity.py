@@ -206,7 +206,7 @@ def test_no_tf32_switches_both_flags_off_and_restores_them(tf32_on):
 
 
 def test_every_public_search_runs_with_tf32_off(tf32_on, monkeypatch):
-    from apem import faithfulness as FA
+    from apem import quantus_adapter
     from apem.filtering import explanation_filter
 
     model = FlagRecorder().eval()
@@ -232,9 +232,9 @@ def test_every_public_search_runs_with_tf32_off(tf32_on, monkeypatch):
         model.seen.append(numerics.tf32_flags())
         return [np.array([1.0, 0.5, 0.0])] * len(xs)
 
-    monkeypatch.setattr(FA, "_run", fake_run)
+    monkeypatch.setattr(quantus_adapter, "_run", fake_run)
     model.seen.clear()
-    FA.quantus_scores("PixelFlipping", model, x.numpy(), np.array([0, 1]), maps.numpy(),
+    quantus_adapter.quantus_scores("PixelFlipping", model, x.numpy(), np.array([0, 1]), maps.numpy(),
                       params={"features_in_step": 2})
     assert set(model.seen) == {(False, False)} and numerics.tf32_flags() == (True, True)
 

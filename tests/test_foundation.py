@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from apem import data as D
+from apem import data
 from apem.models import Normalize, WeightsError, load_model, map_state_dict_in_order
 
 
@@ -43,9 +43,9 @@ def test_standard_transform_resize_then_centre_crop(effnet):
 
 
 def test_effnet_weights_map_in_order_and_predict_sample_images(effnet, sample_dir):
-    images = D.load_image_set(sample_dir)
+    images = data.load_image_set(sample_dir)
     sub = images.subset(range(0, 1000, 50))  # 20 classes spread over the list
-    _, x, y = D.load_tensors(sub, effnet.transform)
+    _, x, y = data.load_tensors(sub, effnet.transform)
     with torch.no_grad():
         acc = (effnet.model(x).argmax(1) == y).float().mean().item()
     assert acc >= 0.75, acc  # random weights would give ~0.001
@@ -122,20 +122,20 @@ def _jpeg(path: Path, seed=0):
 
 
 def test_class_index_is_position_among_sorted_wnids():
-    w = D.wnids()
+    w = data.wnids()
     assert len(w) == 1000 and w[0] == "n01440764" and w[-1] == "n15075141"
-    assert D.class_name(0) == "tench" and len(D.class_names()) == 1000
+    assert data.class_name(0) == "tench" and len(data.class_names()) == 1000
 
 
 def test_sample_layout_labels(tmp_path):
     _jpeg(tmp_path / "n01440764_tench.JPEG")
     _jpeg(tmp_path / "n15075141_toilet_tissue.JPEG")
-    s = D.load_image_set(tmp_path)
+    s = data.load_image_set(tmp_path)
     assert s.layout == "samples" and s.labels == (0, 999)
 
 
 def test_sample_set_has_1000_distinct_classes(sample_dir):
-    s = D.load_image_set(sample_dir)
+    s = data.load_image_set(sample_dir)
     assert len(s) == 1000 and sorted(s.labels) == list(range(1000))
 
 
@@ -144,7 +144,7 @@ def test_per_class_layout(tmp_path):
         (tmp_path / wnid).mkdir()
         for i in range(n):
             _jpeg(tmp_path / wnid / f"ILSVRC2012_val_{i:08d}.JPEG", i)
-    s = D.load_image_set(tmp_path)
+    s = data.load_image_set(tmp_path)
     assert s.layout == "per-class" and s.labels == (0, 1, 1)
 
 
@@ -154,7 +154,7 @@ def test_flat_layout_with_val_txt(tmp_path):
     (tmp_path / "val.txt").write_text(
         "ILSVRC2012_val_00000001.JPEG 65\nILSVRC2012_val_00000002.JPEG 970\nILSVRC2012_val_00000003.JPEG 230\n"
     )
-    s = D.load_image_set(tmp_path)
+    s = data.load_image_set(tmp_path)
     assert s.layout == "flat+ground-truth" and s.labels == (65, 970, 230)
 
 
@@ -167,48 +167,48 @@ def test_flat_layout_with_kaggle_csv_beside_the_folder(tmp_path):
         "ImageId,PredictionString\nILSVRC2012_val_00000002,n01443537 1 2 3 4\n"
         "ILSVRC2012_val_00000001,n01440764 1 2 3 4 n01440764 5 6 7 8\n"
     )
-    s = D.load_image_set(val)
+    s = data.load_image_set(val)
     assert s.labels == (0, 1)
 
 
 def test_devkit_ground_truth_needs_meta_mat(tmp_path):
     _jpeg(tmp_path / "ILSVRC2012_val_00000001.JPEG")
     (tmp_path / "ILSVRC2012_validation_ground_truth.txt").write_text("490\n")
-    with pytest.raises(D.DataError, match="meta.mat"):
-        D.load_image_set(tmp_path)
+    with pytest.raises(data.DataError, match="meta.mat"):
+        data.load_image_set(tmp_path)
 
 
 def test_bad_val_txt_line_is_named(tmp_path):
     _jpeg(tmp_path / "ILSVRC2012_val_00000001.JPEG")
     (tmp_path / "val.txt").write_text("ILSVRC2012_val_00000001.JPEG tench\n")
-    with pytest.raises(D.DataError, match=r"val.txt:1"):
-        D.load_image_set(tmp_path)
+    with pytest.raises(data.DataError, match=r"val.txt:1"):
+        data.load_image_set(tmp_path)
 
 
 def test_missing_data_folder(tmp_path, monkeypatch):
-    with pytest.raises(D.DataError, match="does not exist"):
-        D.load_image_set(tmp_path / "nowhere")
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_image_set(tmp_path / "nowhere")
     monkeypatch.setenv("APEM_DATA", str(tmp_path / "nowhere2"))
-    with pytest.raises(D.DataError, match="nowhere2"):
-        D.load_image_set()
+    with pytest.raises(data.DataError, match="nowhere2"):
+        data.load_image_set()
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(D.DataError, match="no labelled images"):
-        D.load_image_set(tmp_path)
+    with pytest.raises(data.DataError, match="no labelled images"):
+        data.load_image_set(tmp_path)
 
 
 def test_corrupt_and_non_image_files_are_skipped_with_a_warning(few_samples, effnet):
     (few_samples / "n01443537_goldfish.JPEG").write_bytes(b"this is not a jpeg")
     (few_samples / "notes.txt").write_text("hello")
     with pytest.warns(UserWarning, match="notes.txt"):
-        s = D.load_image_set(few_samples)
+        s = data.load_image_set(few_samples)
     assert len(s) == 4  # the corrupt one has a valid name: it is found at load time
     with pytest.warns(UserWarning, match="n01443537_goldfish.JPEG"):
-        idx, x, y = D.load_tensors(s, effnet.transform)
+        idx, x, y = data.load_tensors(s, effnet.transform)
     assert len(idx) == 3 and x.shape == (3, 3, 224, 224)
-    with pytest.raises(D.DataError, match="cannot read image"):
-        D.load_image(few_samples / "n01443537_goldfish.JPEG", effnet.transform)
+    with pytest.raises(data.DataError, match="cannot read image"):
+        data.load_image(few_samples / "n01443537_goldfish.JPEG", effnet.transform)
 
 
 def test_classify_command(few_samples, capsys):

@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from apem import metric, numerics
-from apem.metric import evaluate as EV
-from apem.metric import forward as FW
+from apem.metric import evaluate
+from apem.metric import forward
 from apem.metric.directions import keyed_permutations, permute, side_seed
 
 GOLDEN = Path(__file__).parent / "data" / "searches_before_gpu_path.json"
@@ -133,7 +133,7 @@ def test_occurrence_counts_earlier_rows_with_the_same_value():
         for v in idx.tolist():
             want.append(seen[v])
             seen[v] += 1
-        assert FW.occurrence(idx).tolist() == want
+        assert forward.occurrence(idx).tolist() == want
 
 
 # ----------------------------------------------------------------------------- per-step shuffles
@@ -161,7 +161,7 @@ def request_sequence(G, S):
 def test_cpu_default_per_step_draws_are_the_cpu_generators_randperms():
     """Unchanged on the CPU: the k-th request of an item gets the k-th torch.randperm of its own generator."""
     Rn, sign, img_of_item, seeds, S = shuffle_inputs()
-    ps = FW.PerStepShuffles(Rn, sign, img_of_item, seeds, S)
+    ps = forward.PerStepShuffles(Rn, sign, img_of_item, seeds, S)
     assert ps.draw_on == "host"
     reqs = request_sequence(len(Rn), S)
     got = torch.cat([ps(reqs[a:b, 0], reqs[a:b, 1]) for a, b in ((0, 5), (5, 12), (12, len(reqs)))])
@@ -178,7 +178,7 @@ def test_device_per_step_draws_do_not_depend_on_batching_or_company():
     Rn, sign, img_of_item, seeds, S = shuffle_inputs()
     G, n = len(Rn), Rn[0].numel()
     reqs = request_sequence(G, S)
-    one = FW.PerStepShuffles(Rn, sign, img_of_item, seeds, S, draw_on="device")(reqs[:, 0], reqs[:, 1])
+    one = forward.PerStepShuffles(Rn, sign, img_of_item, seeds, S, draw_on="device")(reqs[:, 0], reqs[:, 1])
     # the slow twin: the k-th request of item i is keyed_permutations(seed_i, k)
     k = collections.Counter()
     for row, (m, _) in zip(one, reqs.tolist()):
@@ -188,17 +188,17 @@ def test_device_per_step_draws_do_not_depend_on_batching_or_company():
         assert torch.equal(row, permute(Rn[i : i + 1], perm)[0] * sign[img_of_item[i]])
     # in sub-batches of every size (what Forward's batch_size does)
     for bs in (1, 2, 5, 7):
-        ps = FW.PerStepShuffles(Rn, sign, img_of_item, seeds, S, draw_on="device")
+        ps = forward.PerStepShuffles(Rn, sign, img_of_item, seeds, S, draw_on="device")
         got = torch.cat([ps(reqs[a : a + bs, 0], reqs[a : a + bs, 1]) for a in range(0, len(reqs), bs)])
         assert torch.equal(got, one), bs
     # each item alone (as if no other item shared its batches)
     for i in range(G):
         mine = (reqs[:, 0] // S) == i
-        ps = FW.PerStepShuffles(Rn[i : i + 1], sign, img_of_item[i : i + 1], seeds[i : i + 1], S, draw_on="device")
+        ps = forward.PerStepShuffles(Rn[i : i + 1], sign, img_of_item[i : i + 1], seeds[i : i + 1], S, draw_on="device")
         alone = ps(reqs[mine, 0] - i * S, reqs[mine, 1])
         assert torch.equal(alone, one[mine]), i
     with pytest.raises(ValueError, match="draw_on"):
-        FW.PerStepShuffles(Rn, sign, img_of_item, seeds, S, draw_on="gpu")
+        forward.PerStepShuffles(Rn, sign, img_of_item, seeds, S, draw_on="gpu")
 
 
 def keyed_thesis_loop(model, x, Rn, sign, seed, S, t, bound):
@@ -219,7 +219,7 @@ def keyed_thesis_loop(model, x, Rn, sign, seed, S, t, bound):
 def test_device_draws_through_evaluate_maps(monkeypatch):
     """With the accelerator's draws: thesis per-step epsilons equal the slow loop's, and neither mode depends on
     the batch size, the chunking or which other maps are in the call."""
-    monkeypatch.setattr(FW, "DRAW_ON", "device")
+    monkeypatch.setattr(forward, "DRAW_ON", "device")
     net, x, maps, ii = problem()
     seeds = torch.arange(30, 36)
     kw = dict(shuffles=3, shuffle_mode="per_step", bound=3000, block=8)
@@ -294,14 +294,14 @@ class SyncLint(TorchDispatchMode):
 def engine_syncs(monkeypatch, **kw):
     """(syncs inside the engines' calls, passes) of one evaluate_maps call."""
     passes = []
-    run = EV.run_engine
+    run = evaluate.run_engine
 
     def counted(*a, **k):
         out = run(*a, **k)
         passes.append(out[3])
         return out
 
-    monkeypatch.setattr(EV, "run_engine", counted)
+    monkeypatch.setattr(evaluate, "run_engine", counted)
     SE = sys.modules["apem.metric.search"]
 
     monkeypatch.setattr(SE, "run_engine", counted)
@@ -318,7 +318,7 @@ def test_engines_synchronise_at_most_once_or_twice_per_pass(monkeypatch, mode, s
     """Counted on the CPU (:class:`SyncLint`): thesis and linear 1 per pass (the nonzero whose size ends the loop),
     bisect 2 (also its pairs); per-step shuffles drawn as on an accelerator add none. Per engine call at most 4
     more: the last, empty nonzero, thesis's pace table, bisect's slope (MarginInfo.slope: unique + 2 tolist)."""
-    monkeypatch.setattr(FW, "DRAW_ON", "device")
+    monkeypatch.setattr(forward, "DRAW_ON", "device")
     hits, passes, calls = engine_syncs(monkeypatch, mode=mode, shuffles=3, shuffle_mode=smode)
     total = sum(hits.values())
     assert passes >= 10
@@ -332,7 +332,7 @@ def test_engines_synchronise_at_most_once_or_twice_per_pass(monkeypatch, mode, s
 def test_cuda_synchronisations_per_pass(monkeypatch, mode, smode, per_pass):
     """On a CUDA device, torch's own sync debugger: at most ``per_pass`` per pass plus a few per engine call."""
     passes = []
-    run = EV.run_engine
+    run = evaluate.run_engine
 
     def counted(*a, **k):
         torch.cuda.set_sync_debug_mode("warn")
@@ -345,7 +345,7 @@ def test_cuda_synchronisations_per_pass(monkeypatch, mode, smode, per_pass):
 
     SE = sys.modules["apem.metric.search"]
 
-    monkeypatch.setattr(EV, "run_engine", counted)
+    monkeypatch.setattr(evaluate, "run_engine", counted)
     monkeypatch.setattr(SE, "run_engine", counted)
     net, x, maps, ii = problem()
     net, x = net.cuda(), x.cuda()
@@ -363,11 +363,11 @@ def test_cuda_synchronisations_per_pass(monkeypatch, mode, smode, per_pass):
 
 
 def test_memory_cap_arithmetic():
-    assert FW.memory_capped(256, 10 * 2**30, 20 * 2**20) == 256  # 0.5 * 10 GiB / 20 MiB = 256
-    assert FW.memory_capped(256, 10 * 2**30, 21 * 2**20) == 243  # floor(5120 / 21)
-    assert FW.memory_capped(256, 10 * 2**30, 21 * 2**20, fraction=0.25) == 121
-    assert FW.memory_capped(128, 100, 10**9) == 1  # never below one
-    assert FW.memory_capped(4, 10**12, 1) == 4  # never above the default
+    assert forward.memory_capped(256, 10 * 2**30, 20 * 2**20) == 256  # 0.5 * 10 GiB / 20 MiB = 256
+    assert forward.memory_capped(256, 10 * 2**30, 21 * 2**20) == 243  # floor(5120 / 21)
+    assert forward.memory_capped(256, 10 * 2**30, 21 * 2**20, fraction=0.25) == 121
+    assert forward.memory_capped(128, 100, 10**9) == 1  # never below one
+    assert forward.memory_capped(4, 10**12, 1) == 4  # never above the default
 
 
 @pytest.fixture
@@ -376,30 +376,30 @@ def fake_cuda_memory(monkeypatch):
     3x that per forward + backward image; every probe is logged."""
     probes = []
 
-    def probe(model, device, kind, shape, dtype=None, n=FW.PROBE_IMAGES):
+    def probe(model, device, kind, shape, dtype=None, n=forward.PROBE_IMAGES):
         probes.append((kind, tuple(shape)))
         return (48 if kind == "forward" else 144) * 2**20
 
-    monkeypatch.setattr(FW, "available_memory", lambda device: 8 * 2**30)
-    monkeypatch.setattr(FW, "probe_bytes_per_image", probe)
-    monkeypatch.setattr(FW, "_MEMORY_BATCH", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(forward, "available_memory", lambda device: 8 * 2**30)
+    monkeypatch.setattr(forward, "probe_bytes_per_image", probe)
+    monkeypatch.setattr(forward, "_MEMORY_BATCH", weakref.WeakKeyDictionary())
     return probes
 
 
 def test_automatic_batches_are_capped_by_device_memory(fake_cuda_memory):
     net = small_net()
     # 0.5 * 8 GiB / 48 MiB = 85 < 256; / 144 MiB = 28 < 128
-    assert FW.resolve_batch_size(None, "cuda", model=net, shape=(3, 6, 6)) == 85
-    assert FW.resolve_method_batch(None, "cuda", model=net) == 28
-    assert FW.resolve_batch_size(None, "cuda", model=net, shape=(3, 6, 6), kind="backward") == 28
+    assert forward.resolve_batch_size(None, "cuda", model=net, shape=(3, 6, 6)) == 85
+    assert forward.resolve_method_batch(None, "cuda", model=net) == 28
+    assert forward.resolve_batch_size(None, "cuda", model=net, shape=(3, 6, 6), kind="backward") == 28
     assert fake_cuda_memory == [("forward", (3, 6, 6)), ("backward", (3, 224, 224)), ("backward", (3, 6, 6))]
-    assert FW.resolve_batch_size(None, "cuda", model=net, shape=(3, 6, 6)) == 85  # cached: no new probe
+    assert forward.resolve_batch_size(None, "cuda", model=net, shape=(3, 6, 6)) == 85  # cached: no new probe
     assert len(fake_cuda_memory) == 3
     # unchanged: the CPU, explicit sizes, and calls without a model (the old signatures)
-    assert FW.resolve_batch_size(None, "cpu", model=net, shape=(3, 6, 6)) == 4
-    assert FW.resolve_method_batch(None, "cpu", model=net) == 16
-    assert FW.resolve_batch_size(300, "cuda", model=net) == 300 and FW.resolve_method_batch(7, "cuda", model=net) == 7
-    assert FW.resolve_batch_size(None, "cuda") == 256 and FW.resolve_method_batch(None, "cuda") == 128
+    assert forward.resolve_batch_size(None, "cpu", model=net, shape=(3, 6, 6)) == 4
+    assert forward.resolve_method_batch(None, "cpu", model=net) == 16
+    assert forward.resolve_batch_size(300, "cuda", model=net) == 300 and forward.resolve_method_batch(7, "cuda", model=net) == 7
+    assert forward.resolve_batch_size(None, "cuda") == 256 and forward.resolve_method_batch(None, "cuda") == 128
     assert len(fake_cuda_memory) == 3
     from apem.config import Config
 
@@ -412,13 +412,13 @@ def test_automatic_batches_are_capped_by_device_memory(fake_cuda_memory):
 def test_forward_and_clean_pass_ask_for_the_memory_cap(monkeypatch):
     calls = []
 
-    def spy(default, model, device, kind="forward", shape=FW.MODEL_INPUT):
+    def spy(default, model, device, kind="forward", shape=forward.MODEL_INPUT):
         calls.append((default, model, torch.device(device).type, kind, tuple(shape)))
         return 2
 
-    monkeypatch.setattr(FW, "memory_batch", spy)
+    monkeypatch.setattr(forward, "memory_batch", spy)
     net, x, maps, ii = problem()
-    f = FW.Forward(net, x, torch.zeros(3).long(), ii, FW.fixed_directions(torch.zeros(6, 3, 6, 6).double()))
+    f = forward.Forward(net, x, torch.zeros(3).long(), ii, forward.fixed_directions(torch.zeros(6, 3, 6, 6).double()))
     assert f.batch_size == 2 and calls[-1] == (4, net, "cpu", "forward", (3, 6, 6))
     metric.clean_pass(net, x)
     assert calls[-1] == (4, net, "cpu", "backward", (3, 6, 6))
@@ -427,10 +427,10 @@ def test_forward_and_clean_pass_ask_for_the_memory_cap(monkeypatch):
 @cuda
 def test_memory_probe_on_cuda():
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 32 * 32, 10)).cuda()
-    fwd = FW.probe_bytes_per_image(net, "cuda", "forward", (3, 32, 32))
-    bwd = FW.probe_bytes_per_image(net, "cuda", "backward", (3, 32, 32))
+    fwd = forward.probe_bytes_per_image(net, "cuda", "forward", (3, 32, 32))
+    bwd = forward.probe_bytes_per_image(net, "cuda", "backward", (3, 32, 32))
     assert 16 * 32 * 32 * 4 <= fwd < bwd  # at least the conv output; the backward keeps more
-    assert 1 <= FW.memory_batch(256, net, "cuda", "forward", (3, 32, 32)) <= 256
+    assert 1 <= forward.memory_batch(256, net, "cuda", "forward", (3, 32, 32)) <= 256
 
 
 # ----------------------------------------------------------------------------- TF32

@@ -381,7 +381,7 @@ def test_the_book_keeps_going_past_a_failing_or_switched_off_chapter(reference, 
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     bodies = {"01_ok": 'print("fine")', "02_fails": "1 / 0",
-              "03_off": 'from apem.report import require\nrequire(False, "the study is off", "-p shuffles 3")'}
+              "03_off": 'from apem.book.display import require\nrequire(False, "the study is off", "-p shuffles 3")'}
     for stem, body in bodies.items():
         (nbs / f"{stem}.md").write_text(_HEAD.format(title=stem, body=body))
     monkeypatch.setattr(book, "NOTEBOOKS", nbs)

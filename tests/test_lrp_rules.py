@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from apem import explain as E
-from apem.studies import lrp_rules as L
+from apem import explain
+from apem.studies import lrp_rules
 
 D = torch.float64
 
@@ -28,23 +28,23 @@ def test_on_a_linear_map_naive_is_x_times_w_epsilon_a_multiple_of_it_alpha_beta_
         return torch.nn.functional.one_hot(c, 3).to(D) * logits
 
     model = nn.Sequential(lin).eval()
-    naive = E.lrp_relevance(model, x, rout, **L.variant_params("naive"))
+    naive = explain.lrp_relevance(model, x, rout, **lrp_rules.variant_params("naive"))
     assert torch.allclose(naive, contributions, rtol=0, atol=1e-12)
-    eps = E.lrp_relevance(model, x, rout, **L.variant_params("epsilon"))
+    eps = explain.lrp_relevance(model, x, rout, **lrp_rules.variant_params("epsilon"))
     assert not torch.allclose(eps, contributions, atol=1e-3)  # shrunk by z / (z + sign z) ...
     assert torch.allclose(eps, contributions * z / (z + torch.sign(z)), rtol=0, atol=1e-12)  # ... and only that
-    ab = E.lrp_relevance(model, x, rout, **L.variant_params("alpha_beta"))
+    ab = explain.lrp_relevance(model, x, rout, **lrp_rules.variant_params("alpha_beta"))
     s = (ab * contributions).sum(1, keepdim=True) / (contributions**2).sum(1, keepdim=True)
     assert (ab - s * contributions).norm(dim=1).min() > 0.1 * contributions.norm(dim=1).min()
 
-    table = L.linear_consistency().set_index("variant")
+    table = lrp_rules.linear_consistency().set_index("variant")
     assert table.loc["naive", "max_abs_dev"] < 1e-12
     assert table.loc["epsilon", "max_rel_dev"] > 0.1 and table.loc["epsilon", "proportional_dev"] < 1e-12
     assert table.loc["alpha_beta", "proportional_dev"] > 0.1 and table.loc["alpha1_beta0", "proportional_dev"] > 0.1
 
 
 def test_naive_lrp_conserves_relevance_on_a_bias_free_relu_network():
-    table = L.mlp_conservation().set_index("variant")
+    table = lrp_rules.mlp_conservation().set_index("variant")
     assert table.loc["naive", "max_err"] < 1e-12  # exact to float64 rounding
     assert table.loc["epsilon", "median_err"] > 0.1  # epsilon = 1 absorbs relevance
     assert table.loc["alpha_beta", "max_err"] < 1e-4  # alpha - beta = 1: conserved up to zennit's 1e-6 stabiliser
@@ -54,22 +54,22 @@ def test_the_lrp_method_rules():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5)).to(D).eval()
     x = torch.rand(2, 3, 4, 4, dtype=D)
-    same = E.attribute(net, x, method="lrp", rule="epsilon", epsilon=1.0)
-    assert torch.equal(same, E.attribute(net, x, method="lrp_epsilon"))
-    ab = E.attribute(net, x, method="lrp", rule="alpha_beta")
-    assert torch.equal(ab, E.lrp_attribution(net, x, rule="alpha_beta", alpha=2.0, beta=1.0))
+    same = explain.attribute(net, x, method="lrp", rule="epsilon", epsilon=1.0)
+    assert torch.equal(same, explain.attribute(net, x, method="lrp_epsilon"))
+    ab = explain.attribute(net, x, method="lrp", rule="alpha_beta")
+    assert torch.equal(ab, explain.lrp_attribution(net, x, rule="alpha_beta", alpha=2.0, beta=1.0))
     assert not torch.allclose(ab, same)
     with pytest.raises(ValueError, match="alpha - beta = 1"):
-        E.get_method("lrp", rule="alpha_beta", alpha=2.0, beta=0.5)
+        explain.get_method("lrp", rule="alpha_beta", alpha=2.0, beta=0.5)
     with pytest.raises(ValueError, match="rule"):
-        E.get_method("lrp", rule="zplus")
+        explain.get_method("lrp", rule="zplus")
     # naive LRP divides by z: an all-zero input to a bias-free layer gives 0 / 0
     lin = nn.Sequential(nn.Flatten(), nn.Linear(12, 3, bias=False)).to(D).eval()
     zero = torch.zeros(1, 3, 2, 2, dtype=D)
-    assert not torch.isfinite(E.lrp_attribution(lin, zero, rule="epsilon", epsilon=0.0)).all()
-    with pytest.raises(E.AttributionError, match="lrp"):
-        E.attribute(lin, zero, method="lrp", epsilon=0.0)
-    assert torch.isfinite(E.attribute(lin, zero, method="lrp", epsilon=1.0)).all()
+    assert not torch.isfinite(explain.lrp_attribution(lin, zero, rule="epsilon", epsilon=0.0)).all()
+    with pytest.raises(explain.AttributionError, match="lrp"):
+        explain.attribute(lin, zero, method="lrp", epsilon=0.0)
+    assert torch.isfinite(explain.attribute(lin, zero, method="lrp", epsilon=1.0)).all()
 
 
 # --------------------------------------------------------------------------- the study
@@ -90,7 +90,7 @@ def tiny_lrp_res(tmp_path_factory, sample_dir, one_thread):
 def test_lrp_variants_study_reproduces_the_tables_lrp_epsilon_and_caches(tiny_lrp_res, monkeypatch):
     res = tiny_lrp_res
     variants = ["naive", "epsilon", "alpha_beta"]
-    df = L.lrp_variants(res, n_images=2, variants=variants)
+    df = lrp_rules.lrp_variants(res, n_images=2, variants=variants)
     assert len(df) == 2 * 3 and list(dict.fromkeys(df.variant)) == variants
     # the epsilon = 1 variant is the configuration's lrp_epsilon: same maps, same search, same epsilons
     ep = df[df.variant == "epsilon"].set_index("image_id")
@@ -99,21 +99,21 @@ def test_lrp_variants_study_reproduces_the_tables_lrp_epsilon_and_caches(tiny_lr
     assert (ep.eps_minus == T.loc[ep.index, "eps_minus"]).all() and (ep.eps_plus == T.loc[ep.index, "eps_plus"]).all()
     assert np.array_equal(ep.apem.to_numpy(), T.loc[ep.index, "apem"].to_numpy(), equal_nan=True)
     # the stable variants change little under the 1e-4 noise; every row has its measurements
-    assert (df[df.variant != "naive"].rel_change < L.STABLE_MAX_CHANGE).all()
+    assert (df[df.variant != "naive"].rel_change < lrp_rules.STABLE_MAX_CHANGE).all()
     assert (df.sum_out - 1).abs().max() < 1e-5  # softmax output relevance
     assert df[df.finite].eps_minus.notna().all()
 
-    tab = L.table_4_1(df)
+    tab = lrp_rules.table_4_1(df)
     assert len(tab) == 4 * 3 and set(tab.ours) <= {"yes", "no"} and set(tab.thesis) <= {"yes", "no"}
     lin = tab[tab.property == "consistent with linear mapping"].set_index("variant").ours
     assert lin.to_dict() == {"naive": "yes", "epsilon": "yes", "alpha_beta": "no"}
     cons = tab[tab.property == "conserves relevance"].set_index("variant").ours
     assert cons.to_dict() == {"naive": "yes", "epsilon": "no", "alpha_beta": "yes"}
-    wide = L.table_4_1_cells(tab)
+    wide = lrp_rules.table_4_1_cells(tab)
     assert wide.shape == (4, 3)
-    by = L.apem_by_variant(df)
+    by = lrp_rules.apem_by_variant(df)
     assert list(by.index) == variants and (by.n_images == 2).all()
 
-    monkeypatch.setattr(L, "_lrp_rules", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
-    again = L.lrp_variants(res, n_images=2, variants=variants)
+    monkeypatch.setattr(lrp_rules, "_lrp_rules", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = lrp_rules.lrp_variants(res, n_images=2, variants=variants)
     pd.testing.assert_frame_equal(again, df)

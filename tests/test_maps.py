@@ -13,7 +13,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
-from apem import maps as M  # noqa: E402
+from apem import maps  # noqa: E402
 
 
 def numpy_stages(a: np.ndarray, x: np.ndarray) -> dict[int, np.ndarray]:
@@ -45,7 +45,7 @@ def test_stage_maps_on_a_hand_made_tensor_with_an_outlier():
     expected[2] = ((s2 - s2.min()) / (s2.max() - s2.min()))[None]
     s3 = (c * x[0]).sum(0)
     expected[3] = ((s3 - s3.min()) / (s3.max() - s3.min()))[None]
-    got = M.stage_maps(torch.tensor(a), torch.tensor(x), quantize=False)
+    got = maps.stage_maps(torch.tensor(a), torch.tensor(x), quantize=False)
     for s in (1, 2, 3):
         assert got[s].shape == (1, 3 if s == 1 else 1, 4, 5)
         np.testing.assert_allclose(got[s][0].numpy(), expected[s], rtol=1e-12, atol=1e-12)
@@ -57,17 +57,17 @@ def test_stage_maps_on_a_hand_made_tensor_with_an_outlier():
 def test_percentile_matches_numpy_and_torch_quantile():
     g = torch.Generator().manual_seed(0)
     v = torch.rand(4, 3 * 224 * 224, generator=g, dtype=torch.float64)
-    ours = M.percentile(v, 99)
+    ours = maps.percentile(v, 99)
     np.testing.assert_allclose(ours.numpy(), np.percentile(v.numpy(), 99, axis=1), rtol=1e-12)
     assert torch.allclose(ours, torch.quantile(v, 0.99, dim=1))
-    assert torch.equal(M.percentile(v, 0), v.min(1).values) and torch.equal(M.percentile(v, 100), v.max(1).values)
+    assert torch.equal(maps.percentile(v, 0), v.min(1).values) and torch.equal(maps.percentile(v, 100), v.max(1).values)
 
 
 def test_percentile_beyond_torch_quantile_size_limit():
     # torch.quantile refuses more than 2**24 values; a batch of 112 ImageNet-sized maps has 16.9 M
     v = torch.zeros(112, 3 * 224 * 224)
     v[:, 0] = 1.0
-    assert (M.percentile(v, 99) == 0).all()
+    assert (maps.percentile(v, 99) == 0).all()
 
 
 @settings(max_examples=40, deadline=None)
@@ -76,7 +76,7 @@ def test_percentile_beyond_torch_quantile_size_limit():
     x=arrays(np.float64, (2, 3, 5, 4), elements=st.floats(0, 1, width=64)),
 )
 def test_stage_maps_match_numpy_reference(a, x):
-    got = M.stage_maps(torch.tensor(a), torch.tensor(x), quantize=False)
+    got = maps.stage_maps(torch.tensor(a), torch.tensor(x), quantize=False)
     for i in range(2):
         ref = numpy_stages(a[i], x[i])
         for s in (1, 2, 3):
@@ -89,50 +89,50 @@ def test_constant_map_is_zeros_not_nan():
     a = torch.full((2, 3, 4, 4), 0.5)
     a[1] = 0.0
     x = torch.rand(2, 3, 4, 4)
-    out = M.stage_maps(a, x)
+    out = maps.stage_maps(a, x)
     assert all(torch.isfinite(m).all() for m in out.values())
     assert (out[1] == 0).all() and (out[2] == 0).all()  # constant |A|: nothing stands out
     assert (out[3][1] == 0).all() and out[3][0].max() == 1  # stage 3 of a constant |A| is the image's sum
     # a constant stage-3 map from a non-constant clamp: x = 0 everywhere
-    m3 = M.stage_map(torch.rand(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), 3)
+    m3 = maps.stage_map(torch.rand(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), 3)
     assert (m3 == 0).all()
 
 
 def test_minmax_is_per_image():
     v = torch.tensor([[1.0, 3.0], [10.0, 20.0]]).view(2, 1, 1, 2)
-    assert torch.equal(M.minmax(v).flatten(), torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    assert torch.equal(maps.minmax(v).flatten(), torch.tensor([0.0, 1.0, 0.0, 1.0]))
 
 
 def test_quantize_golden_values():
     m = torch.tensor([0.0, 0.5, 1.0, 0.2, 1 / 510, 0.7])
     # 0.5 * 255 = 127.5 -> 128 (half to even); 1/510 * 255 = 0.5 -> 0; 0.7 * 255 = 178.5 -> 178
     expected = torch.tensor([0, 128, 255, 51, 0, 178]) / 255
-    assert torch.equal(M.quantize(m), expected)
-    assert torch.equal(M.quantize(m, levels=2), torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]))
-    q = M.stage_map(torch.randn(1, 3, 8, 8), torch.rand(1, 3, 8, 8), 2)
+    assert torch.equal(maps.quantize(m), expected)
+    assert torch.equal(maps.quantize(m, levels=2), torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]))
+    q = maps.stage_map(torch.randn(1, 3, 8, 8), torch.rand(1, 3, 8, 8), 2)
     assert torch.equal(q, torch.round(q * 255) / 255)
     with pytest.raises(ValueError):
-        M.quantize(m, levels=1)
+        maps.quantize(m, levels=1)
 
 
 def test_stage_arguments_are_checked():
     a, x = torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
     with pytest.raises(ValueError, match="stage"):
-        M.stage_map(a, x, 4)
+        maps.stage_map(a, x, 4)
     with pytest.raises(ValueError, match="must both be"):
-        M.stage_map(a, x[:, :, :2], 1)
+        maps.stage_map(a, x[:, :, :2], 1)
     a[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        M.stage_map(a, x, 1)
+        maps.stage_map(a, x, 1)
 
 
 def test_stage_maps_keep_dtype_and_batch():
     a, x = torch.randn(3, 3, 6, 6), torch.rand(3, 3, 6, 6)
-    out = M.stage_maps(a, x, stages=(3, 1))
+    out = maps.stage_maps(a, x, stages=(3, 1))
     assert list(out) == [3, 1] and out[1].dtype == torch.float32 and out[3].shape == (3, 1, 6, 6)
     # batched == one image at a time
     for i in range(3):
-        assert torch.equal(M.stage_map(a[i : i + 1], x[i : i + 1], 3), out[3][i : i + 1])
+        assert torch.equal(maps.stage_map(a[i : i + 1], x[i : i + 1], 3), out[3][i : i + 1])
 
 
 # --------------------------------------------------------------------------- figures
@@ -141,11 +141,11 @@ def test_stage_maps_keep_dtype_and_batch():
 def test_method_grid_and_stage_grid_figures():
     import matplotlib.pyplot as plt
 
-    from apem import plots
+    from apem.figures import plots
 
     x = torch.rand(2, 3, 8, 8)
     a = torch.randn(2, 3, 8, 8)
-    sm = M.stage_maps(a, x)
+    sm = maps.stage_maps(a, x)
     fig = plots.plot_method_grid(x, {"gradient": sm[3], "smoothgrad": sm[1]}, class_names=["cat", "dog"])
     axes = fig.get_axes()
     assert len(axes) == 6 and axes[0].get_title() == "Image" and axes[1].get_title() == "Gradient"
@@ -167,20 +167,20 @@ def test_save_image_encoding_golden_values():
     # stage 2 of a 1 x 3 x 1 x 3 attribution whose clamp changes nothing but the top value
     a = torch.tensor([[[[0.0, 1e-4, 2e-4]], [[0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0]]]])
     x = torch.ones_like(a)
-    c = M.clamp_abs(a).sum(1, keepdim=True).flatten()
+    c = maps.clamp_abs(a).sum(1, keepdim=True).flatten()
     top = float(c[2])  # the p99 clamp of |A| over 9 values
     want = torch.floor(torch.tensor([0.0, 1e-4 / (top + 1e-5), top / (top + 1e-5)]) * 255) / 255
-    got = M.stage_maps(a, x, (2,), encoding="save_image")[2].flatten()
+    got = maps.stage_maps(a, x, (2,), encoding="save_image")[2].flatten()
     assert torch.allclose(got, want, atol=0, rtol=0)
     # the round encoding of the same map reaches 1 exactly; save_image's stays below it
-    assert M.stage_maps(a, x, (2,))[2].max() == 1.0
+    assert maps.stage_maps(a, x, (2,))[2].max() == 1.0
     assert got.max() < 1.0
-    assert M.quantize(torch.tensor([0.999]), mode="floor") == 254 / 255
+    assert maps.quantize(torch.tensor([0.999]), mode="floor") == 254 / 255
 
 
 def test_save_image_encoding_needs_8_bits_and_a_known_name():
     a = torch.rand(1, 3, 4, 4)
     with pytest.raises(ValueError, match="quantize"):
-        M.stage_maps(a, a, encoding="save_image", quantize=False)
+        maps.stage_maps(a, a, encoding="save_image", quantize=False)
     with pytest.raises(ValueError, match="unknown map encoding"):
-        M.stage_maps(a, a, encoding="png")
+        maps.stage_maps(a, a, encoding="png")

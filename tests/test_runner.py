@@ -162,14 +162,14 @@ def test_the_gradient_method_reuses_the_loss_gradient_bit_for_bit(reference, tmp
     """Sharing the chunk's loss gradient with the gradient method changes no map and no epsilon."""
     import torch
 
-    import apem.run as R
+    import apem.run
 
     cfg, ref = reference
-    assert R.SHARE_LOSS_GRADIENT  # the reference table was computed with the shared pass
-    monkeypatch.setattr(R, "SHARE_LOSS_GRADIENT", False)
+    assert apem.run.SHARE_LOSS_GRADIENT  # the reference table was computed with the shared pass
+    monkeypatch.setattr(apem.run, "SHARE_LOSS_GRADIENT", False)
     recomputed = Results(cfg, run(cfg, progress=False, root=tmp_path / "recomputed"))
     _same(recomputed.table, ref)
-    monkeypatch.setattr(R, "SHARE_LOSS_GRADIENT", True)
+    monkeypatch.setattr(apem.run, "SHARE_LOSS_GRADIENT", True)
     shared = Results(cfg, run(cfg, progress=False, root=tmp_path / "shared"))
     for iid in ref.image_id.unique():
         for s in cfg.stages:

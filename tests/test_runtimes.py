@@ -6,7 +6,7 @@ import json
 
 import nbformat
 
-from apem import runtimes
+from apem.book import runtimes
 
 
 def write_nb(folder, stem, title, duration=None, params="smoke", status="executed", end="2026-01-02T03:04:05"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from apem import sanity as SN
+from apem import randomisation
 
 EFFNET_STAGES = ["classifier", "conv_head+bn2"] + [f"blocks.{i}" for i in range(6, -1, -1)] + ["conv_stem+bn1"]
 
@@ -23,14 +23,14 @@ def _owner(key: str, stages) -> int | None:
 
 
 def test_stage_order_for_the_two_architectures(effnet):
-    assert [s.name for s in SN.randomization_stages(effnet)] == EFFNET_STAGES
-    assert SN.randomization_stages(effnet.model)[1].modules == ("net.conv_head", "net.bn2")
+    assert [s.name for s in randomisation.randomization_stages(effnet)] == EFFNET_STAGES
+    assert randomisation.randomization_stages(effnet.model)[1].modules == ("net.conv_head", "net.bn2")
     from torchvision.models import vgg16
 
     vgg = nn.Sequential()
     with torch.device("meta"):  # the structure is enough: no memory, no initialisation
         vgg.add_module("net", vgg16(weights=None))
-    names = [s.name for s in SN.randomization_stages(vgg)]
+    names = [s.name for s in randomisation.randomization_stages(vgg)]
     convs = [28, 26, 24, 21, 19, 17, 14, 12, 10, 7, 5, 2, 0]
     assert names == ["classifier.6", "classifier.3", "classifier.0"] + [f"features.{i}" for i in convs]
 
@@ -38,10 +38,10 @@ def test_stage_order_for_the_two_architectures(effnet):
 def test_cascade_changes_exactly_the_top_stages_and_leaves_the_input_model(effnet):
     model = effnet.model
     before = _snapshot(model)
-    stages = SN.randomization_stages(model)
+    stages = randomisation.randomization_stages(model)
     rng_state = torch.get_rng_state()
     seen = []
-    for k, (name, rnd) in enumerate(SN.cascading_randomization(model, seed=1), start=1):
+    for k, (name, rnd) in enumerate(randomisation.cascading_randomization(model, seed=1), start=1):
         seen.append(name)
         assert rnd is not model and not rnd.training
         after = rnd.state_dict()
@@ -64,9 +64,9 @@ def test_cascade_changes_exactly_the_top_stages_and_leaves_the_input_model(effne
 
 
 def test_stage_seeds_are_shared_between_cascade_independent_and_all(effnet):
-    cascade = dict(SN.cascading_randomization(effnet, layers=3, seed=5))
+    cascade = dict(randomisation.cascading_randomization(effnet, layers=3, seed=5))
     assert list(cascade) == EFFNET_STAGES[:3]
-    indep = dict(SN.independent_randomization(effnet, layers=["blocks.6"], seed=5))
+    indep = dict(randomisation.independent_randomization(effnet, layers=["blocks.6"], seed=5))
     w = "net.blocks.6.0.conv_pw.weight"
     assert torch.equal(indep["blocks.6"].state_dict()[w], cascade["blocks.6"].state_dict()[w])
     # the independent copy keeps the stages above trained
@@ -74,9 +74,9 @@ def test_stage_seeds_are_shared_between_cascade_independent_and_all(effnet):
                        effnet.model.state_dict()["net.classifier.weight"])
     # each yielded model is its own copy: the first one keeps blocks.6 trained
     assert torch.equal(cascade["classifier"].state_dict()[w], effnet.model.state_dict()[w])
-    full = SN.randomize_all(effnet, seed=5)
+    full = randomisation.randomize_all(effnet, seed=5)
     assert torch.equal(full.state_dict()[w], cascade["blocks.6"].state_dict()[w])
-    (_, other), = SN.independent_randomization(effnet, layers=["blocks.6"], seed=6)
+    (_, other), = randomisation.independent_randomization(effnet, layers=["blocks.6"], seed=6)
     assert not torch.equal(other.state_dict()[w], full.state_dict()[w])
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
@@ -84,8 +84,8 @@ def test_stage_seeds_are_shared_between_cascade_independent_and_all(effnet):
 
 
 def test_batchnorm_choice(effnet):
-    (_, reset), = SN.cascading_randomization(effnet, layers=["conv_head+bn2"])
-    (_, keep), = SN.cascading_randomization(effnet, layers=["conv_head+bn2"], batchnorm="keep")
+    (_, reset), = randomisation.cascading_randomization(effnet, layers=["conv_head+bn2"])
+    (_, keep), = randomisation.cascading_randomization(effnet, layers=["conv_head+bn2"], batchnorm="keep")
     bn = reset.net.bn2
     assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
     assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
@@ -93,9 +93,9 @@ def test_batchnorm_choice(effnet):
     assert torch.equal(keep.net.bn2.running_mean, effnet.model.net.bn2.running_mean)
     assert not torch.equal(keep.net.conv_head.weight, effnet.model.net.conv_head.weight)
     with pytest.raises(ValueError):
-        next(SN.cascading_randomization(effnet, batchnorm="random"))
+        next(randomisation.cascading_randomization(effnet, batchnorm="random"))
     with pytest.raises(ValueError, match="unknown stage"):
-        next(SN.cascading_randomization(effnet, layers=["blocks.9"]))
+        next(randomisation.cascading_randomization(effnet, layers=["blocks.9"]))
 
 
 def test_vgg_top_layer_randomised_rest_kept():
@@ -115,10 +115,10 @@ def test_vgg_top_layer_randomised_rest_kept():
     model = nn.Sequential()
     model.add_module("net", net)
     model.eval()
-    stages = SN.randomization_stages(model)
+    stages = randomisation.randomization_stages(model)
     assert [s.name for s in stages] == ["classifier.6", "classifier.3", "classifier.0", "features.2", "features.0"]
     before = _snapshot(model)
-    steps = list(SN.cascading_randomization(model, layers=2))
+    steps = list(randomisation.cascading_randomization(model, layers=2))
     for k, (_, rnd) in enumerate(steps, start=1):
         for key, old in before.items():
             owner = _owner(key, stages)
@@ -131,16 +131,16 @@ def test_vgg_top_layer_randomised_rest_kept():
 def test_map_similarity_identical_inverted_and_unrelated():
     rng = np.random.default_rng(0)
     a = rng.random((3, 32, 32))
-    same = SN.map_similarity(a, a)
+    same = randomisation.map_similarity(a, a)
     np.testing.assert_allclose(same.spearman, 1.0)
     np.testing.assert_allclose(same.ssim, 1.0)
-    inv = SN.map_similarity(a, 1.0 - a)
+    inv = randomisation.map_similarity(a, 1.0 - a)
     np.testing.assert_allclose(inv.spearman, -1.0)
     assert (inv.ssim < 0).all()
-    other = SN.map_similarity(torch.tensor(a[:, None]), torch.tensor(rng.random((3, 1, 32, 32))))
+    other = randomisation.map_similarity(torch.tensor(a[:, None]), torch.tensor(rng.random((3, 1, 32, 32))))
     assert (other.spearman.abs() < 0.2).all() and (other.ssim.abs() < 0.2).all()
     # rank correlation ignores monotone rescaling, SSIM does not
-    sq = SN.map_similarity(a, a ** 3)
+    sq = randomisation.map_similarity(a, a ** 3)
     np.testing.assert_allclose(sq.spearman, 1.0)
     assert (sq.ssim < 0.99).all()
 
@@ -148,9 +148,9 @@ def test_map_similarity_identical_inverted_and_unrelated():
 def test_map_similarity_checks_inputs():
     a = np.zeros((2, 8, 8))
     with pytest.raises(ValueError, match="\\[0, 1\\]"):
-        SN.map_similarity(a + 2, a)
+        randomisation.map_similarity(a + 2, a)
     with pytest.raises(ValueError, match="shape"):
-        SN.map_similarity(a, np.zeros((2, 8, 9)))
-    assert SN.map_similarity(a, a).spearman.isna().all()  # constant maps: undefined
+        randomisation.map_similarity(a, np.zeros((2, 8, 9)))
+    assert randomisation.map_similarity(a, a).spearman.isna().all()  # constant maps: undefined
     rgb = np.random.default_rng(1).random((2, 3, 16, 16))
-    np.testing.assert_allclose(SN.map_similarity(rgb, rgb).ssim, 1.0)
+    np.testing.assert_allclose(randomisation.map_similarity(rgb, rgb).ssim, 1.0)

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from apem import studies as E
+from apem import studies
 from apem.config import Config
 from apem.metric import SearchSpec
 from apem.metric import forward as fw
@@ -49,10 +49,10 @@ def test_every_call_site_gets_clip_and_the_search_batch_size(tmp_path, sample_di
     store = run(cfg, progress=False, root=tmp_path)  # the runner, then the filter
     check("runner and filter")
     res = Results(cfg, store)
-    E.compare_modes(res, n_images=1, horizon=4, linear_cap=50)
+    studies.compare_modes(res, n_images=1, horizon=4, linear_cap=50)
     check("search-mode comparison")
-    E.faithfulness_scores(res, n_images=1, stage=2, metrics=("PixelFlipping",),
+    studies.faithfulness_scores(res, n_images=1, stage=2, metrics=("PixelFlipping",),
                           metric_params={"PixelFlipping": {"features_in_step": 224 * 224 // 2}})
     check("faithfulness")
-    E.sanity_check(res, n_images=1, stage=2, every=50, methods=["gradient"])
+    studies.sanity_check(res, n_images=1, stage=2, every=50, methods=["gradient"])
     check("sanity")

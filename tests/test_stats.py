@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apem import stats as S
+from apem import stats
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -15,7 +15,7 @@ def test_bootstrap_interval_covers_the_mean_at_about_the_nominal_rate():
     reps, hits = 300, 0
     for i in range(reps):
         v = rng.normal(loc=3.0, scale=2.0, size=50)
-        est, lo, hi = S.bootstrap_ci(v, "mean", n_boot=1000, level=0.95, seed=i)
+        est, lo, hi = stats.bootstrap_ci(v, "mean", n_boot=1000, level=0.95, seed=i)
         assert lo <= est <= hi
         hits += lo <= 3.0 <= hi
     assert 0.90 <= hits / reps <= 0.99, hits / reps
@@ -23,20 +23,20 @@ def test_bootstrap_interval_covers_the_mean_at_about_the_nominal_rate():
 
 def test_bootstrap_interval_width_follows_the_level_and_is_seeded():
     v = np.random.default_rng(0).exponential(size=80)
-    e90, lo90, hi90 = S.bootstrap_ci(v, np.median, level=0.90, seed=3)
-    e99, lo99, hi99 = S.bootstrap_ci(v, "median", level=0.99, seed=3)
+    e90, lo90, hi90 = stats.bootstrap_ci(v, np.median, level=0.90, seed=3)
+    e99, lo99, hi99 = stats.bootstrap_ci(v, "median", level=0.99, seed=3)
     assert e90 == e99 == np.median(v)
     assert lo99 <= lo90 < hi90 <= hi99
-    assert S.bootstrap_ci(v, "mean", seed=7) == S.bootstrap_ci(v, "mean", seed=7)
+    assert stats.bootstrap_ci(v, "mean", seed=7) == stats.bootstrap_ci(v, "mean", seed=7)
 
 
 def test_bootstrap_edge_cases():
-    assert S.bootstrap_ci([2.0, np.nan, 2.0, 2.0], "mean") == (2.0, 2.0, 2.0)  # NaN dropped, constant
-    est, lo, hi = S.bootstrap_ci([5.0], "mean")
+    assert stats.bootstrap_ci([2.0, np.nan, 2.0, 2.0], "mean") == (2.0, 2.0, 2.0)  # NaN dropped, constant
+    est, lo, hi = stats.bootstrap_ci([5.0], "mean")
     assert est == 5.0 and np.isnan(lo) and np.isnan(hi)
-    assert all(np.isnan(S.bootstrap_ci([], "median")))
+    assert all(np.isnan(stats.bootstrap_ci([], "median")))
     with pytest.raises(ValueError):
-        S.bootstrap_ci([1, 2, 3], "mode")
+        stats.bootstrap_ci([1, 2, 3], "mode")
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -55,7 +55,7 @@ def _table():
 
 
 def test_summary_table_counts_means_medians_and_censoring():
-    t = S.summary_table(_table(), by=("method", "stage"), n_boot=500)
+    t = stats.summary_table(_table(), by=("method", "stage"), n_boot=500)
     g = t.loc[("grad", 1)]
     assert g.n == 4 and g.missing == 0 and g.censored_plus == 2 and g.censored == 2 and g.censored_minus == 0
     assert g["mean"] == pytest.approx(5.0) and g["median"] == pytest.approx(4.5)
@@ -63,7 +63,7 @@ def test_summary_table_counts_means_medians_and_censoring():
     lrp = t.loc[("lrp", 1)]
     assert lrp.n == 3 and lrp.missing == 1 and lrp["mean"] == pytest.approx(8 / 3)
     assert list(t.index.get_level_values("method")) == ["grad", "sg", "lrp"]  # order of appearance
-    plain = S.summary_table(_table(), by="method", ci=False)
+    plain = stats.summary_table(_table(), by="method", ci=False)
     assert "mean_lo" not in plain and plain.loc["sg", "median"] == pytest.approx(1.0)
 
 
@@ -71,7 +71,7 @@ def test_summary_table_counts_means_medians_and_censoring():
 
 
 def test_pairwise_outcomes_fractions_on_a_hand_made_table():
-    out = S.pairwise_outcomes(_table()).set_index(["a", "b"])
+    out = stats.pairwise_outcomes(_table()).set_index(["a", "b"])
     # grad vs sg: 5>1, 4=4, 9>0, 2>1 -> better 3/4, equal 1/4
     assert out.loc[("grad", "sg")].tolist() == [4, 0.75, 0.25, 0.0]
     assert out.loc[("sg", "grad")].tolist() == [4, 0.0, 0.25, 0.75]
@@ -82,60 +82,16 @@ def test_pairwise_outcomes_fractions_on_a_hand_made_table():
     assert out.loc[("sg", "lrp"), "worse"] == pytest.approx(2 / 3)
     assert len(out) == 6
     # lower is better (eps_minus): the fractions swap
-    low = S.pairwise_outcomes(_table(), higher_is_better=False).set_index(["a", "b"])
+    low = stats.pairwise_outcomes(_table(), higher_is_better=False).set_index(["a", "b"])
     assert low.loc[("grad", "sg"), "worse"] == 0.75
 
 
 def test_paired_functions_refuse_several_rows_per_image_and_method():
     two_stages = pd.concat([_table(), _table().assign(stage=2)])
     with pytest.raises(ValueError, match="duplicate"):
-        S.pairwise_outcomes(two_stages)
-    per_stage = S.pairwise_outcomes(two_stages, within="stage")
+        stats.pairwise_outcomes(two_stages)
+    per_stage = stats.pairwise_outcomes(two_stages, within="stage")
     assert set(per_stage.stage) == {1, 2} and len(per_stage) == 12
-
-
-def test_wilcoxon_and_rank_biserial_on_a_hand_made_case():
-    # differences 1, 2, 3, -4: ranks 1..4, T+ = 6, T- = 4; two-sided exact p:
-    # P(T- <= 4) = 7/16 under the null (subsets of {1,2,3,4} summing to <= 4), doubled
-    r = S.paired_wilcoxon([11, 12, 13, 6], [10, 10, 10, 10])
-    assert r["n"] == 4 and r["n_zero"] == 0
-    assert r["statistic"] == 4.0
-    assert r["p_value"] == pytest.approx(14 / 16)
-    assert r["rank_biserial"] == pytest.approx((6 - 4) / 10)
-    assert r["median_diff"] == 1.5 and r["mean_diff"] == 0.5
-    # sign convention: a below b gives the negative
-    assert S.paired_wilcoxon([10] * 4, [11, 12, 13, 6])["rank_biserial"] == pytest.approx(-0.2)
-    # all six differences positive: r = 1, exact two-sided p = 2 / 2^6
-    r = S.paired_wilcoxon(np.arange(1, 7) + 0.5, np.zeros(6))
-    assert r["rank_biserial"] == 1.0 and r["p_value"] == pytest.approx(2 / 64)
-
-
-def test_rank_biserial_zero_methods():
-    d = [0, 1, 2, -3]
-    # wilcox: zeros dropped -> ranks 1,2,3 for |1|,|2|,|3|: (3 - 3) / 6 = 0
-    assert S.rank_biserial(d, "wilcox") == pytest.approx(0.0)
-    # pratt: zero ranked first -> ranks 2,3,4: T+ = 5, T- = 4 -> 1/9
-    assert S.rank_biserial(d, "pratt") == pytest.approx(1 / 9)
-    # zsplit: the zero's rank 1 split -> T+ = 5.5, T- = 4.5 -> 1/10
-    assert S.rank_biserial(d, "zsplit") == pytest.approx(0.1)
-    assert np.isnan(S.rank_biserial([0, 0]))
-
-
-def test_holm_adjustment_by_hand():
-    adj = S.holm([0.01, 0.04, 0.03, np.nan, 0.5])
-    # m = 4: 0.01*4 = 0.04, 0.03*3 = 0.09, 0.04*2 = 0.08 -> monotone 0.09, 0.5*1 = 0.5
-    np.testing.assert_allclose(adj[[0, 2, 1, 4]], [0.04, 0.09, 0.09, 0.5])
-    assert np.isnan(adj[3])
-
-
-def test_wilcoxon_pairs_table():
-    out = S.wilcoxon_pairs(_table())
-    assert [(a, b) for a, b in zip(out.a, out.b)] == [("grad", "sg"), ("grad", "lrp"), ("sg", "lrp")]
-    row = out.iloc[0]  # grad - sg = 4, 0, 9, 1: zero dropped, all positive
-    assert row.n == 4 and row.n_zero == 1 and row.rank_biserial == 1.0
-    assert row.p_value == pytest.approx(2 / 8)  # exact, 3 non-zero differences
-    np.testing.assert_allclose(out.p_holm, S.holm(out.p_value))
-    assert (out.p_holm >= out.p_value).all()
 
 
 # ----------------------------------------------------------------------------- correlations
@@ -149,7 +105,7 @@ def test_spearman_table_on_monotone_cases():
         pd.DataFrame({"image_id": range(8), "method": "grad", "apem": -3 * loss + 7}),  # decreasing
         pd.DataFrame({"image_id": range(8), "method": "lrp", "apem": loss ** 3}),       # increasing
     ]).merge(pd.DataFrame({"image_id": range(8), "loss": loss, "correct": correct, "confidence": conf}))
-    t = S.spearman_table(df)
+    t = stats.spearman_table(df)
     rho = t.xs("rho", axis=1, level="stat")
     assert list(rho.index) == ["grad", "lrp", "confidence"]
     assert list(rho.columns) == ["correct", "misclassified", "all"]
@@ -164,7 +120,7 @@ def test_spearman_table_on_monotone_cases():
 def test_spearman_table_nan_when_undefined():
     df = pd.DataFrame({"image_id": range(4), "method": "m", "apem": [1.0, 1.0, 1.0, 1.0],
                        "loss": [1, 2, 3, 4.0], "correct": True, "confidence": [0.9, 0.8, 0.7, 0.6]})
-    t = S.spearman_table(df, groups=("all",))
+    t = stats.spearman_table(df, groups=("all",))
     assert np.isnan(t.loc["m", ("all", "rho")])  # constant APEM
 
 
@@ -174,12 +130,12 @@ def test_spearman_table_nan_when_undefined():
 def test_spearman_ci():
     rng = np.random.default_rng(0)
     x = rng.normal(size=200)
-    rho, lo, hi = S.spearman_ci(x, x + rng.normal(size=200), seed=1)
+    rho, lo, hi = stats.spearman_ci(x, x + rng.normal(size=200), seed=1)
     assert lo < rho < hi and 0.5 < lo and hi < 0.9
-    assert S.spearman_ci(x, x ** 3)[:1] == pytest.approx((1.0,))
-    rho, lo, hi = S.spearman_ci(np.r_[x[:50], np.nan], np.r_[-x[:50], 1.0])  # NaN pair dropped
+    assert stats.spearman_ci(x, x ** 3)[:1] == pytest.approx((1.0,))
+    rho, lo, hi = stats.spearman_ci(np.r_[x[:50], np.nan], np.r_[-x[:50], 1.0])  # NaN pair dropped
     assert rho == pytest.approx(-1.0) and hi == pytest.approx(-1.0)
-    assert all(np.isnan(S.spearman_ci([1, 2], [2, 1])))
+    assert all(np.isnan(stats.spearman_ci([1, 2], [2, 1])))
     # coverage of a known correlation: bivariate normal with Pearson 0.6 has
     # Spearman rho = (6 / pi) asin(0.3) ~= 0.5756
     true = 6 / np.pi * np.arcsin(0.3)
@@ -187,7 +143,7 @@ def test_spearman_ci():
     hits = 0
     for i in range(100):
         xy = rng.multivariate_normal([0, 0], cov, size=80)
-        _, lo, hi = S.spearman_ci(xy[:, 0], xy[:, 1], n_boot=500, seed=i)
+        _, lo, hi = stats.spearman_ci(xy[:, 0], xy[:, 1], n_boot=500, seed=i)
         hits += lo <= true <= hi
     assert 0.85 <= hits / 100 <= 1.0, hits
 
@@ -196,20 +152,20 @@ def test_censored_bounds_of_the_mean_and_the_median():
     d = pd.DataFrame({"eps_plus": [1.0, 2.0, 3.0, 10.0, 10.0], "censored_plus": [0, 0, 0, 1, 1],
                       "eps_minus": [1.0] * 5, "censored_minus": [0] * 5})
     d["apem"] = d.eps_plus - d.eps_minus
-    b = S.censored_bounds(d, "eps_plus")
+    b = stats.censored_bounds(d, "eps_plus")
     # two of five at the bound: the median (3) is fixed, the mean only bounded below
     assert b == {"mean_bound": "lower bound", "median_min": 3.0, "median_max": 3.0}
     d.loc[2, "censored_plus"] = 1  # three of five: the median is at least 3, unbounded above
-    b = S.censored_bounds(d, "eps_plus")
+    b = stats.censored_bounds(d, "eps_plus")
     assert b["median_min"] == 3.0 and b["median_max"] == np.inf
     d.loc[0, "censored_minus"] = 1  # APEM of a row censored on both sides is unbounded
-    assert S.censoring_sides(d, "apem").tolist() == [-1, 0, 1, 1, 1]
-    assert S.censored_bounds(d, "apem")["mean_bound"] == "undetermined"
-    assert S.censored_bounds(d.assign(loss=1.0), "loss")["mean_bound"] == "exact"
+    assert stats.censoring_sides(d, "apem").tolist() == [-1, 0, 1, 1, 1]
+    assert stats.censored_bounds(d, "apem")["mean_bound"] == "undetermined"
+    assert stats.censored_bounds(d.assign(loss=1.0), "loss")["mean_bound"] == "exact"
 
 
 def test_the_best_method_is_the_thesis_mean_and_the_median_is_shown_beside_it():
     s = pd.DataFrame({"mean": [5.0, 9.0, 7.0], "median": [8.0, 1.0, 2.0]}, index=["a", "b", "c"])
-    assert S.BEST_BY == "mean" and S.best_method(s) == "b"
-    r = S.ranking(s)
+    assert stats.BEST_BY == "mean" and stats.best_method(s) == "b"
+    r = stats.ranking(s)
     assert list(r.index) == ["b", "c", "a"] and r.loc["a", "rank_median"] == 1

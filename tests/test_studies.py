@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from apem import studies as E
+from apem import studies
 from apem.studies import faithfulness as faithfulness_study
 from apem.studies import sanity as sanity_study
 from apem.config import Config
@@ -30,27 +30,27 @@ def _boom():
 
 
 def test_correct_ids_are_the_tables_first_correct_images(tiny_res):
-    ids = E.correct_ids(tiny_res, 2)
+    ids = studies.correct_ids(tiny_res, 2)
     want = tiny_res.images[tiny_res.images.group == "correct"].image_id.head(2).tolist()
     assert ids == want
-    assert len(E.correct_ids(tiny_res, 99)) == 3  # capped at what there is
+    assert len(studies.correct_ids(tiny_res, 99)) == 3  # capped at what there is
 
 
 def test_cascade_steps():
-    assert E.cascade_steps(10, 2) == [0, 2, 4, 6, 8, 9]
-    assert E.cascade_steps(9, 2) == [0, 2, 4, 6, 8]
-    assert E.cascade_steps(3, 5) == [0, 2]
-    assert E.cascade_steps(1, 1) == [0]
+    assert studies.cascade_steps(10, 2) == [0, 2, 4, 6, 8, 9]
+    assert studies.cascade_steps(9, 2) == [0, 2, 4, 6, 8]
+    assert studies.cascade_steps(3, 5) == [0, 2]
+    assert studies.cascade_steps(1, 1) == [0]
 
 
 def test_faithfulness_scores_costs_and_cache(tiny_res, monkeypatch):
     small = {"PixelFlipping": {"features_in_step": 224 * 224 // 2}, "Selectivity": {"patch_size": 112},
              "ROAD": {"percentages": [5, 10]}, "FaithfulnessCorrelation": {"nr_runs": 4}}
-    df = E.faithfulness_scores(tiny_res, n_images=2, stage=2, metric_params=small)
-    assert set(df.metric) == {"PixelFlipping", "Selectivity", "ROAD", "FaithfulnessCorrelation", E.APEM}
+    df = studies.faithfulness_scores(tiny_res, n_images=2, stage=2, metric_params=small)
+    assert set(df.metric) == {"PixelFlipping", "Selectivity", "ROAD", "FaithfulnessCorrelation", studies.APEM}
     assert len(df) == 2 * 2 * 5  # images x methods x metrics
     assert (df.forwards_map > 0).all() and (df.seconds_image > 0).all()
-    ap = df[df.metric == E.APEM]
+    ap = df[df.metric == studies.APEM]
     # APEM's score is the table's, and the timing re-run finds the same epsilons
     T = tiny_res.table.set_index(["image_id", "method"])
     assert np.allclose(ap.score.to_numpy(), [T.loc[(r.image_id, r.method), "apem"] for r in ap.itertuples()],
@@ -58,15 +58,15 @@ def test_faithfulness_scores_costs_and_cache(tiny_res, monkeypatch):
     assert (ap.eps_minus_rerun == ap.eps_minus_table).all() and (ap.eps_plus_rerun == ap.eps_plus_table).all()
     # the counted forwards: the table's perturbed passes plus the shared clean pass, per map
     assert np.allclose(ap.forwards_map, ap.groupby("image_id").n_forward_table.transform("mean") + 1 / 2)
-    cost = E.cost_table(df)
+    cost = studies.cost_table(df)
     assert cost.loc["PixelFlipping", "forwards_map"] >= 6  # 6 steps of 224*224/2 channel values
     assert (cost.fwd_equiv_map > 0).all()
     # cached: a second call reads the store, even with the computation broken
     monkeypatch.setattr(faithfulness_study, "_faithfulness", lambda *a, **k: _boom())
-    again = E.faithfulness_scores(tiny_res, n_images=2, stage=2, metric_params=small)
+    again = studies.faithfulness_scores(tiny_res, n_images=2, stage=2, metric_params=small)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
-    agree = E.agreement_table(df)
-    assert list(agree.metric_a[:4]) == [E.APEM] * 4
+    agree = studies.agreement_table(df)
+    assert list(agree.metric_a[:4]) == [studies.APEM] * 4
     assert agree.tau_mean.dropna().between(-1, 1).all()
 
 
@@ -77,14 +77,14 @@ def test_kendall_per_image():
         "metric": (["X"] * 3 + ["Y"] * 3) * 2,
         "score": [1, 2, 3, 10, 20, 30, 1, 2, 3, 30, 20, 10],
     })
-    tau = E.kendall_per_image(df, "X", "Y")
+    tau = studies.kendall_per_image(df, "X", "Y")
     assert tau["a"] == pytest.approx(1.0) and tau["b"] == pytest.approx(-1.0)
-    means = E.mean_scores(df)
+    means = studies.mean_scores(df)
     assert means[means.metric == "X"].set_index("method")["rank"].to_dict() == {"m1": 3, "m2": 2, "m3": 1}
 
 
 def test_sanity_check_randomised_maps_differ_and_cache(tiny_res, monkeypatch):
-    sim, ap = E.sanity_check(tiny_res, n_images=2, stage=2, every=5, methods=["gradient"])
+    sim, ap = studies.sanity_check(tiny_res, n_images=2, stage=2, every=5, methods=["gradient"])
     # every=5 over EfficientNet-Lite0's 10 stages: steps 1, 6 and 10 (all random)
     assert sorted(sim.step.unique()) == [1, 6, 10]
     assert sorted(ap.step.unique()) == [0, 1, 6, 10]
@@ -100,22 +100,22 @@ def test_sanity_check_randomised_maps_differ_and_cache(tiny_res, monkeypatch):
     assert (tr.apem == T.loc[tr.index, "apem"]).all()
     assert np.allclose(tr.apem_table, tr.apem)
     monkeypatch.setattr(sanity_study, "_sanity", lambda *a, **k: _boom())
-    sim2, ap2 = E.sanity_check(tiny_res, n_images=2, stage=2, every=5, methods=["gradient"])
+    sim2, ap2 = studies.sanity_check(tiny_res, n_images=2, stage=2, every=5, methods=["gradient"])
     pd.testing.assert_frame_equal(sim2, sim)
     pd.testing.assert_frame_equal(ap2, ap)
     # the example maps were kept with the tables: trained = the cached map, the last step differs
-    ex = E.sanity_example_maps(tiny_res, n_images=2, stage=2, every=5, methods=["gradient"])
+    ex = studies.sanity_example_maps(tiny_res, n_images=2, stage=2, every=5, methods=["gradient"])
     assert sorted(k[1] for k in ex) == [0, 1, 6, 10]
-    first = E.correct_ids(tiny_res, 1)[0]
+    first = studies.correct_ids(tiny_res, 1)[0]
     assert torch.equal(ex[("gradient", 0)][0], tiny_res.map(first, "gradient", 2))
     assert not torch.equal(ex[("gradient", 10)][0], ex[("gradient", 0)][0])
 
 
 def test_more_methods_keeps_a_subset_of_the_images(tiny_res, tmp_path):
     cfg = tiny_res.cfg
-    extra = E.more_methods(cfg, methods={"gradcam": {}}, n_correct=2, root=tiny_res.store.root)
+    extra = studies.more_methods(cfg, methods={"gradcam": {}}, n_correct=2, root=tiny_res.store.root)
     assert extra.cfg.n_misclassified == 0 and extra.cfg.filter_images == 0
     assert set(extra.table.image_id) <= set(tiny_res.table[tiny_res.table.group == "correct"].image_id)
-    both = E.combined_table(tiny_res, extra)
+    both = studies.combined_table(tiny_res, extra)
     assert set(both.method) == {"gradient", "input_x_gradient", "gradcam"}
     assert both.groupby("method").image_id.nunique().eq(2).all()

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from apem import claims as cl
-from apem import metric, report
+from apem import metric
+from apem.book import display
 from apem.config import load_config
 from apem.by_hand import (  # noqa: F401  (Margin, tie_before: re-exported, the chapter's tests read them here)
     BATCH, BLOCK, MODES, NAMED_MAPS, PIXELS, SIDES, Margin, clip_drop, closed_forms, dip_for_window, dip_net,
@@ -63,7 +64,7 @@ class Page:
 
     # ------------------------------------------------------------------ the setting and the model
     def setting(self) -> None:
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** A linear classifier on a 2 × 2 RGB image (12 inputs, 2 classes, float64) with clean logit "
             f"margin $m_0$ = {cl.fmt(self.toy.m0, 2)}; apem's `{self.mode}` search with bound {self.bound:,}, "
             f"clipping {'on' if self.clip else 'off'} (the `{self.cfg.name}` configuration's search settings and the "
@@ -101,7 +102,7 @@ class Page:
         """The derivation with this model's numbers plugged in."""
         c = self._closed.iloc[0]
         d, ok = direction_by_hand(self.toy, self.R)
-        report.require(ok, "The map R is all zero, so it has no direction", "-p relevance '[0.9, 0.6, 0.3, 0.1]'")
+        display.require(ok, "The map R is all zero, so it has no direction", "-p relevance '[0.9, 0.6, 0.3, 0.1]'")
         num = sum(F(r) * F(abs(w)) for r, w in zip([self.R[i] for _ in range(3) for i in range(PIXELS)], self.toy.dw))
         norm = 3 * sum(F(r) for r in self.R)
         parts = [f"For $R$: $\\lVert R \\rVert_1 = 3 \\times {cl.fmt(sum(self.R), 2)} = {cl.fmt(float(norm), 2)}$ "
@@ -116,7 +117,7 @@ class Page:
                          f"= {c.root_minus:.2f}$: the margin is still positive at step "
                          f"{math.floor(c.root_minus):,} and negative at {math.floor(c.root_minus) + 1:,}, so "
                          f"$\\varepsilon^-$ = **{_fmt_eps(c.eps_minus, bool(c.censored_minus), False, self.bound)}**.")
-        report.show_markdown(" ".join(parts))
+        display.show_markdown(" ".join(parts))
 
     def side_by_side(self) -> pd.DataFrame:
         """The closed form and apem's search for R and 1 − R."""
@@ -147,7 +148,7 @@ class Page:
         lo = F(self.toy.m0) / max(F(abs(w)) for w in self.toy.dw)
         und = [n for n, u in zip(names, c.undefined_plus) if u]
         ties = [n for n, a, b in zip(names, c.tie_minus, c.tie_plus) if a or b]
-        report.show_markdown(
+        display.show_markdown(
             f"The smallest $\\varepsilon^-$ among these maps is the **{names[i_best]}**'s "
             f"({int(c.eps_minus.iloc[i_best]):,}). No map can do better than "
             f"$m_0 / \\max_i |\\Delta w_i|$ = {float(lo):.2f} steps, since the slope is an average of the "
@@ -180,7 +181,7 @@ class Page:
         """The non-monotone net along R's direction (clipping off): its closed form, the thesis loop by hand, apem."""
         if self._net is None:
             d, ok = direction_by_hand(self.toy, self.R)
-            report.require(ok, "The map R is all zero, so it has no direction", "-p relevance '[0.9, 0.6, 0.3, 0.1]'")
+            display.require(ok, "The map R is all zero, so it has no direction", "-p relevance '[0.9, 0.6, 0.3, 0.1]'")
             line = linear_margin(self.toy, d, clip=False)
             dip = dip_for_window(line, self.window)
             net = dip_net(self.toy, dip)
@@ -216,7 +217,7 @@ class Page:
         a, b = self.window
         grid = [s for s in N["thesis_by_hand"][2] if a <= s < b]
         t = int(N["found"]["thesis"].eps[0])
-        report.show_markdown(
+        display.show_markdown(
             f"The window holds the steps {a:,} to {b - 1:,}. The thesis's search tested "
             f"{len(N['trace'])} steps and "
             + (f"none of them was inside it, so it " if not grid else
@@ -265,7 +266,7 @@ class Page:
             ax.set_ylabel("logit margin $z_t - z_o$")
             ax.legend(fontsize=8, loc="upper right")
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     # ------------------------------------------------------------------ exercises' numbers
     def glue(self) -> None:

@@ -21,7 +21,9 @@ import pandas as pd
 import torch
 
 from apem import claims as cl
-from apem import metric, plots, report, thesis
+from apem import metric, thesis
+from apem.figures import plots
+from apem.book import display
 from apem.data import class_name
 from apem.metric.clean import loss_gradient
 from apem.run import results
@@ -103,7 +105,7 @@ class Page:
         self.cfg, T = self.res.cfg, self.res.table
         self.alpha, self.n_compare, self.linear_cap = alpha, int(n_compare), int(linear_cap)
         ids = correct_ids(self.res)
-        report.require(len(ids) > 0, "The configuration has no correctly classified image to walk through",
+        display.require(len(ids) > 0, "The configuration has no correctly classified image to walk through",
                        "-p n_correct 4")
         if method not in set(T.method):
             raise ValueError(f"method {method!r} is not in the results table (it has {sorted(set(T.method))})")
@@ -132,11 +134,11 @@ class Page:
 
     def setting(self) -> None:
         r, cfg = self.row, self.cfg
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** {cfg.model} (`{cfg.preset}` preprocessing), `{cfg.search_mode}` search with bound "
             f"{cfg.search_bound}. **The image**: `{self.iid}`, {_article(r.label_name)} *{r.label_name}*, predicted as *{r.pred_name}* with "
             f"confidence {r.confidence:.2f}. **The map**: {thesis.label(self.method)}, stage {self.stage}.")
-        report.require(self.defined, f"The {thesis.label(self.method)} map of this image at stage {self.stage} is "
+        display.require(self.defined, f"The {thesis.label(self.method)} map of this image at stage {self.stage} is "
                        "constant, so it gives no direction and no epsilon", "-p image 1 (another image)")
 
     def map_figure(self) -> None:
@@ -149,7 +151,7 @@ class Page:
         plots.show_image(axes[1], self._R.cpu(), f"relevance R ({thesis.label(self.method)})")
         plots.show_image(axes[2], (1 - self._R).cpu(), "irrelevance 1 − R")
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     def walk_figure(self) -> None:
         """Figure 3.3: the perturbation and the perturbed image just before and at the change, for both maps."""
@@ -170,10 +172,10 @@ class Page:
                 plots.show_image(axes[r_, 2 * k + 1], (x + e * d)[0].clamp(0, 1).cpu(),
                                  f"prediction: {class_name(p)}" + (" ✓" if p == pred else " ✗"))
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
         cens = [s for s, c in (("ε⁻", self.row.censored_minus), ("ε⁺", self.row.censored_plus)) if c]
         big = float((eps["minus"] * self._d["minus"]).abs().max())
-        report.show_markdown(
+        display.show_markdown(
             f"Here $\\varepsilon^-$ = **{eps['minus']}** and $\\varepsilon^+$ = **{eps['plus']}**, so this image's "
             f"APEM is **{eps['plus'] - eps['minus']}**. The largest single-pixel change at $\\varepsilon^-$ is "
             f"{big:.3f} in [0, 1] units."
@@ -199,7 +201,7 @@ class Page:
         traces = self._trace()
         model, x, pred = self.res.model.model, self._x, int(self.row.pred)
         if "linear" not in traces:
-            report.show_markdown(f"(`linear` is left out of this figure: it would forward every one of the "
+            display.show_markdown(f"(`linear` is left out of this figure: it would forward every one of the "
                                  f"{max(int(self.row.eps_minus), int(self.row.eps_plus))} steps; "
                                  f"`linear_cap` is {self.linear_cap}.)")
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -224,7 +226,7 @@ class Page:
             ax.set_title(label)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     def trace_table(self) -> pd.DataFrame:
         """Each search's answer and forward passes on this image."""
@@ -255,7 +257,7 @@ class Page:
         ex = ok[ok.eps_linear.notna()]
         have = O.non_monotone.notna()
         nm_img = int(O.non_monotone[have].astype(bool).sum())
-        report.show_markdown(
+        display.show_markdown(
             f"The comparison has {O.shape[0]} images and {len(ok)} searches with a defined direction "
             f"({int(M.undefined.sum())} constant maps gave none); {len(ex)} of them had an answer of at most "
             f"{self.linear_cap} steps, so `linear` ran on them. The prediction flipped back within 64 steps after its "

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from apem import claims as C
-from apem import report, stats, thesis
-from apem.report import method_order, show_figure, show_markdown
+from apem import claims
+from apem import stats, thesis
+from apem.book import display
+from apem.book.display import method_order, show_figure, show_markdown
 
 #: the thesis's methods whose noise the SmoothGrad claim compares
 NOISY, SMOOTH = "gradient", "smoothgrad"
@@ -26,14 +27,14 @@ def total_variation(m: torch.Tensor) -> np.ndarray:
 class Page:
     """The results of a configuration as chapter 2 shows them."""
 
-    def __init__(self, params="default", overrides=None, alpha: float = C.ALPHA, lrp_images: int = 8):
+    def __init__(self, params="default", overrides=None, alpha: float = claims.ALPHA, lrp_images: int = 8):
         from apem.run import results
 
         self.res = results(params, progress=False, **dict(overrides or {}))
         self.cfg, T = self.res.cfg, self.res.table
         self.stage = 3 if 3 in self.cfg.stages else max(self.cfg.stages)
         self.C = T[(T.group == "correct") & (T.stage == self.stage)]
-        report.require(len(self.C) > 0, "no correctly classified image in this configuration", "-p n_correct 4")
+        display.require(len(self.C) > 0, "no correctly classified image in this configuration", "-p n_correct 4")
         self.methods = method_order(self.C)
         self.ids = list(self.C.image_id.unique())
         self.alpha, self.lrp_images = alpha, lrp_images
@@ -51,7 +52,7 @@ class Page:
         return self._maps
 
     def figure(self, n_images: int = 5) -> None:
-        from apem import plots
+        from apem.figures import plots
 
         show = self.ids[:n_images]
         fig = plots.plot_method_grid(self.res.image_tensors(show), {m: self.maps()[m][:len(show)] for m in self.methods},
@@ -61,7 +62,7 @@ class Page:
     # ------------------------------------------------------------------ agreement
     def similarity(self) -> pd.DataFrame:
         """Per image and pair of methods: Spearman's rho of the map values and SSIM."""
-        from apem.sanity import map_similarity
+        from apem.randomisation import map_similarity
 
         if self._sim is None:
             parts = []
@@ -86,8 +87,8 @@ class Page:
                     continue
                 med = float(np.median(v))
                 ci = sps.quantile_test(v, q=med).confidence_interval(1 - self.alpha)
-                rng = f" [{C.fmt(float(ci.low))}, {C.fmt(float(ci.high))}]" if np.isfinite(ci.low) and np.isfinite(ci.high) else ""
-                row[col] = C.fmt(med) + rng
+                rng = f" [{claims.fmt(float(ci.low))}, {claims.fmt(float(ci.high))}]" if np.isfinite(ci.low) and np.isfinite(ci.high) else ""
+                row[col] = claims.fmt(med) + rng
             rows.append(row)
         return pd.DataFrame(rows).set_index("pair").rename(columns={"spearman": "Spearman ρ, median", "ssim": "SSIM, median"})
 
@@ -140,38 +141,38 @@ class Page:
         from apem.studies.lrp_rules import VARIANT_LABELS
 
         S = stats.summary_table(self.lrp(), by="variant", ci=False)
-        view = report.summary_view(S)
+        view = display.summary_view(S)
         view.index = [VARIANT_LABELS.get(v, v) for v in view.index]
         return view
 
     # ------------------------------------------------------------------ claims
-    def claims(self) -> C.Claims:
+    def claims(self) -> claims.Claims:
         sim = self.similarity()
-        pairs = [C.Location(f"{thesis.label(a)} and {thesis.label(b)}: positive rank correlation", values=
+        pairs = [claims.Location(f"{thesis.label(a)} and {thesis.label(b)}: positive rank correlation", values=
                             g.set_index("image_id").spearman, threshold=0.0, what="Spearman ρ")
                  for (a, b), g in sim.groupby(["a", "b"], sort=False)]
-        out = [C.AllOf("The methods' maps point to similar regions (for every pair of methods, the per-image rank "
+        out = [claims.AllOf("The methods' maps point to similar regions (for every pair of methods, the per-image rank "
                        "correlation of the maps is above 0)", of=pairs, applicable=len(pairs) > 0,
                        reason="fewer than two methods")]
         tv = self.total_variation()
         have = {NOISY, SMOOTH} <= set(self.methods)
-        out.append(C.Paired("SmoothGrad's maps are less noisy than the Gradient's (lower total variation)",
+        out.append(claims.Paired("SmoothGrad's maps are less noisy than the Gradient's (lower total variation)",
                             a=tv[NOISY] if have else None, b=tv[SMOOTH] if have else None,
                             names=("Gradient", "SmoothGrad"), digits=4, applicable=have,
                             reason="the configuration lacks the Gradient or SmoothGrad"))
         t41 = self._table41()
         t41 = t41[t41.thesis.notna() & (t41.property != "conserves relevance (model, biases kept)")]
-        out.append(C.Invariant("Table 4.1: the LRP variants have the properties the thesis lists", n=len(t41),
+        out.append(claims.Invariant("Table 4.1: the LRP variants have the properties the thesis lists", n=len(t41),
                                violations=int((~t41.agrees.astype(bool)).sum()), what="cells of Table 4.1",
                                basis="each cell's yes/no from a threshold declared in apem/studies/lrp_rules.py, "
                                      "measured on the images for stability and in closed form for the other two"))
-        return C.Claims(out, title="Did the claims hold on our model?", alpha=self.alpha)
+        return claims.Claims(out, title="Did the claims hold on our model?", alpha=self.alpha)
 
     def verdicts(self) -> None:
         t = self._table41()
         model = t[t.property == "conserves relevance (model, biases kept)"]
         note = ("On our model, whose folded batch normalisations carry biases, no variant conserves relevance "
-                f"(median error at least {C.fmt(float(model.value.min()))}), which the thesis's table does not "
+                f"(median error at least {claims.fmt(float(model.value.min()))}), which the thesis's table does not "
                 "consider.") if len(model) and not model.ours.eq("yes").any() else ""
         self.claims().show(model=note)
 

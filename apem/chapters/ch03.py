@@ -18,81 +18,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from apem import charts, claims as cl, plots, report, stats, thesis
+from apem import claims as cl, stats, thesis
+from apem.figures import charts
+from apem.figures import plots
+from apem.book import display
 from apem.run import results
 from apem.studies.common import pick_stage
 
-#: the thesis's order by APEM (Table 4.2): each method beats every one after it
-THESIS_ORDER = ("gradient", "lrp_epsilon", "smoothgrad")
-#: which censoring flags make a value censored, per column
-FLAGS = {"apem": ("censored_minus", "censored_plus"), "eps_minus": ("censored_minus",),
-         "eps_plus": ("censored_plus",)}
 EPS = {"eps_minus": "ε⁻", "eps_plus": "ε⁺", "apem": "APEM"}
-
-
-# ----------------------------------------------------------------------------- censoring in figures
-
-
-def censored_flag(table: pd.DataFrame, value: str) -> pd.Series:
-    """Per row: is ``value`` censored (APEM: either search reached the bound)?"""
-    flags = [f for f in FLAGS.get(value, ()) if f in table]
-    if not flags:
-        return pd.Series(False, index=table.index)
-    return table[flags].astype(bool).any(axis=1) & table[value].notna()
-
-
-def censored_counts(table: pd.DataFrame, value: str, by=("method",)) -> pd.Series:
-    """Censored values of ``value`` per group (``by``), in the order of the table."""
-    by = list(by)
-    return censored_flag(table, value).groupby([table[b] for b in by], sort=False).sum().astype(int)
-
-
-def censored_boxes(table: pd.DataFrame, values=("apem", "eps_minus", "eps_plus"), hue: str | None = None,
-                   title: str = ""):
-    """One boxplot panel per value, a box per method (and per ``hue`` level, e.g. ``"stage"``).
-
-    Each method's tick label carries its censored count for that panel's value
-    ("2 censored", or per hue level "censored 2/1/0"); a logarithmic axis
-    (symmetric-log when a value is not positive). Returns the Figure.
-    """
-    t = table.copy()
-    t["Method"] = t.method.map(thesis.label)
-    order = list(dict.fromkeys(t.Method))
-    methods = list(dict.fromkeys(t.method))
-    hue_col = None
-    if hue:
-        hue_col = hue.capitalize()
-        t[hue_col] = t[hue].map(lambda s: f"{hue} {s}")
-    fig, axes = plt.subplots(1, len(values), figsize=(4.8 * len(values), 4.4), squeeze=False)
-    for ax, v in zip(axes[0], values):
-        sns.boxplot(data=t, x="Method", y=v, hue=hue_col, order=order, ax=ax,
-                    palette=charts.PALETTE if hue_col else None, color=None if hue_col else "#8fb3d9",
-                    showfliers=True, fliersize=2)
-        ax.set_yscale("log" if (t[v].dropna() > 0).all() else "symlog", **({} if (t[v].dropna() > 0).all()
-                                                                           else {"linthresh": 1}))
-        ax.set_ylabel(charts.VALUE_LABELS.get(v, v))
-        ax.set_xlabel("")
-        if hue:
-            k = censored_counts(table, v, ("method", hue))
-            levels = sorted(table[hue].unique())
-            ticks = [f"{thesis.label(m)}\ncensored {'/'.join(str(int(k.get((m, s), 0))) for s in levels)}"
-                     for m in methods]
-        else:
-            k = censored_counts(table, v)
-            ticks = [f"{thesis.label(m)}\n{int(k.get(m, 0))} censored" for m in methods]
-        ax.set_xticks(range(len(order)), ticks)
-        if hue and ax is not axes[0][-1] and ax.get_legend():
-            ax.get_legend().remove()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def censored_total(table: pd.DataFrame, value: str = "apem") -> str:
-    """``"3 of 72 censored"`` for a figure's title."""
-    f = censored_flag(table, value)
-    return f"{int(f.sum())} of {int(table[value].notna().sum())} censored"
 
 
 # ----------------------------------------------------------------------------- the upsets (Table 4.3)
@@ -148,15 +81,12 @@ def upsets_beside_thesis(ours: pd.DataFrame) -> pd.DataFrame:
 
 
 def _eps(v, censored) -> str:
-    return "–" if pd.isna(v) else (f"≥ {int(v)}" if censored else f"{int(v)}")
+    return display.fmt_bounded(float(v), int(bool(censored)), digits=0)
 
 
 def _apem(v, cm, cp) -> str:
-    if pd.isna(v):
-        return "–"
-    if cm and cp:
-        return f"{int(v)} (undetermined)"
-    return f"≥ {int(v)}" if cp else f"≤ {int(v)}" if cm else f"{int(v)}"
+    side = 2 if (cm and cp) else 1 if cp else -1 if cm else 0
+    return display.fmt_bounded(float(v), side, digits=0, undetermined="undetermined")
 
 
 # ----------------------------------------------------------------------------- claims
@@ -174,10 +104,10 @@ def chapter_claims(C: pd.DataFrame, S: pd.DataFrame) -> list:
     methods = list(dict.fromkeys(C.method))
     per = {v: {m: cl.per_image(C[C.method == m], v) for m in methods} for v in ("apem", "eps_minus", "eps_plus")}
     out = []
-    have = set(THESIS_ORDER) <= set(methods)
-    why = f"the configuration lacks {', '.join(sorted(set(THESIS_ORDER) - set(methods)))}" if not have else ""
-    for i, a in enumerate(THESIS_ORDER):
-        for b in THESIS_ORDER[i + 1:]:
+    have = set(thesis.RANKING) <= set(methods)
+    why = f"the configuration lacks {', '.join(sorted(set(thesis.RANKING) - set(methods)))}" if not have else ""
+    for i, a in enumerate(thesis.RANKING):
+        for b in thesis.RANKING[i + 1:]:
             out.append(cl.Paired(f"{thesis.label(a)} has a higher APEM than {thesis.label(b)}",
                                  a=per["apem"].get(a), b=per["apem"].get(b), names=(thesis.label(a), thesis.label(b)),
                                  applicable=have, reason=why))
@@ -213,25 +143,25 @@ class Page:
         self.cfg, T = self.res.cfg, self.res.table
         self.stage, self.alpha, self.n_upsets = pick_stage(self.res, stage), alpha, int(n_upsets)
         self.C = T[(T.group == "correct") & (T.stage == self.stage)]
-        self.methods = report.method_order(self.C) if len(self.C) else []
+        self.methods = display.method_order(self.C) if len(self.C) else []
         self.S = stats.summary_table(self.C, by="method", seed=self.cfg.seed) if len(self.C) else None
 
     def setting(self) -> None:
         cfg, C = self.cfg, self.C
-        report.require(len(C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        report.show_markdown(
+        display.require(len(C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+        display.show_markdown(
             f"**Setting.** {cfg.model} (`{cfg.preset}` preprocessing), {C.image_id.nunique()} correctly classified "
             f"images, methods {', '.join(map(thesis.label, self.methods))}, stage {self.stage}, `{cfg.search_mode}` "
-            f"search with bound {cfg.search_bound}. {report.censoring_note(C)}")
+            f"search with bound {cfg.search_bound}. {display.censoring_note(C)}")
 
     # ------------------------------------------------------------------ Table 4.2
     def table_4_2(self) -> pd.DataFrame:
-        return report.summary_view(self.S, thesis=thesis.TABLE_4_2.set_index("method"))
+        return display.summary_view(self.S, thesis=thesis.TABLE_4_2.set_index("method"))
 
     def mean_figure(self) -> None:
         fig = charts.bar_with_ci(self.S, "mean", thesis=thesis.TABLE_4_2.set_index("method")["mean"],
-                                 title=f"Mean APEM per method (stage {self.stage}; {censored_total(self.C)})")
-        report.show_figure(fig)
+                                 title=f"Mean APEM per method (stage {self.stage}; {charts.censored_total(self.C)})")
+        display.show_figure(fig)
 
     @property
     def best(self) -> str:
@@ -244,21 +174,21 @@ class Page:
         b = self.S.loc[self.best]
         agree = ("The median ranks the methods the same way." if list(R.index) == list(R.sort_values("rank_median").index)
                  else f"The median ranks them differently; its first is {thesis.label(by_median)}.")
-        report.show_markdown(
+        display.show_markdown(
             f"By the mean, the best method is **{thesis.label(self.best)}**: mean APEM "
-            f"{report.fmt_mean(b['mean'], b.get('mean_bound', 'exact'))}. {agree}")
+            f"{display.fmt_mean(b['mean'], b.get('mean_bound', 'exact'))}. {agree}")
 
     def ranking(self) -> pd.DataFrame:
-        return report.ranking_view(self.S)
+        return display.ranking_view(self.S)
 
     # ------------------------------------------------------------------ figures
     def boxplots(self) -> None:
-        report.show_figure(censored_boxes(self.C, title=f"Correctly classified images, stage {self.stage}"))
+        display.show_figure(charts.censored_boxes(self.C, title=f"Correctly classified images, stage {self.stage}"))
 
     def pairwise(self) -> None:
         P = stats.pairwise_outcomes(self.C, "apem")
-        report.show_figure(charts.pairwise_bars(
-            P, title=f"Per-image comparison of APEM (stage {self.stage}; {censored_total(self.C)})"))
+        display.show_figure(charts.pairwise_bars(
+            P, title=f"Per-image comparison of APEM (stage {self.stage}; {charts.censored_total(self.C)})"))
 
     # ------------------------------------------------------------------ Table 4.3
     @property
@@ -270,7 +200,7 @@ class Page:
         w = self.best
         parts = [f"{int(((wide[o] - wide[w]) > 0).sum())} of {int((wide[o] - wide[w]).notna().sum())} images to "
                  f"{thesis.label(o)}" for o in self.methods if o != w]
-        report.show_markdown(f"Our best method (by the mean) is **{thesis.label(w)}**. It lost on "
+        display.show_markdown(f"Our best method (by the mean) is **{thesis.label(w)}**. It lost on "
                              + (", ".join(parts) if parts else "no image (it is the only method)") + ".")
 
     def table_4_3(self) -> pd.DataFrame:
@@ -286,7 +216,7 @@ class Page:
         fig = plots.plot_method_grid(
             x, {m: torch.stack([self.res.map(i, m, self.stage) for i in show]) for m in self.methods},
             class_names=[names[i] for i in show])
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     # ------------------------------------------------------------------ verdicts
     def claims(self) -> cl.Claims:
@@ -294,11 +224,11 @@ class Page:
         order_mean = " > ".join(map(thesis.label, R.index))
         order_median = " > ".join(map(thesis.label, R.sort_values("rank_median", kind="stable").index))
         context = (f"By the mean our order is {order_mean}; by the median {order_median}; the thesis's (both) is "
-                   f"{' > '.join(map(thesis.label, THESIS_ORDER))}.")
+                   f"{' > '.join(map(thesis.label, thesis.RANKING))}.")
         return cl.Claims(chapter_claims(self.C, self.S), alpha=self.alpha, context=context)
 
     def verdicts(self) -> None:
         n = self.C.image_id.nunique()
         model = (f"Our model is {self.cfg.model} on {n} images; the thesis measured VGG-16 on 5,000, and a more or "
                  "less robust model moves every epsilon.")
-        self.claims().show(censored=report.censoring_note(self.C), model=model)
+        self.claims().show(censored=display.censoring_note(self.C), model=model)

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from apem import charts, claims as cl, plots, report, stats, thesis
-from apem.chapters.ch03 import censored_boxes, censored_flag, censored_total
+from apem import claims as cl, stats, thesis
+from apem.figures import charts
+from apem.figures import plots
+from apem.book import display
+from apem.figures.charts import censored_boxes, censored_total
 from apem.run import results
 
 CLAIMED_LARGEST = "gradient"  # the thesis: the Gradient loses the most APEM to the visualisation
@@ -69,17 +72,17 @@ class Page:
         self.cfg, T = self.res.cfg, self.res.table
         self.alpha, self.encoding_images = alpha, encoding_images
         self.C = T[T.group == "correct"]
-        self.methods = report.method_order(self.C) if len(self.C) else []
+        self.methods = display.method_order(self.C) if len(self.C) else []
         self.stages = sorted(int(s) for s in self.C.stage.unique())
 
     def setting(self) -> None:
-        report.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        report.require(len(self.stages) > 1, f"The configuration has one visualisation stage ({self.stages}), so "
+        display.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+        display.require(len(self.stages) > 1, f"The configuration has one visualisation stage ({self.stages}), so "
                        "there is nothing to compare across stages", "-p stages [1,2,3]")
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** {self.cfg.model}, {self.C.image_id.nunique()} correctly classified images, methods "
             f"{', '.join(map(thesis.label, self.methods))}, stages {', '.join(map(str, self.stages))}, map encoding "
-            f"`{self.cfg.map_encoding}`. {report.censoring_note(self.C)}")
+            f"`{self.cfg.map_encoding}`. {display.censoring_note(self.C)}")
 
     def stage_maps(self) -> None:
         iid = self.C.image_id.iloc[0]
@@ -87,17 +90,17 @@ class Page:
         name = self.C[self.C.image_id == iid].label_name.iloc[0]
         fig = plots.plot_stage_grid(x, {m: {s: self.res.map(iid, m, s) for s in self.stages} for m in self.methods},
                                     class_name=name)
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     @property
     def S(self) -> pd.DataFrame:
         return stats.summary_table(self.C, by=["method", "stage"], seed=self.cfg.seed)
 
     def table_4_4(self) -> pd.DataFrame:
-        return report.summary_view(self.S, thesis=thesis.TABLE_4_4.set_index(["method", "stage"]))
+        return display.summary_view(self.S, thesis=thesis.TABLE_4_4.set_index(["method", "stage"]))
 
     def stage_boxes(self) -> None:
-        report.show_figure(censored_boxes(
+        display.show_figure(censored_boxes(
             self.C, hue="stage", title=f"Correctly classified images, stages {', '.join(map(str, self.stages))} "
                                        f"(censored counts per stage under each method)"))
 
@@ -108,7 +111,7 @@ class Page:
         P["b"] = P.b.map(lambda s: f"stage {s}")
         for m in self.methods:
             sub = self.C[self.C.method == m]
-            report.show_figure(charts.pairwise_bars(
+            display.show_figure(charts.pairwise_bars(
                 P[P.method == m], title=f"{thesis.label(m)}: per-image APEM, stage against stage "
                                         f"({censored_total(sub)})"))
 
@@ -119,7 +122,7 @@ class Page:
         first, last = self.stages[0], self.stages[-1]
         d = drops(self.C, first, last)
         ends = self.C[self.C.stage.isin([first, last])]
-        cens = censored_flag(ends, "apem").groupby([ends.method, ends.image_id]).any().groupby(level=0).sum()
+        cens = stats.censored(ends, "apem").groupby([ends.method, ends.image_id]).any().groupby(level=0).sum()
         rows = [{"method": thesis.label(m), "images": len(v),
                  f"images censored at stage {first} or {last}": int(cens.get(m, 0)),
                  f"median drop {first} → {last}": cl.fmt(float(v.median()), 1),
@@ -149,4 +152,4 @@ class Page:
         n = self.C.image_id.nunique()
         model = (f"Our model is {self.cfg.model} on {n} images; the thesis measured VGG-16 on 5,000. How much a "
                  "visualisation step costs depends on how the model spreads its gradient over pixels and channels.")
-        self.claims().show(censored=report.censoring_note(self.C), model=model)
+        self.claims().show(censored=display.censoring_note(self.C), model=model)

@@ -21,7 +21,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from apem import claims as cl, plots, report, thesis
+from apem import claims as cl, thesis
+from apem.figures import plots
+from apem.book import display
 from apem.run import results
 
 #: "substantial": the share of a map's non-zero pixels the filter must remove, by default
@@ -131,10 +133,10 @@ class Page:
         self._method, self._stage = method, stage
 
     def setting(self) -> None:
-        report.require(self.F is not None, "The explanation filter (Algorithm 2) ran on no image: filter_images is 0",
+        display.require(self.F is not None, "The explanation filter (Algorithm 2) ran on no image: filter_images is 0",
                        "apem book --chapter 5 -p filter_images 2")
         F, cfg = self.F, self.cfg
-        self.methods = report.method_order(F)
+        self.methods = display.method_order(F)
         self.stages = sorted(int(s) for s in F.stage.unique())
         self.ids = list(dict.fromkeys(F.image_id))
         self.method = self._method or ("gradient" if "gradient" in self.methods else self.methods[0])
@@ -143,12 +145,12 @@ class Page:
             raise ValueError(f"method {self.method!r} / stage {self.stage} are not in the filter's table "
                              f"(methods {self.methods}, stages {self.stages})")
         und = int((~F.defined).sum())
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** {cfg.model}, the explanation filter on {len(self.ids)} correctly classified "
             f"image{'s' if len(self.ids) != 1 else ''}, methods {', '.join(map(thesis.label, self.methods))}, stages "
             f"{', '.join(map(str, self.stages))}: {len(F)} maps, `{cfg.search_mode}` search with bound "
             f"{cfg.search_bound}. {und} of {len(F)} maps have an undefined APEM (constant maps) and are left out of "
-            f"the claims. Input maps: {report.censoring_note(F)}")
+            f"the claims. Input maps: {display.censoring_note(F)}")
 
     # ------------------------------------------------------------------ figures
     def _row(self, iid, m, s):
@@ -172,7 +174,7 @@ class Page:
         fig.suptitle(f"{thesis.label(m)} maps, stage {s}, before and after the filter "
                      f"({int((sub.censored_minus | sub.censored_plus).sum())} of {len(sub)} input maps censored)")
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     def every_method(self) -> None:
         """Figure 4.9: every method and stage on the first filter image, each map beside its filtered version."""
@@ -191,7 +193,7 @@ class Page:
         fig.suptitle(f"{one.label_name.iloc[0]}: maps and their filtered versions "
                      f"({int((one.censored_minus | one.censored_plus).sum())} of {len(one)} input maps censored)")
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     # ------------------------------------------------------------------ tables
     def summary(self) -> pd.DataFrame:
@@ -212,4 +214,4 @@ class Page:
         model = (f"Our model is {self.cfg.model} and the filter ran on {n} image{'s' if n != 1 else ''}; the thesis "
                  "filtered VGG-16 maps and showed examples. A censored input map's APEM is a bound, so the filter "
                  "compares bounds on it.")
-        self.claims().show(censored=report.censoring_note(self.F), model=model)
+        self.claims().show(censored=display.censoring_note(self.F), model=model)

@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from apem import charts, claims as cl, report, stats, thesis
+from apem import claims as cl, stats, thesis
+from apem.figures import charts
+from apem.book import display
 from apem.run import results
 from apem.studies.common import pick_stage
 
@@ -110,7 +112,7 @@ def exact_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 def flip_table(C: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Every pair of methods: images decided, images where ε⁻ alone picks the other winner, share, exact interval."""
     rows = []
-    for a, b in itertools.combinations(report.method_order(C), 2):
+    for a, b in itertools.combinations(display.method_order(C), 2):
         f = flips(C, a, b)
         n, k = int(f.notna().sum()), int(f.sum())
         lo, hi = exact_interval(k, n, alpha)
@@ -163,17 +165,17 @@ class Page:
         self.cfg, T = self.res.cfg, self.res.table
         self.stage, self.alpha, self.common = pick_stage(self.res, stage), alpha, float(common)
         self.C = T[(T.group == "correct") & (T.stage == self.stage)]
-        self.methods = report.method_order(self.C) if len(self.C) else []
+        self.methods = display.method_order(self.C) if len(self.C) else []
         self.a, self.b = method_a, method_b
 
     def setting(self) -> None:
-        report.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        report.require(self.a in self.methods and self.b in self.methods and self.a != self.b,
+        display.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+        display.require(self.a in self.methods and self.b in self.methods and self.a != self.b,
                        f"The comparison needs two methods of the configuration ({', '.join(self.methods)}); "
                        f"method_a = {self.a!r} and method_b = {self.b!r} are not; set them in the chapter's parameters")
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** {self.cfg.model}, stage {self.stage}, {self.C.image_id.nunique()} correctly classified "
-            f"images; {thesis.label(self.a)} against {thesis.label(self.b)}. {report.censoring_note(self.C)}")
+            f"images; {thesis.label(self.a)} against {thesis.label(self.b)}. {display.censoring_note(self.C)}")
 
     def figure_5_1(self) -> None:
         """Figure 5.1: ε⁺(a) − ε⁺(b) on the images where ``a`` has the lower ε⁻, and the counts."""
@@ -183,9 +185,9 @@ class Page:
                               f"Images where {A} has the lower ε⁻: {len(split)} of {n_all} "
                               f"({int(split.censored.sum())} with a censored ε⁺)",
                               bins=min(30, max(5, len(split))))
-        report.show_figure(fig)
+        display.show_figure(fig)
         unknown = int(split.better.isna().sum())
-        report.show_markdown(
+        display.show_markdown(
             f"On these {len(split)} images {A}'s irrelevance is better (higher ε⁺) on **{int(split.better.sum())}**, "
             f"worse on **{int(split.worse.sum())}**, equal on {int(((split.better == 0) & (split.worse == 0)).sum())}"
             + (f", and censoring leaves the order unknown on {unknown}" if unknown else "") + ".")
@@ -201,4 +203,4 @@ class Page:
     def verdicts(self) -> None:
         n = self.C.image_id.nunique()
         model = f"Our model is {self.cfg.model} on {n} images; the thesis measured VGG-16 on 5,000."
-        self.claims().show(censored=report.censoring_note(self.C), model=model)
+        self.claims().show(censored=display.censoring_note(self.C), model=model)

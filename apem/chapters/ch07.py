@@ -30,10 +30,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from apem import charts, claims as cl, report, stats, thesis
+from apem import claims as cl, stats, thesis
+from apem.figures import charts
+from apem.book import display
 
-#: the thesis's order by APEM_norm (Table 5.1, every stage)
-THESIS_ORDER = ("gradient", "lrp_epsilon", "smoothgrad")
 NORM = r"$\mathrm{APEM}_{\mathrm{norm}}$"
 
 #: the thesis's shuffled baseline (section 5.2): ten permutations drawn anew at every tested step of its search
@@ -91,7 +91,7 @@ SIDES = {
 def with_sides(table: pd.DataFrame, value: str) -> pd.DataFrame:
     """``table`` with ``value`` as ``apem`` and its censoring as ``censored_plus`` (lower bound) / ``censored_minus``.
 
-    The columns :func:`apem.stats.summary_table` and :func:`apem.report.censoring_note` read for
+    The columns :func:`apem.stats.summary_table` and :func:`apem.book.display.censoring_note` read for
     APEM, here standing for a derived value (:data:`SIDES`): a row censored both ways is
     bounded on neither side.
     """
@@ -124,7 +124,7 @@ def shuffled_view(C: pd.DataFrame) -> pd.DataFrame:
     zero = (C.apem_shuffle == 0) & known
     k = zero.groupby([C.method, C.stage], sort=False).sum().reindex(S.index, fill_value=0)
     n = known.groupby([C.method, C.stage], sort=False).sum().reindex(S.index, fill_value=0)
-    v = report.summary_view(S)
+    v = display.summary_view(S)
     v["exactly 0"] = [f"{int(a)} of {int(b)}" for a, b in zip(k, n)]
     return v
 
@@ -132,7 +132,7 @@ def shuffled_view(C: pd.DataFrame) -> pd.DataFrame:
 def table_5_1(C: pd.DataFrame) -> pd.DataFrame:
     """Thesis Table 5.1 beside ours: mean (and median) APEM_norm per method and stage, censored counts."""
     th = thesis.TABLE_5_1.rename(columns={"apem_norm": "mean"}).set_index(["method", "stage"])
-    return report.summary_view(summary(C, "apem_norm_term"), thesis=th, digits=2)
+    return display.summary_view(summary(C, "apem_norm_term"), thesis=th, digits=2)
 
 
 def _censored_counts(C: pd.DataFrame, value: str) -> pd.Series:
@@ -163,7 +163,7 @@ def norm_boxes(C: pd.DataFrame):
     ax = fig.axes[0]
     k = _censored_counts(C, "apem_norm_term")
     stages = sorted(int(s) for s in C.stage.unique())
-    methods = report.method_order(C)
+    methods = display.method_order(C)
     ax.set_xticks(range(len(methods)), [f"{thesis.label(m)}\ncensored {'/'.join(str(int(k.get((m, s), 0))) for s in stages)}"
                                         for m in methods])
     ax.set_ylabel("ε⁺/ε-shuffle⁺ − ε⁻/ε-shuffle⁻ per image")
@@ -196,7 +196,7 @@ def chapter_claims(C: pd.DataFrame, stages, method: str = "gradient") -> list:
 
     Rows whose value is censored both ways (bounded on neither side) are left out of a claim.
     """
-    methods = report.method_order(C)
+    methods = display.method_order(C)
     stages = [int(s) for s in stages]
     out = []
     for m in methods:
@@ -205,12 +205,12 @@ def chapter_claims(C: pd.DataFrame, stages, method: str = "gradient") -> list:
             of=[cl.Location(f"{thesis.label(m)}, stage {s}: {NORM} above 0",
                             values=_per_image(C, m, s, "apem_norm_term"), threshold=0.0,
                             what=f"{NORM} term") for s in stages]))
-    have = set(THESIS_ORDER) <= set(methods)
-    why = f"the configuration lacks {', '.join(sorted(set(THESIS_ORDER) - set(methods)))}" if not have else ""
-    order = " > ".join(map(thesis.label, THESIS_ORDER))
+    have = set(thesis.RANKING) <= set(methods)
+    why = f"the configuration lacks {', '.join(sorted(set(thesis.RANKING) - set(methods)))}" if not have else ""
+    order = " > ".join(map(thesis.label, thesis.RANKING))
     for s in stages:
         parts = []
-        for a, b in zip(THESIS_ORDER[:-1], THESIS_ORDER[1:]):
+        for a, b in zip(thesis.RANKING[:-1], thesis.RANKING[1:]):
             parts.append(cl.Paired(f"stage {s}: {thesis.label(a)} > {thesis.label(b)}",
                                    a=_per_image(C, a, s, "apem_norm_term") if have else [],
                                    b=_per_image(C, b, s, "apem_norm_term") if have else [],
@@ -255,31 +255,31 @@ class Page:
         self.alpha = alpha
         self.has_shuffles = self.cfg.shuffles > 0 and "eps_shuffle_minus" in T
         self.C = T[T.group == "correct"]
-        self.methods = report.method_order(self.C) if len(self.C) else []
+        self.methods = display.method_order(self.C) if len(self.C) else []
         self.stages = sorted(int(s) for s in self.C.stage.unique())
         self.claim_stages = self.stages if stage is None else [pick_stage(self.res, stage)]
         self.method = method or ("gradient" if "gradient" in self.methods else (self.methods or [None])[0])
 
     def setting(self) -> None:
-        report.require(self.has_shuffles, "The shuffled baseline was not computed: shuffles is 0",
+        display.require(self.has_shuffles, "The shuffled baseline was not computed: shuffles is 0",
                        "apem book --chapter 7 -p shuffles 3")
-        report.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+        display.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
         if self.method not in self.methods:
             raise ValueError(f"method {self.method!r} is not in the results table (it has {self.methods})")
         cfg, C = self.cfg, self.C
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** {cfg.model}, {C.image_id.nunique()} correctly classified images, methods "
             f"{', '.join(map(thesis.label, self.methods))}, stages {', '.join(map(str, self.stages))}; "
             f"{cfg.shuffles} shuffles per map ({cfg.shuffle_mode}), `{cfg.search_mode}` search with bound "
-            f"{cfg.search_bound}. The maps: {report.censoring_note(C)} The shuffled maps: "
-            f"{report.censoring_note(self._shuffled_flags(), 'shuffled searches')}\n\n{comparability(cfg)}")
+            f"{cfg.search_bound}. The maps: {display.censoring_note(C)} The shuffled maps: "
+            f"{display.censoring_note(self._shuffled_flags(), 'shuffled searches')}\n\n{comparability(cfg)}")
 
     def _shuffled_flags(self) -> pd.DataFrame:
         return self.C.assign(censored_minus=self.C.censored_shuffle_minus, censored_plus=self.C.censored_shuffle_plus)
 
     # ------------------------------------------------------------------ shuffled maps
     def figure_5_2(self) -> None:
-        report.show_figure(shuffled_histograms(self.C, self.method))
+        display.show_figure(shuffled_histograms(self.C, self.method))
 
     def shuffled_table(self) -> pd.DataFrame:
         return shuffled_view(self.C)
@@ -290,7 +290,7 @@ class Page:
         zero = int(((S.median_min == 0) & (S.median_max == 0)).sum())
         real = summary(self.C, "apem")
         ratio = (S["mean"].abs() / real["mean"].abs().replace(0, np.nan)).dropna()
-        report.show_markdown(
+        display.show_markdown(
             f"The median APEM of the shuffled maps is 0 in {zero} of {len(S)} method-stage cells; the thesis "
             f"found 0 in every one. The mean's size relative to the maps' own mean APEM ranges from "
             f"{cl.fmt(float(ratio.min()) if len(ratio) else np.nan, 0, pct=True)} to "
@@ -301,7 +301,7 @@ class Page:
         return table_5_1(self.C)
 
     def norm_boxes(self) -> None:
-        report.show_figure(norm_boxes(self.C))
+        display.show_figure(norm_boxes(self.C))
 
     # ------------------------------------------------------------------ verdicts
     def claims(self) -> cl.Claims:
@@ -309,7 +309,7 @@ class Page:
         ours = {s: " > ".join(thesis.label(m) for m in N.xs(s, level="stage")["mean"].sort_values(ascending=False).index)
                 for s in self.claim_stages}
         context = ("By the mean of " + NORM + " our order is " + "; ".join(f"stage {s}: {o}" for s, o in ours.items())
-                   + f"; the thesis's is {' > '.join(map(thesis.label, THESIS_ORDER))} at every stage. A test can show "
+                   + f"; the thesis's is {' > '.join(map(thesis.label, thesis.RANKING))} at every stage. A test can show "
                    "a difference, not an equality, so the thesis's “around zero” and “the median is 0” appear in the "
                    "forms a test can support, labelled ours.")
         return cl.Claims(chapter_claims(self.C, self.claim_stages, self.method), alpha=self.alpha, context=context)
@@ -318,6 +318,6 @@ class Page:
         n = self.C.image_id.nunique()
         model = (f"Our model is {self.cfg.model} on {n} images with {self.cfg.shuffles} shuffles per map; the thesis "
                  "measured VGG-16 on 5,000 images with 10.")
-        cens = (report.censoring_note(self.C) + " Shuffled maps: "
-                + report.censoring_note(self._shuffled_flags(), "shuffled searches"))
+        cens = (display.censoring_note(self.C) + " Shuffled maps: "
+                + display.censoring_note(self._shuffled_flags(), "shuffled searches"))
         self.claims().show(censored=cens, model=model)

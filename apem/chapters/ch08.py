@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from apem import charts, claims as cl, report, stats, thesis
+from apem import claims as cl, stats, thesis
+from apem.figures import charts
+from apem.book import display
 from apem.run import results
 from apem.studies.common import pick_stage
 
-#: the thesis's order by APEM, kept on misclassified images (Table 5.2)
-THESIS_ORDER = ("gradient", "lrp_epsilon", "smoothgrad")
 GROUPS = ("correct", "misclassified")
 FLAGS = {"apem": ("censored_minus", "censored_plus"), "eps_minus": ("censored_minus",), "eps_plus": ("censored_plus",)}
 
@@ -37,7 +37,7 @@ def table_5_2(D: pd.DataFrame) -> pd.DataFrame:
             continue
         Sg = S.xs(g, level="group")
         t = th[[f"mean_{g}", f"median_{g}"]].rename(columns={f"mean_{g}": "mean", f"median_{g}": "median"})
-        parts[g] = report.summary_view(Sg, thesis=t)
+        parts[g] = display.summary_view(Sg, thesis=t)
     return pd.concat(parts, axis=1)
 
 
@@ -48,7 +48,7 @@ def censored_ticks(ax, table: pd.DataFrame, value: str, hue: str | None = None) 
     """Tick labels ``Method\\ncensored a/b``: the censored count of ``value`` per method (and per ``hue`` level)."""
     flags = [f for f in FLAGS.get(value, ()) if f in table]
     cens = table[flags].astype(bool).any(axis=1) & table[value].notna() if flags else pd.Series(False, index=table.index)
-    methods = report.method_order(table)
+    methods = display.method_order(table)
     if hue:
         k = cens.groupby([table.method, table[hue]], sort=False).sum()
         levels = list(dict.fromkeys(table[hue]))
@@ -101,21 +101,21 @@ def chapter_claims(D: pd.DataFrame, images: pd.DataFrame) -> list:
       claims on the misclassified images, adjacent pairs of Gradient > LRP-ε > SmoothGrad);
     * thesis: the model is less confident on misclassified images (TwoGroups).
     """
-    methods = report.method_order(D)
+    methods = display.method_order(D)
     C, M = D[D.correct], D[~D.correct]
     out = []
     for m in methods:
         out.append(cl.TwoGroups(f"APEM of {thesis.label(m)} is lower on misclassified images",
                                 a=cl.per_image(M[M.method == m], "apem"), b=cl.per_image(C[C.method == m], "apem"),
                                 greater=False, names=("misclassified", "correct"), digits=0))
-    have = set(THESIS_ORDER) <= set(methods)
-    why = f"the configuration lacks {', '.join(sorted(set(THESIS_ORDER) - set(methods)))}" if not have else ""
+    have = set(thesis.RANKING) <= set(methods)
+    why = f"the configuration lacks {', '.join(sorted(set(thesis.RANKING) - set(methods)))}" if not have else ""
     parts = [cl.Paired(f"{thesis.label(a)} > {thesis.label(b)} on misclassified images",
                        a=cl.per_image(M[M.method == a], "apem") if have else [],
                        b=cl.per_image(M[M.method == b], "apem") if have else [],
                        names=(thesis.label(a), thesis.label(b)), digits=0, applicable=have, reason=why)
-             for a, b in zip(THESIS_ORDER[:-1], THESIS_ORDER[1:])]
-    out.append(cl.AllOf(f"The methods keep the thesis's ranking ({' > '.join(map(thesis.label, THESIS_ORDER))}) "
+             for a, b in zip(thesis.RANKING[:-1], thesis.RANKING[1:])]
+    out.append(cl.AllOf(f"The methods keep the thesis's ranking ({' > '.join(map(thesis.label, thesis.RANKING))}) "
                         "on misclassified images", of=parts, applicable=have, reason=why))
     conf = images.set_index("image_id").confidence
     out.append(cl.TwoGroups("The model is less confident on misclassified images",
@@ -136,30 +136,30 @@ class Page:
         self.cfg, T = self.res.cfg, self.res.table
         self.stage, self.alpha = pick_stage(self.res, stage), alpha
         self.D = T[T.stage == self.stage]
-        self.methods = report.method_order(self.D) if len(self.D) else []
+        self.methods = display.method_order(self.D) if len(self.D) else []
         self.images = self.res.images[self.res.images.image_id.isin(set(self.D.image_id))]
         self.n_correct = int(self.D[self.D.correct].image_id.nunique())
         self.n_mis = int(self.D[~self.D.correct].image_id.nunique())
 
     def setting(self) -> None:
-        report.require(self.n_mis > 0, "The configuration has no misclassified image", "apem book --chapter 8 "
+        display.require(self.n_mis > 0, "The configuration has no misclassified image", "apem book --chapter 8 "
                        "-p n_misclassified 12")
-        report.require(self.n_correct > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+        display.require(self.n_correct > 0, "The configuration has no correctly classified image", "-p n_correct 24")
         D = self.D
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** {self.cfg.model}, stage {self.stage}: {self.n_correct} correctly classified and "
             f"{self.n_mis} misclassified images, methods {', '.join(map(thesis.label, self.methods))}, "
             f"`{self.cfg.search_mode}` search with bound {self.cfg.search_bound}. Correct images: "
-            f"{report.censoring_note(D[D.correct])} Misclassified images: {report.censoring_note(D[~D.correct])}")
+            f"{display.censoring_note(D[D.correct])} Misclassified images: {display.censoring_note(D[~D.correct])}")
 
     def table_5_2(self) -> pd.DataFrame:
         return table_5_2(self.D)
 
     def figure_5_3(self) -> None:
-        report.show_figure(misclassified_boxes(self.D, title=f"Misclassified images, stage {self.stage}"))
+        display.show_figure(misclassified_boxes(self.D, title=f"Misclassified images, stage {self.stage}"))
 
     def both_groups(self) -> None:
-        report.show_figure(group_boxes(self.D, title=f"Correct and misclassified images side by side, stage "
+        display.show_figure(group_boxes(self.D, title=f"Correct and misclassified images side by side, stage "
                                                       f"{self.stage} (tick labels: censored, correct/misclassified)"))
 
     def confidence(self) -> pd.DataFrame:
@@ -171,13 +171,13 @@ class Page:
             S = stats.summary_table(sub, by="method", ci=False)
             rank[g] = " > ".join(map(thesis.label, stats.ranking(S).index))
         context = (f"By the mean APEM our order is {rank['correct']} on correct images and {rank['misclassified']} on "
-                   f"misclassified ones; the thesis's is {' > '.join(map(thesis.label, THESIS_ORDER))} on both.")
+                   f"misclassified ones; the thesis's is {' > '.join(map(thesis.label, thesis.RANKING))} on both.")
         return cl.Claims(chapter_claims(self.D, self.images), alpha=self.alpha, context=context)
 
     def verdicts(self) -> None:
         D = self.D
         model = (f"Our model is {self.cfg.model} on {self.n_correct} correct and {self.n_mis} misclassified images; "
                  "the thesis measured VGG-16 on 5,000 of each.")
-        cens = (f"Correct images: {report.censoring_note(D[D.correct])} Misclassified images: "
-                f"{report.censoring_note(D[~D.correct])}")
+        cens = (f"Correct images: {display.censoring_note(D[D.correct])} Misclassified images: "
+                f"{display.censoring_note(D[~D.correct])}")
         self.claims().show(censored=cens, model=model)

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from apem import claims as cl, report, stats, thesis
+from apem import claims as cl, stats, thesis
+from apem.book import display
 from apem.run import results
 from apem.studies.common import pick_stage
 
@@ -74,7 +75,7 @@ def correlations(D: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     enter the ranks at their stored bound).
     """
     rows = []
-    for m in report.method_order(D) + ["confidence"]:
+    for m in display.method_order(D) + ["confidence"]:
         for g in GROUPS:
             x, y = pairs(D, m, g)
             both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
@@ -108,7 +109,7 @@ def table_5_3(D: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         r = R[R.group == g].set_index("row")
         ours[g] = [_cell(r.loc[m, "rho"], r.loc[m, "p"]) for m in ours.method]
         th_cells[g] = [_cell(v, 0.0 if s else 1.0) for v, s in zip(th[g], th[f"significant_{g}"])]
-    out = report.beside_thesis(ours, th_cells, on=["method"], columns=list(GROUPS)).fillna("–")
+    out = display.beside_thesis(ours, th_cells, on=["method"], columns=list(GROUPS)).fillna("–")
     for g in GROUPS:
         r = R[R.group == g].set_index("row")
         out[(g, "images")] = [int(r.loc[m, "n"]) for m in ours.method]
@@ -144,7 +145,7 @@ def interval_figure(R: pd.DataFrame, alpha: float = 0.05):
 
 def scatter_figure(D: pd.DataFrame):
     """APEM against the loss, one panel per method; correct and misclassified images coloured, censored hollow."""
-    methods = report.method_order(D)
+    methods = display.method_order(D)
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False, sharey=True)
     colours = {"correct": "#3a78b5", "misclassified": "#d9822b"}
     for ax, m in zip(axes[0], methods):
@@ -193,7 +194,7 @@ def strongest_statement(S: pd.DataFrame, R: pd.DataFrame) -> tuple[str, str, str
 
 def chapter_claims(D: pd.DataFrame, S: pd.DataFrame, alpha: float = 0.05) -> list:
     """The chapter's claims on the results ``D`` (one stage) and the summary ``S`` of its correct images."""
-    methods = report.method_order(D)
+    methods = display.method_order(D)
     out = []
     for g, where in (("correct", "correctly classified images"), ("all", "all images")):
         for m in methods:
@@ -229,18 +230,18 @@ class Page:
         self.stage, self.alpha = pick_stage(self.res, stage), alpha
         self.D = T[T.stage == self.stage]
         self.C = self.D[self.D.correct.astype(bool)]
-        self.methods = report.method_order(self.D) if len(self.D) else []
+        self.methods = display.method_order(self.D) if len(self.D) else []
         self.n_correct = int(self.C.image_id.nunique())
         self.n_mis = int(self.D[~self.D.correct.astype(bool)].image_id.nunique())
         self.S = stats.summary_table(self.C, by="method", seed=self.cfg.seed) if len(self.C) else None
 
     def setting(self) -> None:
-        report.require(self.n_correct > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        report.show_markdown(
+        display.require(self.n_correct > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+        display.show_markdown(
             f"**Setting.** {self.cfg.model}, stage {self.stage}: {self.n_correct} correctly classified and "
             f"{self.n_mis} misclassified images, methods {', '.join(map(thesis.label, self.methods))}; the maps "
             f"explain the model's *prediction*, the loss is against the *ground truth*. "
-            f"{report.censoring_note(self.D)}")
+            f"{display.censoring_note(self.D)}")
 
     @property
     def R(self) -> pd.DataFrame:
@@ -250,16 +251,16 @@ class Page:
         return table_5_3(self.D, self.alpha)
 
     def intervals(self) -> None:
-        report.show_figure(interval_figure(self.R, self.alpha))
+        display.show_figure(interval_figure(self.R, self.alpha))
 
     def scatter(self) -> None:
-        report.show_figure(scatter_figure(self.D))
+        display.show_figure(scatter_figure(self.D))
 
     def ranking(self) -> pd.DataFrame:
         """The methods by the thesis's statistic (mean APEM, :func:`apem.stats.ranking`), rho on correct images."""
         Rk = stats.ranking(self.S)
         rc = self.R[(self.R.group == "correct")].set_index("row")
-        out = report.ranking_view(self.S).rename(columns={"mean": "mean APEM", "median": "median APEM"})
+        out = display.ranking_view(self.S).rename(columns={"mean": "mean APEM", "median": "median APEM"})
         rho = rc.loc[Rk.index, "rho"].astype(float)
         out["ρ(APEM, loss), correct"] = [cl.fmt(v, 3, sign=True) for v in rho]
         out["rank by ρ (most negative first)"] = rho.rank(method="min").map(
@@ -268,7 +269,7 @@ class Page:
 
     def best_statement(self) -> None:
         _, _, sentence = strongest_statement(self.S, self.R)
-        report.show_markdown(f"By the thesis's statistic (the mean), {sentence}.")
+        display.show_markdown(f"By the thesis's statistic (the mean), {sentence}.")
 
     def claims(self) -> cl.Claims:
         R = self.R
@@ -280,4 +281,4 @@ class Page:
     def verdicts(self) -> None:
         model = (f"Our model is {self.cfg.model} on {self.n_correct} correct and {self.n_mis} misclassified images; "
                  "the thesis measured VGG-16 on 5,000 of each, where a small correlation is already significant.")
-        self.claims().show(censored=report.censoring_note(self.D), model=model)
+        self.claims().show(censored=display.censoring_note(self.D), model=model)

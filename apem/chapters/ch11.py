@@ -21,7 +21,7 @@ model**. This module turns the two tables into tables, figures and claims:
 
 Every mean is from the study's per-image values; intervals are bootstrap
 intervals over images (:func:`apem.stats.bootstrap_ci`), censoring is counted
-beside every APEM (:func:`apem.stats.summary_table`, :func:`apem.report.summary_view`).
+beside every APEM (:func:`apem.stats.summary_table`, :func:`apem.book.display.summary_view`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from apem import claims as cl, plots, report, stats, thesis
-from apem import sanity as SN
-from apem import studies as E
+from apem import claims as cl, stats, thesis
+from apem.figures import plots
+from apem.book import display
+from apem import randomisation
+from apem import studies
 from apem.run import results
 from apem.studies.common import pick_stage
 
@@ -76,9 +78,9 @@ def last_step_similarity(sim: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rows = []
     for (m, vs), g in full.groupby(["method", "vis_stage"], sort=False):
         rows.append({"method": thesis.label(m), "stage": vs, "maps": len(g), "constant": int(g.constant.sum()),
-                     "Spearman ρ [95% CI]": report.fmt_ci(*stats.bootstrap_ci(g.spearman, "mean", seed=seed), 2)
+                     "Spearman ρ [95% CI]": display.fmt_ci(*stats.bootstrap_ci(g.spearman, "mean", seed=seed), 2)
                      .replace("nan", "–"),
-                     "SSIM [95% CI]": report.fmt_ci(*stats.bootstrap_ci(g.ssim, "mean", seed=seed), 2)
+                     "SSIM [95% CI]": display.fmt_ci(*stats.bootstrap_ci(g.ssim, "mean", seed=seed), 2)
                      .replace("nan", "–")})
     return pd.DataFrame(rows).set_index(["method", "stage"])
 
@@ -96,7 +98,7 @@ def apem_summary(ap: pd.DataFrame, shuffled: pd.DataFrame, seed: int = 0) -> pd.
     both["censored_minus"] = both.censored_minus.astype(bool)
     both["censored_plus"] = both.censored_plus.astype(bool)
     S = stats.summary_table(both, by=["method", "step"], seed=seed)
-    view = report.summary_view(S)
+    view = display.summary_view(S)
     undefined = both.groupby(["method", "step"], sort=False).apem.apply(lambda v: int(v.isna().sum()))
     view.insert(1, "undefined", [int(undefined.get(k, 0)) for k in S.index])
     return view
@@ -270,8 +272,8 @@ class Page:
         self.res = results(params, progress=False, **dict(overrides or {}))
         self.cfg = self.res.cfg
         self.stage, self.alpha, self.threshold = pick_stage(self.res, stage), alpha, float(threshold)
-        self.n = min(int(n_images), len(E.correct_ids(self.res)))
-        quick = (len(E.correct_ids(self.res)) < 10) if quick is None else bool(quick)
+        self.n = min(int(n_images), len(studies.correct_ids(self.res)))
+        quick = (len(studies.correct_ids(self.res)) < 10) if quick is None else bool(quick)
         self.every = max(int(every), 5) if quick else int(every)  # a smoke budget: fewer cascade steps
         self.kw = dict(n_images=self.n, stage=self.stage, every=self.every, smoothgrad_n=int(smoothgrad_n),
                        seed=self.cfg.seed)
@@ -282,7 +284,7 @@ class Page:
     @property
     def tables(self):
         if self._tables is None:
-            self._tables = E.sanity_check(self.res, **self.kw)
+            self._tables = studies.sanity_check(self.res, **self.kw)
         return self._tables
 
     @property
@@ -295,21 +297,21 @@ class Page:
 
     @property
     def methods(self) -> list:
-        return report.method_order(self.ap)
+        return display.method_order(self.ap)
 
     @property
     def shuffled(self) -> pd.DataFrame:
         return shuffled_rows(self.res.table, set(self.ap.image_id), self.stage)
 
     def setting(self) -> None:
-        report.require(self.n > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+        display.require(self.n > 0, "The configuration has no correctly classified image", "-p n_correct 24")
         sim = self.sim
-        layers = SN.randomization_stages(self.res.model)
+        layers = randomisation.randomization_stages(self.res.model)
         steps = sorted(sim.step.unique())
-        sg = E.sanity_params(self.res, "smoothgrad", self.smoothgrad_n) if "smoothgrad" in self.methods else None
+        sg = studies.sanity_params(self.res, "smoothgrad", self.smoothgrad_n) if "smoothgrad" in self.methods else None
         ap = self.ap
         cens = int((ap.censored_minus.astype(bool) | ap.censored_plus.astype(bool))[ap.apem.notna()].sum())
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** {self.cfg.model}, the first {self.n} correctly classified images, methods "
             f"{', '.join(map(thesis.label, self.methods))}; {len(layers)} randomisation stages, of which steps "
             f"{', '.join(map(str, steps))} are evaluated (step {max(steps)}: every layer random). APEM at "
@@ -320,23 +322,23 @@ class Page:
                "is not computed."))
 
     def cascade(self) -> pd.DataFrame:
-        layers = [s.name for s in SN.randomization_stages(self.res.model)]
+        layers = [s.name for s in randomisation.randomization_stages(self.res.model)]
         steps = set(self.sim.step.unique())
         out = pd.DataFrame({"step": range(1, len(layers) + 1), "stage randomised": layers})
         out["evaluated"] = ["yes" if s in steps else "" for s in out.step]
         return out.set_index("step")
 
     def example_maps(self) -> None:
-        ex = E.sanity_example_maps(self.res, **self.kw)
+        ex = studies.sanity_example_maps(self.res, **self.kw)
         steps = sorted(self.sim.step.unique())
-        report.show_figure(example_figure(self.res, ex, self.methods, steps, step_names(self.sim),
-                                          E.correct_ids(self.res, 1)[0], self.stage))
+        display.show_figure(example_figure(self.res, ex, self.methods, steps, step_names(self.sim),
+                                          studies.correct_ids(self.res, 1)[0], self.stage))
 
     def curves(self) -> None:
-        report.show_figure(curve_figure(self.sim, seed=self.cfg.seed))
+        display.show_figure(curve_figure(self.sim, seed=self.cfg.seed))
 
     def constant_maps(self) -> None:
-        report.show_markdown(constant_note(self.sim, self.n))
+        display.show_markdown(constant_note(self.sim, self.n))
 
     def similarity(self) -> pd.DataFrame:
         return last_step_similarity(self.sim, seed=self.cfg.seed)
@@ -345,10 +347,10 @@ class Page:
         return apem_summary(self.ap, self.shuffled, seed=self.cfg.seed)
 
     def apem_figure(self) -> None:
-        report.show_figure(apem_figure(self.ap, self.shuffled, self.stage))
+        display.show_figure(apem_figure(self.ap, self.shuffled, self.stage))
 
     def table_agreement(self) -> None:
-        report.show_markdown(agreement_with_table(self.ap, self.has_shuffles))
+        display.show_markdown(agreement_with_table(self.ap, self.has_shuffles))
 
     def claims(self) -> cl.Claims:
         return cl.Claims(chapter_claims(self.sim, self.ap, self.stage, self.threshold, self.has_shuffles),

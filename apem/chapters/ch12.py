@@ -21,9 +21,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from apem import charts, claims as cl, plots, report, stats, thesis
-from apem import studies as E
-from apem.chapters.ch03 import censored_boxes, censored_total
+from apem import claims as cl, stats, thesis
+from apem.figures import charts
+from apem.figures import plots
+from apem.book import display
+from apem import studies
+from apem.figures.charts import censored_boxes, censored_total
 from apem.run import results
 from apem.studies.common import pick_stage
 
@@ -38,7 +41,7 @@ def summary(C: pd.DataFrame, methods, old, seed: int = 0) -> pd.DataFrame:
     thesis's mean and by the median, and whether the thesis had the method."""
     S = stats.summary_table(C, by="method", seed=seed)
     S = S.loc[[m for m in methods if m in S.index]]
-    view = report.summary_view(S, digits=0)
+    view = display.summary_view(S, digits=0)
     R = stats.ranking(S)
     view["rank by mean (thesis)"] = R.rank_mean.reindex(S.index).to_numpy()
     view["rank by median"] = R.rank_median.reindex(S.index).to_numpy()
@@ -50,14 +53,14 @@ def stage_summary(ALL: pd.DataFrame, methods, seed: int = 0) -> pd.DataFrame:
     """Table 4.4 for every method: mean and median APEM per stage, censored counts."""
     ST = stats.summary_table(ALL, by=["method", "stage"], seed=seed)
     ST = ST.loc[[k for m in methods for k in ST.index if k[0] == m]]
-    return report.summary_view(ST, digits=0)
+    return display.summary_view(ST, digits=0)
 
 
 def norm_table(NORM: pd.DataFrame, methods, seed: int = 0) -> pd.DataFrame:
     """Mean and median of the per-image APEM_norm term per method, with the censored searches of its maps."""
     N = stats.summary_table(NORM, by="method", value="apem_norm_term", seed=seed)
     N = N.loc[[m for m in methods if m in N.index]]
-    return report.summary_view(N, digits=2)
+    return display.summary_view(N, digits=2)
 
 
 def gradcam_note(ALL: pd.DataFrame, stages) -> str:
@@ -114,20 +117,20 @@ class Page:
         self.res = results(params, progress=False, **overrides)
         cfg = self.cfg = self.res.cfg
         self.alpha, self.stage, self.ig_steps = alpha, pick_stage(self.res, stage), int(ig_steps)
-        self.new_methods = {**E.MORE_METHODS, "integrated_gradients": {"n_steps": int(ig_steps)}}
-        self.n_correct = len(E.correct_ids(self.res))  # the table's count (the configuration may say "all")
+        self.new_methods = {**studies.MORE_METHODS, "integrated_gradients": {"n_steps": int(ig_steps)}}
+        self.n_correct = len(studies.correct_ids(self.res))  # the table's count (the configuration may say "all")
         self.extra = self.extra_norm = None
         if self.n_correct:
-            self.extra = E.more_methods(params, overrides, methods=self.new_methods,
+            self.extra = studies.more_methods(params, overrides, methods=self.new_methods,
                                         n_correct=min(int(n_images), self.n_correct), shuffles=0)
             if cfg.shuffles:
                 k = max(1, min(int(n_images_norm), int(n_images), self.n_correct // 2))
-                self.extra_norm = E.more_methods(params, overrides, methods=self.new_methods, n_correct=k,
+                self.extra_norm = studies.more_methods(params, overrides, methods=self.new_methods, n_correct=k,
                                                  stages=(self.stage,))
-        self.old = report.method_order(self.res.table)
+        self.old = display.method_order(self.res.table)
         self.new = list(self.new_methods)
         self.methods = self.old + self.new
-        self.ALL = E.combined_table(self.res, self.extra) if self.extra is not None else self.res.table.iloc[:0]
+        self.ALL = studies.combined_table(self.res, self.extra) if self.extra is not None else self.res.table.iloc[:0]
         self.C = self.ALL[self.ALL.stage == self.stage]
 
     @property
@@ -140,10 +143,10 @@ class Page:
         return pd.concat([main, self.extra_norm.table[self.extra_norm.table.stage == self.stage]], ignore_index=True)
 
     def setting(self) -> None:
-        report.require(self.n_correct > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+        display.require(self.n_correct > 0, "The configuration has no correctly classified image", "-p n_correct 24")
         cfg = self.cfg
         n = self.C.image_id.nunique()
-        report.show_markdown(
+        display.show_markdown(
             f"**Setting.** {cfg.model}; {n} correctly classified images (a subset of the results table's), "
             f"{len(self.methods)} methods, `{cfg.search_mode}` search with bound {cfg.search_bound}. The new methods "
             "ran in a configuration of their own with the same model, pool and seed (so the same image draw), without "
@@ -153,7 +156,7 @@ class Page:
                f"it ran at stage {self.stage} on {self.extra_norm.table.image_id.nunique()} of the images. "
                if self.extra_norm is not None else "The configuration has no shuffles: "
                "$\\mathrm{APEM}_{\\mathrm{norm}}$ is not computed. ")
-            + report.censoring_note(self.C))
+            + display.censoring_note(self.C))
 
     def maps(self) -> None:
         show = list(self.C.image_id.unique()[:3])
@@ -161,7 +164,7 @@ class Page:
         src = {m: (self.res if m in self.old else self.extra) for m in self.methods}
         grid = {m: torch.stack([src[m].map(i, m, self.stage) for i in show]) for m in self.methods}
         names = self.C.drop_duplicates("image_id").set_index("image_id").label_name
-        report.show_figure(plots.plot_method_grid(x, grid, class_names=[names[i] for i in show], cell=1.9))
+        display.show_figure(plots.plot_method_grid(x, grid, class_names=[names[i] for i in show], cell=1.9))
 
     def summary(self) -> pd.DataFrame:
         return summary(self.C, self.methods, self.old, seed=self.cfg.seed)
@@ -174,7 +177,7 @@ class Page:
         plt.setp(fig.axes[0].get_xticklabels(), rotation=40, ha="right")
         fig.set_size_inches(8, 3.8)
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     def boxplots(self) -> None:
         fig = censored_boxes(self.C, title=f"{self.C.image_id.nunique()} correctly classified images, stage "
@@ -183,11 +186,11 @@ class Page:
         for ax in fig.axes:
             plt.setp(ax.get_xticklabels(), rotation=40, ha="right", fontsize=8)
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     def pairwise(self) -> None:
         P = stats.pairwise_outcomes(self.C, "apem")
-        report.show_figure(charts.pairwise_bars(
+        display.show_figure(charts.pairwise_bars(
             P[P.a.isin(self.new) & P.b.isin(self.old)],
             title=f"New methods against the thesis's three ({censored_total(self.C)})"))
 
@@ -197,7 +200,7 @@ class Page:
     def gradcam_stages(self) -> None:
         text = gradcam_note(self.ALL, self.cfg.stages)
         if text:
-            report.show_markdown(text)
+            display.show_markdown(text)
 
     def stage_figure(self) -> None:
         fig = censored_boxes(self.ALL, hue="stage", title=f"Every stage ({censored_total(self.ALL)})")
@@ -205,12 +208,12 @@ class Page:
         for ax in fig.axes:
             plt.setp(ax.get_xticklabels(), rotation=40, ha="right", fontsize=7)
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     def norm(self) -> pd.DataFrame | None:
         """The APEM_norm table; without shuffles a note instead (the rest of the chapter does not need them)."""
         if self.extra_norm is None:
-            report.show_markdown("**Not computed with these parameters.** The configuration has no shuffles, so "
+            display.show_markdown("**Not computed with these parameters.** The configuration has no shuffles, so "
                                  "$\\mathrm{APEM}_{\\mathrm{norm}}$ is not computed. Re-run the chapter with "
                                  "`-p shuffles 2` to compute it.")
             return None
@@ -228,7 +231,7 @@ class Page:
         ax.axhline(0, color="k", lw=1, ls="--")
         plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
         fig.tight_layout()
-        report.show_figure(fig)
+        display.show_figure(fig)
 
     def claims(self) -> cl.Claims:
         S = stats.summary_table(self.C, by="method", ci=False)
@@ -240,4 +243,4 @@ class Page:
     def verdicts(self) -> None:
         model = (f"Our model is {self.cfg.model} on {self.C.image_id.nunique()} images; the new methods explain the "
                  "logit of the predicted class, the thesis's three the loss.")
-        self.claims().show(censored=report.censoring_note(self.C), model=model)
+        self.claims().show(censored=display.censoring_note(self.C), model=model)

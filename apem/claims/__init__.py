@@ -55,7 +55,7 @@ The package: :mod:`apem.claims.base` (verdicts, formatting, the per-image unit,
 
 from apem.claims.base import (
     ALPHA, BADGE, HELD, INCONCLUSIVE, MAX_N, NOT_APPLICABLE, NOT_HELD, OURS, POWER, THESIS, VERDICTS, Claim,
-    Evidence, fmt, fmt_n, fmt_p, per_image,
+    Evidence, Missing, PerGroup, fmt, fmt_n, fmt_p, per_group, per_image,
 )
 from apem.claims.family import Claims, holm
 from apem.claims.kinds import (
@@ -66,4 +66,5 @@ __all__ = [
     "ALPHA", "BADGE", "HELD", "INCONCLUSIVE", "MAX_N", "NOT_APPLICABLE", "NOT_HELD", "OURS", "POWER", "THESIS",
     "VERDICTS", "AllOf", "Claim", "Claims", "Correlation", "Descriptive", "Evidence", "Invariant", "Location",
     "NoneNonzero", "Paired", "Proportion", "TwoGroups", "Vanishes", "fmt", "fmt_n", "fmt_p", "holm", "per_image",
+    "Missing", "PerGroup", "per_group",
 ]

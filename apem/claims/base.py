@@ -61,6 +61,44 @@ def per_image(df: pd.DataFrame, value: str, unit: str = "image_id", how: str = "
     return df.groupby(unit, sort=False)[value].agg(how)
 
 
+class Missing:
+    """The values of a method (or group) the configuration lacks.
+
+    A claim given one is *not applicable*, with the reason "the configuration lacks
+    ...": the one rule for claims a configuration cannot test (see :class:`Claim`).
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"Missing({self.what!r})"
+
+
+class PerGroup(dict):
+    """One value per image for each group (method, stage, ...) of a table: ``{group: Series}``.
+
+    Indexing a group the table lacks gives :class:`Missing` instead of a ``KeyError``,
+    so a chapter can declare its claims on every method the thesis names and a
+    configuration without one of them marks just those claims not applicable.
+    """
+
+    def __missing__(self, key):
+        from apem.thesis import label
+
+        return Missing(label(key) if isinstance(key, str) else str(key))
+
+
+def per_group(df: pd.DataFrame, value: str, by: str = "method", unit: str = "image_id",
+              how: str = "mean") -> PerGroup:
+    """:func:`per_image` of ``value`` for each level of ``by``: ``{level: Series indexed by image}``.
+
+    ``per_group(C, "apem")["gradient"]`` is the Gradient's APEM per image; a level the
+    table lacks gives :class:`Missing` (the claim that uses it is not applicable).
+    """
+    return PerGroup({k: per_image(g, value, unit, how) for k, g in df.groupby(by, sort=False)})
+
+
 def _series(v, name: str) -> pd.Series:
     if isinstance(v, pd.Series):
         if v.index.has_duplicates:
@@ -92,7 +130,10 @@ class Claim:
     """Base class: ``text`` (what is claimed), ``source`` (``"thesis"`` or ``"ours"``).
 
     ``applicable=False`` with a ``reason`` declares the claim untestable on these data
-    (decided by the chapter from a stated condition, never from the outcome).
+    (decided by the chapter from a stated condition, never from the outcome). A claim
+    whose data include a :class:`Missing` (a method or group the configuration lacks,
+    see :func:`per_group`) is not applicable for that reason: the one guard for
+    configurations that lack a method.
     """
 
     text: str
@@ -118,6 +159,10 @@ class Claim:
     def _evaluate(self, alpha: float, power: float) -> Evidence:
         if not self.applicable:
             return Evidence(0, "–", applicable=False, reason=self.reason or "not testable on these data")
+        lacking = [v.what for v in vars(self).values() if isinstance(v, Missing)]
+        if lacking:
+            return Evidence(0, "–", applicable=False,
+                            reason=f"the configuration lacks {', '.join(dict.fromkeys(lacking))}")
         ev = self.evaluate(alpha, power)
         if ev.applicable and ev.n == 0 and ev.decided is None:
             ev.applicable, ev.reason = False, "no images to test it on"

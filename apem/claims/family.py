@@ -17,11 +17,23 @@ from apem.claims.kinds import AllOf, Invariant
 # ----------------------------------------------------------------------------- the family
 
 
-def holm(p) -> np.ndarray:
-    """Holm's step-down adjusted p-values; NaNs stay NaN and do not count."""
-    from apem.stats import holm as _holm
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979); NaNs stay NaN and do not count.
 
-    return _holm(p)
+    With the ``m`` finite p-values sorted ascending, ``p~_(i) = max_{j <= i}
+    min(1, (m - j + 1) p_(j))``. (statsmodels' ``multipletests(method="holm")`` computes
+    the same, but does not let NaNs through and would add a dependency for six lines.)
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adj)
+    return out
 
 
 class Claims:

@@ -33,14 +33,14 @@ Chapter 4, :func:`encoding_shift` (:mod:`~apem.studies.encoding`)
 
 Chapter 10, :func:`faithfulness_scores` (:mod:`~apem.studies.faithfulness`)
     Quantus's Pixel-Flipping, Selectivity, ROAD and Faithfulness Correlation
-    (through :mod:`apem.faithfulness`, higher = more faithful for all four)
+    (through :mod:`apem.quantus_adapter`, higher = more faithful for all four)
     and APEM on the cached stage maps. The metrics are called **one image at a
     time** with that image's maps of every method in one call, images in the
     outer loop and metrics in the inner one, so every metric sees the same
     machine load; APEM is re-run (no shuffles) with
     :func:`apem.metric.evaluate_maps` on the same maps in the same loop to
     time it. Each call counts the images its model forwarded
-    (:class:`apem.faithfulness.CountingModel`). Constant maps are not given
+    (:class:`apem.quantus_adapter.CountingModel`). Constant maps are not given
     to Quantus (they rank nothing, and ROAD and Faithfulness Correlation
     refuse them); their scores are NaN, as APEM's is undefined. APEM's *score* is the table's
     (the number the book reports); the re-run is for the cost, and its
@@ -49,7 +49,7 @@ Chapter 10, :func:`faithfulness_scores` (:mod:`~apem.studies.faithfulness`)
     :func:`mean_scores` turn the scores into rankings and agreements.
 
 Chapter 11, :func:`sanity_check` (:mod:`~apem.studies.sanity`; it returns two tables)
-    Cascading randomisation (Adebayo et al. 2018, :mod:`apem.sanity`): the
+    Cascading randomisation (Adebayo et al. 2018, :mod:`apem.randomisation`): the
     model's stages are re-initialised from the top, cumulatively; at every
     ``every``-th stage and at the last one (every layer random) each method's
     maps are recomputed **for the trained model's predicted class** and

@@ -57,7 +57,7 @@ def encoding_shift(res, n_images: int | None = None) -> pd.DataFrame:
 
 def _chunk_rows(res, chunk: int, ids: set) -> pd.DataFrame:
     """The rows of one stored chunk, recomputed under every encoding (as :func:`apem.run.compute_chunk` does)."""
-    from apem import maps as M
+    from apem import maps
     from apem import metric
     from apem.metric.clean import loss_gradient
     from apem.run import _method_call, check_targets
@@ -90,7 +90,7 @@ def _chunk_rows(res, chunk: int, ids: set) -> pd.DataFrame:
     for enc in ENCODINGS:
         blocks = []
         for name, A in attributions.items():
-            stage = M.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=enc)
+            stage = maps.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=enc)
             for s in cfg.stages:
                 blocks.append(stage[s].expand(-1, 3, -1, -1) if stage[s].shape[1] == 1 else stage[s])
         maps_all = torch.cat(blocks)  # block-major, as the runner's

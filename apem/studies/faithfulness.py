@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from apem import faithfulness as FA
+from apem import quantus_adapter
 from apem.numerics import no_tf32
 from apem.studies.common import APEM, cached_study, correct_ids, pick_stage, predictions, table_methods
 
 
 @no_tf32()
-def faithfulness_scores(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, metrics=FA.METRICS,
+def faithfulness_scores(res, *, n_images: int = 8, stage: int | None = None, seed: int = 0, metrics=quantus_adapter.METRICS,
                         methods=None, metric_params: dict | None = None) -> pd.DataFrame:
     """Per-image scores of each method's maps by each metric, and what each metric cost.
 
@@ -43,13 +43,13 @@ def faithfulness_scores(res, *, n_images: int = 8, stage: int | None = None, see
       ``eps_plus_rerun`` (the timing re-run's epsilons).
 
     ``metric_params``: ``{metric: {param: value}}`` overriding
-    :func:`apem.faithfulness.default_params`. Cached as
+    :func:`apem.quantus_adapter.default_params`. Cached as
     ``faithfulness-s<stage>-n<n>-<digest>``.
     """
     stage = pick_stage(res, stage)
     methods = table_methods(res, methods)
-    metrics = [FA.canonical_name(m) for m in metrics]
-    metric_params = {FA.canonical_name(k): dict(v) for k, v in (metric_params or {}).items()}
+    metrics = [quantus_adapter.canonical_name(m) for m in metrics]
+    metric_params = {quantus_adapter.canonical_name(k): dict(v) for k, v in (metric_params or {}).items()}
     ids = correct_ids(res, n_images)
     if not ids:
         raise ValueError("no correctly classified images in the results table")
@@ -90,14 +90,14 @@ def _faithfulness(res, ids, stage, metrics, methods, metric_params, seed) -> pd.
             secs = fwd = np.nan
             if k:
                 okd = ok.to(dev)
-                r = FA.quantus_evaluate(metric, lm, xs[okd], ys[okd], maps[okd], params=metric_params.get(metric),
+                r = quantus_adapter.quantus_evaluate(metric, lm, xs[okd], ys[okd], maps[okd], params=metric_params.get(metric),
                                         batch_size=cfg.method_batch(lm.device, lm.model), seed=seed)
                 sc[ok.numpy()] = r.scores
                 secs, fwd = r.seconds, r.forward_images / k
             for j, m in enumerate(methods):
                 rows.append({"image_id": iid, "method": m, "metric": metric, "score": float(sc[j]),
                              "seconds_image": secs, "n_maps": k, "forwards_map": fwd, "backwards_image": 0})
-        counter = FA.CountingModel(net)
+        counter = quantus_adapter.CountingModel(net)
         t0 = time.perf_counter()
         out = evaluate_maps(counter, xi, maps, yi, image_index=torch.zeros(M, dtype=torch.long, device=dev),
                             grad=None, spec=cfg.search().replace(shuffles=0))

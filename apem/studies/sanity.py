@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from apem import sanity as SN
+from apem import randomisation
 from apem.numerics import no_tf32
 from apem.metric.score import apem_terms
 from apem.studies.common import cached_study, correct_ids, pick_stage, predictions, study_name, table_methods
@@ -55,7 +55,7 @@ def sanity_check(res, *, n_images: int = 8, stage: int | None = None, seed: int 
     ``similarity``: one row per (image, method, visualisation stage, step)
     with ``step`` (1-based position in the full cascade; the last step has
     every stage random), ``layer`` (the stage randomised last),
-    ``spearman``, ``ssim`` (:func:`apem.sanity.map_similarity` of the
+    ``spearman``, ``ssim`` (:func:`apem.randomisation.map_similarity` of the
     randomised model's map against the trained model's; Spearman is NaN when
     a map is constant) and ``constant`` (the randomised map is constant,
     e.g. all zero: it marks no pixel as more relevant than another).
@@ -67,7 +67,7 @@ def sanity_check(res, *, n_images: int = 8, stage: int | None = None, seed: int 
     the main table's ``apem_table`` and ``apem_shuffle`` of the same image
     and method (the shuffled baseline of the configuration's maps).
 
-    Steps: :func:`cascade_steps` over :func:`apem.sanity.randomization_stages`.
+    Steps: :func:`cascade_steps` over :func:`apem.randomisation.randomization_stages`.
     Cached as ``extra/sanity-sim-<key>.parquet`` and ``extra/sanity-apem-<key>.parquet``;
     the maps of the first images are kept for figures (:func:`sanity_example_maps`).
     """
@@ -150,11 +150,11 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
     x = res.image_tensors(ids).to(dev)
     target = predictions(res, ids).to(dev)
     n = len(ids)
-    stages = SN.randomization_stages(trained)
+    stages = randomisation.randomization_stages(trained)
     wanted = set(cascade_steps(len(stages), every))
 
     maps = {0: ("trained", _attribution_maps(res, trained, x, target, methods, smoothgrad_n, cfg.stages))}
-    for k, (layer, model) in enumerate(SN.cascading_randomization(trained, seed=seed)):
+    for k, (layer, model) in enumerate(randomisation.cascading_randomization(trained, seed=seed)):
         if k in wanted:
             maps[k + 1] = (layer, _attribution_maps(res, model, x, target, methods, smoothgrad_n, cfg.stages))
         del model
@@ -166,7 +166,7 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
             continue
         for m in methods:
             for s in cfg.stages:
-                sim = SN.map_similarity(ref[m][s], mm[m][s])
+                sim = randomisation.map_similarity(ref[m][s], mm[m][s])
                 flat = mm[m][s].flatten(1)
                 constant = (flat.amax(1) == flat.amin(1)).tolist()
                 for j, iid in enumerate(ids):

@@ -26,15 +26,30 @@ def beside_thesis(ours: pd.DataFrame, thesis: pd.DataFrame, on: list[str], colum
     return out
 
 
-def fmt_mean(mean: float, bound: str = "exact", digits: int = 1) -> str:
-    """A mean as censoring leaves it: ``"66.1"``, ``"≥ 66.1"`` (lower bound), ``"≤ 66.1"``,
-    ``"66.1 (censored both ways: not a bound)"``, or ``"–"`` when there is none."""
-    if mean is None or not np.isfinite(mean):
+#: :func:`apem.stats.censored_bounds`'s ``mean_bound`` as a side of :func:`apem.stats.censoring_sides`
+SIDES = {"exact": 0, "lower bound": 1, "upper bound": -1, "undetermined": 2}
+
+
+def fmt_bounded(value: float, side: int = 0, digits: int = 1, undetermined: str = "censored both ways: not a bound"
+                ) -> str:
+    """The one formatter of a value censoring may bound (sides as :func:`apem.stats.censoring_sides` gives them).
+
+    ``0``: ``"66.1"``; ``+1`` (a lower bound): ``"≥ 66.1"``; ``-1`` (an upper bound): ``"≤ 66.1"``;
+    ``2`` (bounded on neither side): ``"66.1 (censored both ways: not a bound)"``; ``"–"`` when there
+    is no value. ``digits=0`` prints integers (epsilons).
+    """
+    if value is None or not np.isfinite(value):
         return "–"
-    if bound == "undetermined":
-        return f"{mean:.{digits}f} (censored both ways: not a bound)"
-    prefix = {"exact": "", "lower bound": "≥ ", "upper bound": "≤ "}[bound]
-    return f"{prefix}{mean:.{digits}f}"
+    text = f"{value:.{digits}f}"
+    if side == 2:
+        return f"{text} ({undetermined})"
+    return {0: "", 1: "≥ ", -1: "≤ "}[int(side)] + text
+
+
+def fmt_mean(mean: float, bound: str = "exact", digits: int = 1) -> str:
+    """A mean as censoring leaves it (``bound``: :func:`apem.stats.censored_bounds`'s ``mean_bound``):
+    :func:`fmt_bounded` of its side."""
+    return fmt_bounded(mean, SIDES[bound], digits)
 
 
 def fmt_median(lo: float, hi: float, digits: int = 1) -> str:

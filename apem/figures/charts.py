@@ -1,11 +1,11 @@
 """Statistical figures of the chapters (distributions and comparisons), with seaborn.
 
-:mod:`apem.plots` draws maps and images; this module draws numbers: boxplots
+:mod:`apem.figures.plots` draws maps and images; this module draws numbers: boxplots
 of APEM and the epsilons (thesis Figures 4.2, 4.3, 4.7, 5.3), pairwise
 better/equal/worse bars (Figure 4.4), histograms with a KDE (Figures 5.1,
 5.2). Every function returns the matplotlib Figure, released from pyplot (see
-:func:`apem.plots.released`): in a notebook it shows once, as the cell's value or through
-``display`` (:func:`apem.report.show_figure`), never a second time from the inline
+:func:`apem.figures.plots.released`): in a notebook it shows once, as the cell's value or through
+``display`` (:func:`apem.book.display.show_figure`), never a second time from the inline
 backend, and it prints no ``<Figure ...>`` text.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from apem.plots import released
+from apem import stats
+from apem.figures.plots import released
 from apem.thesis import label
 
 sns.set_theme(context="notebook", style="whitegrid")
@@ -122,3 +123,51 @@ def bar_with_ci(summary: pd.DataFrame, stat: str = "mean", thesis: pd.Series | N
         ax.set_title(title)
     fig.tight_layout()
     return released(fig)
+
+
+def censored_boxes(table: pd.DataFrame, values=("apem", "eps_minus", "eps_plus"), hue: str | None = None,
+                   title: str = ""):
+    """One boxplot panel per value, a box per method (and per ``hue`` level, e.g. ``"stage"``).
+
+    Each method's tick label carries its censored count for that panel's value
+    ("2 censored", or per hue level "censored 2/1/0"); a logarithmic axis
+    (symmetric-log when a value is not positive). Returns the Figure.
+    """
+    t = table.copy()
+    t["Method"] = t.method.map(label)
+    order = list(dict.fromkeys(t.Method))
+    methods = list(dict.fromkeys(t.method))
+    hue_col = None
+    if hue:
+        hue_col = hue.capitalize()
+        t[hue_col] = t[hue].map(lambda s: f"{hue} {s}")
+    fig, axes = plt.subplots(1, len(values), figsize=(4.8 * len(values), 4.4), squeeze=False)
+    for ax, v in zip(axes[0], values):
+        sns.boxplot(data=t, x="Method", y=v, hue=hue_col, order=order, ax=ax,
+                    palette=PALETTE if hue_col else None, color=None if hue_col else "#8fb3d9",
+                    showfliers=True, fliersize=2)
+        ax.set_yscale("log" if (t[v].dropna() > 0).all() else "symlog", **({} if (t[v].dropna() > 0).all()
+                                                                           else {"linthresh": 1}))
+        ax.set_ylabel(VALUE_LABELS.get(v, v))
+        ax.set_xlabel("")
+        if hue:
+            k = stats.censored_counts(table, v, ("method", hue))
+            levels = sorted(table[hue].unique())
+            ticks = [f"{label(m)}\ncensored {'/'.join(str(int(k.get((m, s), 0))) for s in levels)}"
+                     for m in methods]
+        else:
+            k = stats.censored_counts(table, v)
+            ticks = [f"{label(m)}\n{int(k.get(m, 0))} censored" for m in methods]
+        ax.set_xticks(range(len(order)), ticks)
+        if hue and ax is not axes[0][-1] and ax.get_legend():
+            ax.get_legend().remove()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def censored_total(table: pd.DataFrame, value: str = "apem") -> str:
+    """``"3 of 72 censored"`` for a figure's title."""
+    f = stats.censored(table, value)
+    return f"{int(f.sum())} of {int(table[value].notna().sum())} censored"

@@ -14,7 +14,7 @@ is stored in the executed notebook's metadata and compared on the next build.
 The build keeps going. A chapter that fails is reported (chapter, cell, error)
 and rendered as a page that says it failed and why, above the cells that ran; a
 chapter whose study the parameters switch off (it calls
-:func:`apem.report.require`) renders "Not computed with these parameters"; the
+:func:`apem.book.display.require`) renders "Not computed with these parameters"; the
 other chapters and the HTML are built, and ``apem book`` exits non-zero when any
 chapter failed.
 """
@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from apem.chapter_params import (  # noqa: F401  (re-exported: apem.book is where callers look for them)
+from apem.book.params import (  # noqa: F401  (re-exported: apem.book is where callers look for them)
     CONFIG_PARAMS, ChapterParam, chapter_parameters, describe_parameters, split_params,
 )
 from apem.config import REPO, load_config
@@ -118,7 +118,7 @@ class ChapterOutcome:
         return f"{self.chapter}: {self.status}" + (f" in {self.seconds:.0f} s" if self.status == "executed" else "")
 
 
-NOT_COMPUTED = "NotComputed"  # the exception apem.report.require raises
+NOT_COMPUTED = "NotComputed"  # the exception apem.book.display.require raises
 
 
 def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | None = None, force: bool = False,

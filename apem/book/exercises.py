@@ -20,7 +20,8 @@ import pandas as pd
 from scipy.special import comb
 
 from apem import claims as cl
-from apem import report, stats, thesis
+from apem import stats, thesis
+from apem.book import display
 
 # ----------------------------------------------------------------------------- helpers (tested)
 
@@ -35,7 +36,7 @@ def order_by_mean(table: pd.DataFrame, seed: int = 0) -> str:
 def means_sentence(table: pd.DataFrame, seed: int = 0) -> str:
     """``"Gradient 128.8, SmoothGrad ≥ 1515.8, ..."``: mean APEM per method as censoring leaves it (a bound marked)."""
     S = stats.summary_table(table, by="method", seed=seed)
-    return ", ".join(f"{thesis.label(m)} {report.fmt_mean(float(r['mean']), r.get('mean_bound', 'exact'), 0)}"
+    return ", ".join(f"{thesis.label(m)} {display.fmt_mean(float(r['mean']), r.get('mean_bound', 'exact'), 0)}"
                      for m, r in S.iterrows())
 
 
@@ -230,10 +231,10 @@ def _ch09(page) -> dict:
 
 
 def _ch10(page) -> dict:
-    from apem import studies as E
+    from apem import studies
 
     scores = page.scores
-    AG = E.agreement_table(scores, n_boot=200)
+    AG = studies.agreement_table(scores, n_boot=200)
     apem_rows = AG[(AG.metric_a == "APEM") | (AG.metric_b == "APEM")]
     from apem.chapters.ch10 import name
 
