@@ -115,16 +115,25 @@ def _config(args):
 
 
 def _print_summary(cfg, res) -> None:
-    """The summary of ``apem run`` and ``apem table``: means over the defined rows, as :func:`apem.metric.apem`."""
+    """The summary of ``apem run`` and ``apem table``: the book's censoring-aware table (Table 4.2's view).
+
+    Per group of images, :func:`apem.stats.summary_table` per method and stage, shown by
+    :func:`apem.book.display.summary_view`: a mean that censored searches bound is marked ≥ / ≤ (or
+    "censored both ways: not a bound"), the median as the range censoring allows, and the
+    censored counts; the rows whose APEM is undefined are left out, as :func:`apem.metric.apem` does.
+    """
     import pandas as pd
 
-    from apem.metric import table_summary
+    from apem import stats
+    from apem.book import display
 
-    with pd.option_context("display.width", 140, "display.max_columns", 20, "display.precision", 2):
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(f"configuration {cfg.name} ({cfg.digest()}): {res.store.dir}")
         for group, t in res.table.groupby("group", sort=False):
             print(f"\nAPEM per method and stage, {group} images ({t.image_id.nunique()} images):")
-            print(table_summary(t).to_string())
+            S = stats.summary_table(t, by=("method", "stage"), seed=getattr(cfg, "seed", 0))
+            print(display.summary_view(S).to_string())
+            print(display.censoring_note(t[t.apem.notna()]))
             if int(t.apem.isna().sum()):
                 print("(means and medians leave out the undefined rows: a map with no direction has no epsilon)")
 

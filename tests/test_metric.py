@@ -575,13 +575,15 @@ def test_table_means_leave_out_undefined_rows_as_apem_does(capsys):
     assert S.loc[("gradient", 3), "n_norm"] == 1 and S.loc[("gradient", 3), "mean_norm"] == 5 / 5 - 2 / 4
     with pytest.raises(ValueError, match="undefined"):
         apem(t.eps_plus, t.eps_minus)  # without the mask the undefined row is refused, never averaged
-    # the command line prints the same numbers
-    cfg = SimpleNamespace(name="t", digest=lambda: "0")
+    # the command line prints the same means, censoring-aware as the book prints them: row b's
+    # eps-plus is censored, so stage 3's mean is a lower bound (>=) and its median a range
+    cfg = SimpleNamespace(name="t", digest=lambda: "0", seed=0)
     _print_summary(cfg, SimpleNamespace(table=t, store=SimpleNamespace(dir="x")))
     out = capsys.readouterr().out
-    line = next(ln for ln in out.splitlines() if ln.split()[:2] == ["gradient", "3"])
-    assert [float(v) for v in line.split()[2:6]] == [2, 4.5, 4.5, 3.0]
-    assert "leave out the undefined rows" in out
+    line = next(ln for ln in out.splitlines() if ln.split()[:2] == ["Gradient", "3"])
+    assert line.split()[2:6] == ["2", "1", "≥", "4.5"], line
+    assert line.endswith("≥ 4.5")  # the median of 3 and (>= 6): at least their mean
+    assert "leave out the undefined rows" in out and "0 of 5 ε⁻ and 1 of 5 ε⁺" in out  # the 5 defined rows
 
 
 def test_determinism_same_seed_same_epsilons(net_and_images):
