@@ -54,7 +54,7 @@ from apem import metric
 
 SHAPE = (3, 2, 2)  # channels, height, width: a 2 x 2 RGB image, 12 inputs
 PIXELS = 4
-#: |w_t - w_o| of each pixel (the same on its three channels), before ``weight_scale``
+#: ``|w_t - w_o|`` of each pixel (the same on its three channels), before ``weight_scale``
 SENSITIVITY = (4 / 256, 2 / 256, 1 / 256, 0.5 / 256)
 #: the sign of w_t - w_o of each input (rows: the channels; columns: the pixels, row by row)
 SIGNS = ((1, -1, 1, -1), (-1, 1, 1, -1), (1, 1, -1, 1))

@@ -9,7 +9,7 @@ metric (Quantus class)            what Quantus returns per image           our s
                                   most relevant features (set to "black")
 ``Selectivity`` (Montavon 2018)   p(y) after each most-relevant patch is   ``1 - AUC_norm``
                                   set to "black"
-``ROAD`` (Rong 2022), MoRF        1 if the prediction is still ``y`` after ``1 - AUC_norm``
+``ROAD`` (Rong 2022), MoRF        1 if the prediction stays ``y`` after    ``1 - AUC_norm``
                                   imputing the top p% pixels, else 0
 ``FaithfulnessCorrelation``       Pearson r between the relevance summed   r as it is
 (Bhatt 2020)                      over random feature subsets and the
@@ -90,7 +90,7 @@ Cost
     :func:`quantus_evaluate` wraps the model in :class:`CountingModel` and
     reports forward calls, images forwarded and seconds per image. Measured
     with these defaults on EfficientNet-Lite0, 8 sample images, 224x224
-    |gradient| maps, CPU, one torch thread on a shared 2-core machine (a
+    ``|gradient|`` maps, CPU, one torch thread on a shared 2-core machine (a
     plain forward pass: ~14-16 ms per image)::
 
         metric                     forwards/image   s/image

@@ -17,12 +17,15 @@ Every method takes an ``objective`` parameter that says what it explains:
 is what APEM perturbs along), or ``"logit"``, the **target class logit**. The
 thesis's three methods (section 4.2) explain the loss by default:
 
-``gradient``      ``dCE/dx`` (:func:`apem.metric.clean.loss_gradient`): what the thesis's code
-                  computed; the thesis *defines* the map as ``dS_c/dx``, the class
-                  score's gradient, which is ``objective="logit"``
-                  (``methods: {gradient: {objective: logit}}`` in a configuration).
-``smoothgrad``    ``1/n sum_k dCE(x + e_k)/dx``, ``e_k ~ N(0, sigma^2)`` in pixel units.
-``lrp_epsilon``   LRP-epsilon (epsilon = 1) from the softmax output relevance.
+``gradient``
+    ``dCE/dx`` (:func:`apem.metric.clean.loss_gradient`): what the thesis's code
+    computed; the thesis *defines* the map as ``dS_c/dx``, the class
+    score's gradient, which is ``objective="logit"``
+    (``methods: {gradient: {objective: logit}}`` in a configuration).
+``smoothgrad``
+    ``1/n sum_k dCE(x + e_k)/dx``, ``e_k ~ N(0, sigma^2)`` in pixel units.
+``lrp_epsilon``
+    LRP-epsilon (epsilon = 1) from the softmax output relevance.
 
 ``lrp`` (beyond the thesis's three) is LRP with a ``rule`` choice, for the
 variants of the thesis's Table 4.1: ``rule="epsilon"`` with ``epsilon=0``

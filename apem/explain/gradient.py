@@ -38,7 +38,7 @@ class Gradient(Method):
 
 
 def smoothgrad_noise(x_i: torch.Tensor, n: int, seed: int, index: int) -> torch.Tensor:
-    """The ``n`` noise draws ``e_k ~ N(0, 1)`` (shape (n, *x_i.shape)) for the image at ``index``.
+    """The ``n`` noise draws ``e_k ~ N(0, 1)`` (shape ``(n, *x_i.shape)``) for the image at ``index``.
 
     One ``torch.Generator`` on ``x_i``'s device, seeded with
     :func:`apem.seeds.seed_of` ``(seed, index)``, draws all ``n`` at once. The noise

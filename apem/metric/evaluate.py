@@ -22,6 +22,7 @@ def _progress_bar(progress, total, desc):
 
 
 def check_maps(maps):
+    """Raise ``ValueError`` unless every map value lies in [0, 1] (what a relevance map is)."""
     if maps.numel() and (maps.amin() < 0 or maps.amax() > 1):
         raise ValueError(f"maps must lie in [0, 1] (got [{float(maps.amin()):g}, {float(maps.amax()):g}])")
 

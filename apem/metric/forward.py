@@ -176,6 +176,7 @@ class Forward:
 
 
 def fixed_directions(d: torch.Tensor) -> Callable:
+    """The direction source of fixed directions ``d`` (one per item): ``(members, steps) -> d[members]``."""
     return lambda members, steps: d[members]
 
 
@@ -247,6 +248,7 @@ class PerStepShuffles:
 
 
 def group_any(flags: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Per group, whether any of its members' ``flags`` is set (``groups`` gives each member's group)."""
     out = torch.zeros(n_groups, dtype=torch.long, device=flags.device)
     return out.scatter_add_(0, groups, flags.long()) > 0
 

@@ -40,6 +40,7 @@ class SearchResult:
         return [REASONS[c] for c in codes]
 
     def cpu(self) -> "SearchResult":
+        """The same result with every tensor on the CPU."""
         return SearchResult(self.eps.cpu(), self.censored.cpu(), self.undefined.cpu(), self.n_forward.cpu(),
                             None if self.reason is None else self.reason.cpu(), self.n_passes)
 

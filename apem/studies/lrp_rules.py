@@ -3,13 +3,13 @@
 The thesis (section 4.2.2, Table 4.1) states three properties of three LRP
 variants without measuring them:
 
-=================================  =================  ==========  =================
-property                           naive (eps = 0)    eps-variant beta-variant
-=================================  =================  ==========  =================
-numerically stable                 no                 yes         yes
-consistent with linear mapping     yes                yes         no
-conserves relevance                yes                no          yes
-=================================  =================  ==========  =================
+=================================  =================  ===========  =================
+property                           naive (eps = 0)    eps-variant  beta-variant
+=================================  =================  ===========  =================
+numerically stable                 no                 yes          yes
+consistent with linear mapping     yes                yes          no
+conserves relevance                yes                no           yes
+=================================  =================  ===========  =================
 
 Here each is measured, the variants being the ``lrp`` method's rules
 (:data:`VARIANTS`; same zennit composite, canonizers and output relevance as
