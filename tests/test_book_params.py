@@ -258,3 +258,29 @@ def test_charts_and_plots_release_their_figures_from_pyplot():
     fig, ax = plt.subplots()
     assert charts.hist_kde([0.0, 1.0, 2.0], "x", ax=ax) is fig and plt.get_fignums() == [fig.number]  # the caller's
     plt.close("all")
+
+
+def test_papermills_unknown_parameter_warning_is_dropped_only_for_declared_parameters():
+    """Papermill's regex misses ``clip: bool | None = None`` and calls it unknown; apem checked it already."""
+    import logging
+
+    from apem.book import _DeclaredParameters
+
+    keep = _DeclaredParameters({"clip", "params"})
+    record = lambda msg: logging.LogRecord("papermill", logging.WARNING, __file__, 0, msg, None, None)  # noqa: E731
+    assert not keep.filter(record("Passed unknown parameter: clip"))
+    assert keep.filter(record("Passed unknown parameter: clipping")) and keep.filter(record("Input Notebook: x"))
+
+
+def test_the_chapters_kernels_talk_over_unix_sockets_not_tcp():
+    """ipykernel warns on the terminal that TCP is unencrypted; a local kernel needs no TCP port."""
+    import os
+
+    from apem.book import _local_kernel
+
+    with _local_kernel() as config:
+        if os.name != "nt":
+            assert config.KernelManager.transport == "ipc" and len(config.KernelManager.ip) < 100
+            folder = os.path.dirname(config.KernelManager.ip)
+            assert os.path.isdir(folder) and oct(os.stat(folder).st_mode)[-3:] == "700"
+    assert os.name == "nt" or not os.path.exists(folder)

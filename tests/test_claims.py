@@ -181,3 +181,17 @@ def test_a_claim_on_a_method_the_configuration_lacks_is_not_applicable_and_says_
     assert [c.verdict for c in fam] == [claims.HELD, claims.NOT_APPLICABLE]
     assert fam.claims[1].evidence.reason == "the configuration lacks LRP-ε"
     assert fam.m == 1  # the inapplicable claim is not in Holm's family
+
+
+def test_a_family_of_checked_claims_says_so_and_counts_one_item_in_the_singular():
+    fam = claims.Claims([claims.Invariant("one", violations=0, n=1, what="searches"),
+                         claims.Invariant("many", violations=0, n=3, what="maps with a defined APEM")])
+    md = fam.markdown() + fam.discussion()
+    assert fam.m == 0 and "over the 0 tests" not in md and "no test, so no Holm's correction" in md
+    assert "| 1 search |" in md and "0 of 1 search violates it" in md and "held on 1 search (" in md
+    assert "| 3 maps with a defined APEM |" in md and "0 of 3 maps with a defined APEM violate it" in md
+    assert "the unit is the image" not in md  # nothing here is counted in images
+    # the power column is named for what it says (not "n decides?", which read as "undecided")
+    assert "| power at this n |" in md and "decides?" not in md
+    tested = claims.Claims([claims.Paired("a > b", a=pd.Series(np.arange(10.0) + 1), b=pd.Series(np.arange(10.0)))])
+    assert "Holm's correction over the 1 test of this chapter; the unit is the image" in tested.markdown()

@@ -21,8 +21,10 @@ chapter failed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -152,11 +154,16 @@ def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | No
     print(f"  {nb_path.stem}: executing with params={params!r} overrides={overrides}"
           + (f" chapter parameters={chapter_params}" if chapter_params else ""), flush=True)
     outcome = ChapterOutcome(nb_path.stem, "executed")
+    declared = _DeclaredParameters(set(CONFIG_PARAMS) | set(chapter_parameters(nb_path)))
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.addFilter(declared)
     try:
-        pm.execute_notebook(
-            str(src), str(tmp), parameters={"params": params, "overrides": overrides, **chapter_params},
-            cwd=str(REPO), kernel_name="python3", progress_bar=False, request_save_on_cell_execute=False,
-        )
+        with _local_kernel() as kernel_config:
+            pm.execute_notebook(
+                str(src), str(tmp), parameters={"params": params, "overrides": overrides, **chapter_params},
+                cwd=str(REPO), kernel_name="python3", progress_bar=False, request_save_on_cell_execute=False,
+                config=kernel_config,
+            )
     except pm.PapermillExecutionError as e:
         not_computed = e.ename == NOT_COMPUTED
         outcome = ChapterOutcome(nb_path.stem, "not computed" if not_computed else "failed", cell=e.exec_count,
@@ -164,6 +171,7 @@ def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | No
     except Exception as e:  # the kernel died, papermill itself failed, ...
         outcome = ChapterOutcome(nb_path.stem, "failed", error=f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
     finally:
+        papermill_log.removeFilter(declared)
         src.unlink(missing_ok=True)
     outcome.seconds = time.perf_counter() - t0
     done = nbformat.read(tmp, as_version=4) if tmp.exists() else nbformat.v4.new_notebook(cells=[])
@@ -178,6 +186,51 @@ def execute_chapter(nb_path: Path, params: str = "default", overrides: dict | No
     os.replace(tmp, out)
     print(f"  {outcome.line()}", flush=True)
     return outcome
+
+
+class _DeclaredParameters(logging.Filter):
+    """Drops papermill's "Passed unknown parameter: NAME" for a NAME the chapter declares.
+
+    Papermill reads the parameters cell with a regular expression that does not take PEP 604
+    annotations (``clip: bool | None = None``), so it calls such a parameter unknown although it
+    injects it like any other. apem reads the cell itself (:func:`chapter_parameters`) and refuses a
+    name the chapter does not declare before anything runs; a truly unknown name never gets here.
+    """
+
+    PREFIX = "Passed unknown parameter: "
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = set(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith(self.PREFIX) and msg[len(self.PREFIX):].strip() in self.names)
+
+
+@contextlib.contextmanager
+def _local_kernel():
+    """The kernel's traitlets config: IPC transport (Unix sockets in a private temporary folder).
+
+    The chapters' kernels run on this machine, so they need no TCP port; over TCP ipykernel warns
+    on the terminal that its traffic is not encrypted. Unix sockets are reachable only through the
+    folder (mode 0700). Where they are not available (Windows) or the socket path would be too
+    long, the default (TCP) stays.
+    """
+    import tempfile
+
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "nt":
+        yield config
+        return
+    with tempfile.TemporaryDirectory(prefix="apem-kernel-") as folder:
+        ip = os.path.join(folder, "k")
+        if len(ip) + 3 < 100:  # sockets are named <ip>-<n>; a Unix socket path holds at most 104-108 bytes
+            config.KernelManager.transport = "ipc"
+            config.KernelManager.ip = ip
+        yield config
 
 
 def _mark_page(nb, outcome: ChapterOutcome, nb_path: Path) -> None:

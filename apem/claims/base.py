@@ -34,12 +34,14 @@ def fmt(x, digits: int = 2, pct: bool = False, sign: bool = False) -> str:
 
 
 def fmt_p(p: float) -> str:
+    """A p-value as the verdict tables print it: three decimals, ``< 0.001``, ``–`` for none."""
     if p is None or not np.isfinite(p):
         return "–"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def fmt_n(n) -> str:
+    """A number of images as the tables print it: ``1,234``, ``∞`` (a null effect), ``> 10⁶``, ``–`` for none."""
     if n is None:
         return "–"
     if n == math.inf:
@@ -148,12 +150,15 @@ class Claim:
     p_against_adj: float = field(default=np.nan, init=False, repr=False)
 
     def evaluate(self, alpha: float, power: float) -> Evidence:  # pragma: no cover - abstract
+        """The claim's :class:`Evidence` on its data: ``n``, estimate, interval, p for and against, images needed."""
         raise NotImplementedError
 
     def rule(self, alpha: float) -> str:  # pragma: no cover - abstract
+        """The claim's decision rule in words (the verdict table's "Rules, declared before the data")."""
         raise NotImplementedError
 
     def parts(self) -> list["Claim"]:
+        """The claims Holm counts: the claim itself, or a compound's parts (:class:`~apem.claims.AllOf`)."""
         return [self]
 
     def _evaluate(self, alpha: float, power: float) -> Evidence:

@@ -11,7 +11,7 @@ from apem.claims.base import (
     ALPHA, BADGE, HELD, INCONCLUSIVE, NOT_APPLICABLE, NOT_HELD, POWER, THESIS, VERDICTS, Claim, Evidence, fmt_n,
     fmt_p,
 )
-from apem.claims.kinds import AllOf, Invariant
+from apem.claims.kinds import AllOf, Invariant, items as _items
 
 
 # ----------------------------------------------------------------------------- the family
@@ -112,6 +112,7 @@ class Claims:
         raise KeyError(text_start)
 
     def frame(self) -> pd.DataFrame:
+        """One row per claim: text, source, n, estimate, Holm-adjusted p for and against, images needed, verdict."""
         rows = []
         for c in self.claims:
             ev = c.evidence
@@ -122,22 +123,27 @@ class Claims:
         return pd.DataFrame(rows)
 
     def counts(self) -> dict:
+        """How many claims got each verdict (``{"held": 3, "not held": 0, ...}``)."""
         return {v: sum(c.verdict == v for c in self.claims) for v in VERDICTS}
 
     # ------------------------------------------------------------------ showing
     def markdown(self) -> str:
+        """The verdict table in Markdown (the family's title, one row per claim)."""
         lines = [f"**{self.title}**", "",
-                 "| # | claim | source | n | evidence | p (Holm) | images needed | n decides? | verdict |",
+                 "| # | claim | source | n | evidence | p (Holm) | images needed | power at this n | verdict |",
                  "| --- | --- | --- | ---: | --- | ---: | ---: | --- | --- |"]
         for i, c in enumerate(self.claims, 1):
             ev = c.evidence
             ptxt = _p_cell(c)
             evidence = ev.estimate if ev.applicable else f"not testable: {ev.reason}"
             lines.append(f"| {i} | {c.text} | {'thesis' if c.source == THESIS else 'ours'} | {_count(c)} | {evidence} | "
-                         f"{ptxt} | {fmt_n(ev.needed) if ev.applicable else '–'} | {_decides(c)} | "
+                         f"{ptxt} | {fmt_n(ev.needed) if ev.applicable else '–'} | {_power_at_n(c)} | "
                          f"{BADGE[c.verdict]} |")
-        lines += ["", f"*Rules, declared before the data (α = {self.alpha}; Holm's correction over the "
-                  f"{self.m} test{'s' if self.m != 1 else ''} of this chapter; the unit is the image):*", ""]
+        checked = all(isinstance(p, Invariant) for c in self.claims for p in c.parts())
+        tests = ("no test, so no Holm's correction: every claim here is checked, not tested" if self.m == 0 else
+                 f"Holm's correction over the {self.m} test{'s' if self.m != 1 else ''} of this chapter")
+        lines += ["", f"*Rules, declared before the data (α = {self.alpha}; {tests}"
+                  f"{'' if checked else '; the unit is the image'}):*", ""]
         for i, c in enumerate(self.claims, 1):
             lines.append(f"{i}. {c.rule(self.alpha)}.")
             if isinstance(c, AllOf):
@@ -145,8 +151,10 @@ class Claims:
                     lines.append(f"   - {p.text}: {p.rule(self.alpha)} ({BADGE[p.verdict]}).")
         lines += ["", f"*Images needed*: the number of images at which the test would reach {self.power:.0%} power "
                   f"at α = {self.alpha} (one-sided, before Holm) if the true effect were the one observed, in the "
-                  "direction observed; ∞ when no effect was observed. *n decides?*: whether the images at hand "
-                  "reach that number (an invariant is checked on every item, so it always decides)."]
+                  "direction observed; ∞ when no effect was observed. *Power at this n*: whether the images at hand "
+                  "reach that number, so that a real effect of the size observed would usually be detected; it says "
+                  "how far to trust an inconclusive verdict, and every verdict is decided either way by the rule "
+                  "above (an invariant is checked on every item and needs no power)."]
         return "\n".join(lines)
 
     def power_summary(self, source: str | None = THESIS) -> dict:
@@ -183,7 +191,7 @@ class Claims:
                            f"{self.power:.0%} power, and there were {ev.n}")
                 else:
                     why = (f"the observed effect would usually be detectable with {ev.n} images, so this is chance "
-                           f"or Holm's correction over {self.m} tests")
+                           f"or Holm's correction over {self.m} test{'s' if self.m != 1 else ''}")
                 out.append(f"*{c.text}* was inconclusive: {why}.")
             else:
                 out.append(f"*{c.text}* could not be tested: {ev.reason}.")
@@ -221,7 +229,8 @@ def _has_power(c: Claim) -> bool:
     return ev.needed is not None and ev.needed != math.inf and ev.needed <= ev.n
 
 
-def _decides(c: Claim) -> str:
+def _power_at_n(c: Claim) -> str:
+    """The "power at this n" cell: yes, or how many images the observed effect would need."""
     if not c.evidence.applicable:
         return "–"
     if _has_power(c):
@@ -233,7 +242,7 @@ def _decides(c: Claim) -> str:
 def _count(c: Claim) -> str:
     """``n`` with its unit: images, or the items an :class:`Invariant` is checked on."""
     n = c.evidence.n
-    return f"{n} {c.what}" if isinstance(c, Invariant) else f"{n} image{'s' if n != 1 else ''}"
+    return f"{n} {_items(c.what, n)}" if isinstance(c, Invariant) else f"{n} image{'s' if n != 1 else ''}"
 
 
 def _max_needed(parts) -> float | None:

@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from apem.claims.base import HELD, MAX_N, NOT_HELD, Claim, Evidence, _series, _z, fmt
+from apem.correlation import spearman_interval
 
 
 # ----------------------------------------------------------------------------- proportions
@@ -275,15 +276,9 @@ class Correlation(Claim):
         alt_for, alt_against = ("less", "greater") if self.negative else ("greater", "less")
         p_for = float(sps.spearmanr(both.x, both.y, alternative=alt_for).pvalue)
         p_against = float(sps.spearmanr(both.x, both.y, alternative=alt_against).pvalue)
-        # Fisher z with Bonett & Wright's (2000) variance for Spearman: (1 + rho^2 / 2) / (n - 3)
+        lo, hi = spearman_interval(rho, n, alpha)  # Fisher z with Bonett & Wright's (2000) variance
+        ci = f" [{fmt(lo, 2, sign=True)}, {fmt(hi, 2, sign=True)}]" if n > 3 else ""
         r = min(max(rho, -0.9999), 0.9999)
-        if n > 3:
-            se = math.sqrt((1 + r * r / 2) / (n - 3))
-            z = math.atanh(r)
-            lo, hi = math.tanh(z - _z(1 - alpha / 2) * se), math.tanh(z + _z(1 - alpha / 2) * se)
-            ci = f" [{fmt(lo, 2, sign=True)}, {fmt(hi, 2, sign=True)}]"
-        else:
-            ci = ""
         needed = math.inf if rho == 0 else float(math.ceil(
             (1 + r * r / 2) * ((_z(1 - alpha) + _z(power)) / math.atanh(abs(r))) ** 2 + 3))
         direction = int(np.sign(rho)) * (-1 if self.negative else 1)
@@ -315,7 +310,8 @@ class Invariant(Claim):
         n, v = int(self.n), int(self.violations)
         if n == 0:
             return Evidence(0, "–")
-        return Evidence(n, f"{v} of {n} {self.what} violate it", decided=HELD if v == 0 else NOT_HELD)
+        return Evidence(n, f"{v} of {n} {items(self.what, n)} violate{'s' if n == 1 else ''} it",
+                        decided=HELD if v == 0 else NOT_HELD)
 
     def rule(self, alpha):
         return f"checked on every one of the {self.what}: held when none violates it, not held otherwise ({self.basis})"
@@ -402,3 +398,18 @@ class Descriptive(Claim):
 
     def __post_init__(self):
         self.applicable = False
+
+
+# ----------------------------------------------------------------------------- counted items (issue 22: "1 searches")
+
+
+def items(what: str, n: int) -> str:
+    """``what`` (a plural noun phrase, e.g. "searches", "maps with a defined APEM") for ``n`` items: singular when 1."""
+    if n != 1:
+        return what
+    head, _, rest = what.partition(" ")
+    if head.endswith(("ches", "shes", "sses", "xes")):
+        head = head[:-2]
+    elif head.endswith("s") and not head.endswith("ss"):
+        head = head[:-1]
+    return f"{head} {rest}" if rest else head
