@@ -1,20 +1,128 @@
-"""Chapter 2: the explanation methods, how much their maps agree, and the LRP variants (Table 4.1)."""
+"""Chapter 2, the explanation methods: the plumbing of its page (maps, tables, generated prose).
+
+The page (``notebooks/02_explanation_methods.md``) selects the correctly classified
+images at the final stage, reads their maps, measures how much the methods agree
+(:func:`similarity`, :func:`total_variation`), runs the LRP-variant study
+(:func:`apem.studies.lrp_rules.lrp_variants`) and declares its claims itself. This
+module holds what the page calls:
+
+* :func:`recomputed_maps`: the Gradient and SmoothGrad maps of the chapter's images
+  with another ``objective`` (the class score, the thesis's text, instead of the
+  loss, its code), with the noise and targets of the stored maps;
+* :func:`similarity`, :func:`agreement_table`, :func:`total_variation`,
+  :func:`noise_table`: the agreement and noise of the maps;
+* :func:`lrp_rows`, :func:`variant_view`, :func:`model_note`: the LRP variants' tables and note;
+* :func:`setting`, :func:`exercise_values`.
+"""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
 import pandas as pd
 import torch
 
-from apem import claims
-from apem import stats, thesis
-from apem.book import display
-from apem.book.display import method_order, show_figure, show_markdown
+from apem import claims, thesis
 
-#: the thesis's methods whose noise the SmoothGrad claim compares
-NOISY, SMOOTH = "gradient", "smoothgrad"
+#: the methods that are gradients of an objective (the ``objective`` parameter of the page changes them)
+GRADIENT_METHODS = ("gradient", "smoothgrad")
+
+#: what each ``objective`` is the gradient of, in words
+OBJECTIVES = {"loss": "the cross-entropy loss at the model's prediction (the thesis's code)",
+              "logit": "the class score $S_c$ of the model's prediction, its logit (the thesis's text)"}
+
+
+# ----------------------------------------------------------------------------- maps
+
+
+def recomputed_maps(res, ids: list, methods, stage: int, objective: str) -> dict[str, torch.Tensor]:
+    """``{method: (N, C, H, W) stage maps}`` of ``ids`` recomputed with ``objective`` ("loss" or "logit").
+
+    Every other parameter is the run's: the method's parameters from the configuration,
+    the seed and batch size the runner gave the image's chunk, the image's position in its
+    chunk as SmoothGrad's noise ``offset`` (so each noisy copy is the stored map's), the
+    model's prediction as the target, and the configuration's stage encoding. With
+    ``objective="loss"`` the maps are the stored ones (up to the last bits of SmoothGrad's
+    sums, which depend on the batch shape). Computed once, in the store's numeric
+    environment, and kept in the configuration's store (``extra/objective_maps-<digest>.npz``).
+    """
+    from apem.maps import from_storage, stage_map, to_storage
+    from apem.run import _method_call
+    from apem.studies.common import study_name
+
+    cfg, T, methods = res.cfg, res.table, list(methods)
+    name = f"extra/{study_name('objective_maps', ids=list(ids), methods=methods, stage=stage, objective=objective)}.npz"
+    stored = res.store.read_arrays(name)
+    if stored is not None:
+        return {m: from_storage(stored[m]) for m in methods}
+    lm = res.model
+    where = T.drop_duplicates("image_id").set_index("image_id")
+    out = {m: [] for m in methods}
+    with res.store.pinned():
+        for iid in ids:
+            x = res.image_tensors([iid]).to(lm.device)
+            y = torch.tensor([int(where.loc[iid, "pred"])], device=lm.device)
+            chunk, row = int(where.loc[iid, "chunk"]), int(where.loc[iid, "map_row"])
+            for m in methods:
+                p = {**cfg.methods[m], "objective": objective}
+                if m == "smoothgrad":
+                    p["offset"] = row  # the noise index the run used: offset + position in its batch
+                A = _method_call(m, p, cfg, chunk, lm)(lm.model, x, y)
+                out[m].append(stage_map(A, x, stage, quantize=cfg.quantize, encoding=cfg.map_encoding)[0].cpu())
+    maps = {m: torch.stack(v) for m, v in out.items()}
+    res.store.write_arrays(name, {m: to_storage(v, cfg.quantize) for m, v in maps.items()})
+    return maps
+
+
+def setting(cfg, n_images: int, stage: int, objective: str) -> str:
+    """The setting line: model, images, stage, the methods' parameters and the objective of the gradients."""
+    text = (f"**Setting.** {cfg.model}, {n_images} correctly classified images, stage {stage}; methods and "
+            "parameters: " + "; ".join(f"{thesis.label(m)} {p or '(none)'}" for m, p in cfg.methods.items()) + ".")
+    if objective == "loss":
+        return text + " The Gradient and SmoothGrad maps are gradients of the loss (`objective = \"loss\"`)."
+    return text + (f" The Gradient and SmoothGrad maps are recomputed here as gradients of {OBJECTIVES[objective]} "
+                   f"(`objective = \"{objective}\"`); the other chapters score the stored loss maps.")
+
+
+# ----------------------------------------------------------------------------- agreement and noise
+
+
+def similarity(maps: dict, ids: list) -> pd.DataFrame:
+    """Per image and pair of methods (columns ``a, b, image_id, spearman, ssim``).
+
+    ``maps``: ``{method: (N, C, H, W)}`` in the order of ``ids``; the measures are
+    :func:`apem.randomisation.map_similarity`'s (Spearman's rho of the map values, SSIM).
+    """
+    from apem.randomisation import map_similarity
+
+    parts = [map_similarity(maps[a], maps[b]).assign(a=a, b=b, image_id=ids)
+             for a, b in itertools.combinations(list(maps), 2)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["a", "b", "image_id", "spearman", "ssim"])
+
+
+def agreement_table(sim: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per pair of methods: median [distribution-free ``1 - alpha`` interval] of each measure over images."""
+    from scipy import stats as sps
+
+    rows = []
+    for (a, b), g in sim.groupby(["a", "b"], sort=False):
+        row = {"pair": f"{thesis.label(a)} – {thesis.label(b)}", "images": int(g.spearman.notna().sum())}
+        for col in ("spearman", "ssim"):
+            v = g[col].dropna().to_numpy(float)
+            if v.size == 0:
+                row[col] = "–"
+                continue
+            med = float(np.median(v))
+            ci = sps.quantile_test(v, q=med).confidence_interval(1 - alpha)
+            rng = (f" [{claims.fmt(float(ci.low))}, {claims.fmt(float(ci.high))}]"
+                   if np.isfinite(ci.low) and np.isfinite(ci.high) else "")
+            row[col] = claims.fmt(med) + rng
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("pair").rename(
+        columns={"spearman": "Spearman ρ, median", "ssim": "SSIM, median"})
 
 
 def total_variation(m: torch.Tensor) -> np.ndarray:
@@ -24,155 +132,77 @@ def total_variation(m: torch.Tensor) -> np.ndarray:
     return (dv + dh).numpy()
 
 
-class Page:
-    """The results of a configuration as chapter 2 shows them."""
+def noise_table(tv: pd.DataFrame) -> pd.DataFrame:
+    """Total variation per method (columns of ``tv``): median, mean, min, max over images."""
+    out = pd.DataFrame({"median": tv.median(), "mean": tv.mean(), "min": tv.min(), "max": tv.max()})
+    out.index = out.index.map(thesis.label)
+    return out.map(lambda v: f"{v:.4f}")
 
-    def __init__(self, params="default", overrides=None, alpha: float = claims.ALPHA, lrp_images: int = 8):
-        from apem.run import results
 
-        self.res = results(params, progress=False, **dict(overrides or {}))
-        self.cfg, T = self.res.cfg, self.res.table
-        self.stage = 3 if 3 in self.cfg.stages else max(self.cfg.stages)
-        self.C = T[(T.group == "correct") & (T.stage == self.stage)]
-        display.require(len(self.C) > 0, "no correctly classified image in this configuration", "-p n_correct 4")
-        self.methods = method_order(self.C)
-        self.ids = list(self.C.image_id.unique())
-        self.alpha, self.lrp_images = alpha, lrp_images
-        self._maps = self._sim = self._lrp = None
+# ----------------------------------------------------------------------------- Table 4.1
 
-    def setting(self) -> None:
-        show_markdown(f"**Setting.** {self.cfg.model}, {len(self.ids)} correctly classified images, stage {self.stage}; "
-                      "methods and parameters: " + "; ".join(f"{thesis.label(m)} {p or '(none)'}"
-                                                             for m, p in self.cfg.methods.items()) + ".")
 
-    # ------------------------------------------------------------------ maps
-    def maps(self) -> dict:
-        if self._maps is None:
-            self._maps = {m: torch.stack([self.res.map(i, m, self.stage) for i in self.ids]) for m in self.methods}
-        return self._maps
+def lrp_rows(lrp: pd.DataFrame) -> pd.DataFrame:
+    """The LRP-variant study's rows as the page shows them (one per image and variant)."""
+    cols = ["image_id", "variant", "finite", "finite_perturbed", "rel_change", "conservation_err",
+            "eps_minus", "eps_plus", "apem", "censored_minus", "censored_plus"]
+    d = lrp[[c for c in cols if c in lrp]].copy()
+    for c in ("rel_change", "conservation_err"):
+        d[c] = d[c].map(lambda v: f"{v:.3g}" if np.isfinite(v) else "non-finite")
+    for c in ("eps_minus", "eps_plus", "apem"):  # undefined where the map is not finite: "–", never nan
+        if c in d:
+            d[c] = d[c].map(lambda v: f"{v:.0f}" if np.isfinite(v) else "–")
+    return d.set_index(["image_id", "variant"])
 
-    def figure(self, n_images: int = 5) -> None:
-        from apem.figures import plots
 
-        show = self.ids[:n_images]
-        fig = plots.plot_method_grid(self.res.image_tensors(show), {m: self.maps()[m][:len(show)] for m in self.methods},
-                                     class_names=[self.C[self.C.image_id == i].label_name.iloc[0] for i in show])
-        show_figure(fig)
+def variant_view(S: pd.DataFrame) -> pd.DataFrame:
+    """:func:`apem.book.display.summary_view` of a summary per LRP variant, the variants named."""
+    from apem.book import display
+    from apem.studies.lrp_rules import VARIANT_LABELS
 
-    # ------------------------------------------------------------------ agreement
-    def similarity(self) -> pd.DataFrame:
-        """Per image and pair of methods: Spearman's rho of the map values and SSIM."""
-        from apem.randomisation import map_similarity
+    view = display.summary_view(S)
+    view.index = [VARIANT_LABELS.get(v, v) for v in view.index]
+    return view
 
-        if self._sim is None:
-            parts = []
-            for a, b in itertools.combinations(self.methods, 2):
-                s = map_similarity(self.maps()[a], self.maps()[b]).assign(a=a, b=b, image_id=self.ids)
-                parts.append(s)
-            self._sim = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-                columns=["a", "b", "image_id", "spearman", "ssim"])
-        return self._sim
 
-    def agreement(self) -> pd.DataFrame:
-        """Per pair of methods: median [distribution-free 95% interval] of each measure over images."""
-        from scipy import stats as sps
+def model_note(t41: pd.DataFrame) -> str:
+    """The verdicts' note on our model: no variant conserves relevance when the model's biases are kept."""
+    model = t41[t41.property == "conserves relevance (model, biases kept)"]
+    if not len(model) or model.ours.eq("yes").any():
+        return ""
+    return ("On our model, whose folded batch normalisations carry biases, no variant conserves relevance "
+            f"(median error at least {claims.fmt(float(model.value.min()))}), which the thesis's table does not "
+            "consider.")
 
-        rows = []
-        for (a, b), g in self.similarity().groupby(["a", "b"], sort=False):
-            row = {"pair": f"{thesis.label(a)} – {thesis.label(b)}", "images": int(g.spearman.notna().sum())}
-            for col in ("spearman", "ssim"):
-                v = g[col].dropna().to_numpy(float)
-                if v.size == 0:
-                    row[col] = "–"
-                    continue
-                med = float(np.median(v))
-                ci = sps.quantile_test(v, q=med).confidence_interval(1 - self.alpha)
-                rng = f" [{claims.fmt(float(ci.low))}, {claims.fmt(float(ci.high))}]" if np.isfinite(ci.low) and np.isfinite(ci.high) else ""
-                row[col] = claims.fmt(med) + rng
-            rows.append(row)
-        return pd.DataFrame(rows).set_index("pair").rename(columns={"spearman": "Spearman ρ, median", "ssim": "SSIM, median"})
 
-    def noise(self) -> pd.DataFrame:
-        """Total variation per method: median, mean, min, max over images."""
-        tv = self.total_variation()
-        out = pd.DataFrame({"median": tv.median(), "mean": tv.mean(), "min": tv.min(), "max": tv.max()})
-        out.index = out.index.map(thesis.label)
-        return out.map(lambda v: f"{v:.4f}")
+# ----------------------------------------------------------------------------- exercises
 
-    def total_variation(self) -> pd.DataFrame:
-        return pd.DataFrame({m: total_variation(self.maps()[m]) for m in self.methods}, index=self.ids)
 
-    # ------------------------------------------------------------------ Table 4.1
-    @staticmethod
-    def thesis_table_4_1() -> pd.DataFrame:
-        """The thesis's Table 4.1 as it states it (yes/no per property and variant)."""
-        return thesis.TABLE_4_1.set_index("property")
+def exercise_values(lrp: pd.DataFrame, t41: pd.DataFrame, sim: pd.DataFrame, tv: pd.DataFrame,
+                    chapter_claims: list, alpha: float, objective: str) -> dict[str, str]:
+    """The numbers the exercises' solutions quote (glue name -> text).
 
-    def lrp(self) -> pd.DataFrame:
-        from apem.studies import lrp_rules
+    ``lrp``: the LRP-variant study; ``t41``: its :func:`apem.studies.lrp_rules.table_4_1`;
+    ``sim``, ``tv``: :func:`similarity` and the total variations (images x methods);
+    ``chapter_claims``: the page's claims, decided here at ``alpha`` and at another
+    level (copies: the page's own decided claims are left as they are); ``objective``:
+    what the gradient maps are the gradient of.
+    """
+    from apem.book.exercises import counts_sentence
 
-        if self._lrp is None:
-            self._lrp = lrp_rules.lrp_variants(self.res, n_images=self.lrp_images)
-        return self._lrp
+    stab = t41[t41.property == "numerically stable"]
+    stable = ", ".join(f"{v} {claims.fmt(float(x), 4)}" for v, x in zip(stab.variant, stab.value))
+    other = 0.01 if alpha != 0.01 else 0.05
 
-    def lrp_rows(self) -> pd.DataFrame:
-        cols = ["image_id", "variant", "finite", "finite_perturbed", "rel_change", "conservation_err",
-                "eps_minus", "eps_plus", "apem", "censored_minus", "censored_plus"]
-        d = self.lrp()[[c for c in cols if c in self.lrp()]].copy()
-        for c in ("rel_change", "conservation_err"):
-            d[c] = d[c].map(lambda v: f"{v:.3g}" if np.isfinite(v) else "non-finite")
-        for c in ("eps_minus", "eps_plus", "apem"):  # undefined where the map is not finite: "–", never nan
-            if c in d:
-                d[c] = d[c].map(lambda v: f"{v:.0f}" if np.isfinite(v) else "–")
-        return d.set_index(["image_id", "variant"])
+    def counts(a):
+        return counts_sentence(claims.Claims(copy.deepcopy(chapter_claims), alpha=a).counts())
 
-    def table_4_1(self) -> pd.DataFrame:
-        from apem.studies import lrp_rules
-
-        return lrp_rules.table_4_1_cells(self._table41())
-
-    def _table41(self) -> pd.DataFrame:
-        from apem.studies import lrp_rules
-
-        return lrp_rules.table_4_1(self.lrp())
-
-    def lrp_apem(self) -> pd.DataFrame:
-        """APEM per LRP variant with censoring in view."""
-        from apem.studies.lrp_rules import VARIANT_LABELS
-
-        S = stats.summary_table(self.lrp(), by="variant", ci=False)
-        view = display.summary_view(S)
-        view.index = [VARIANT_LABELS.get(v, v) for v in view.index]
-        return view
-
-    # ------------------------------------------------------------------ claims
-    def claims(self) -> claims.Claims:
-        sim = self.similarity()
-        pairs = [claims.Location(f"{thesis.label(a)} and {thesis.label(b)}: positive rank correlation", values=
-                            g.set_index("image_id").spearman, threshold=0.0, what="Spearman ρ")
-                 for (a, b), g in sim.groupby(["a", "b"], sort=False)]
-        out = [claims.AllOf("The methods' maps point to similar regions (for every pair of methods, the per-image rank "
-                       "correlation of the maps is above 0)", of=pairs, applicable=len(pairs) > 0,
-                       reason="fewer than two methods")]
-        tv = self.total_variation()
-        have = {NOISY, SMOOTH} <= set(self.methods)
-        out.append(claims.Paired("SmoothGrad's maps are less noisy than the Gradient's (lower total variation)",
-                            a=tv[NOISY] if have else None, b=tv[SMOOTH] if have else None,
-                            names=("Gradient", "SmoothGrad"), digits=4, applicable=have,
-                            reason="the configuration lacks the Gradient or SmoothGrad"))
-        t41 = self._table41()
-        t41 = t41[t41.thesis.notna() & (t41.property != "conserves relevance (model, biases kept)")]
-        out.append(claims.Invariant("Table 4.1: the LRP variants have the properties the thesis lists", n=len(t41),
-                               violations=int((~t41.agrees.astype(bool)).sum()), what="cells of Table 4.1",
-                               basis="each cell's yes/no from a threshold declared in apem/studies/lrp_rules.py, "
-                                     "measured on the images for stability and in closed form for the other two"))
-        return claims.Claims(out, title="Did the claims hold on our model?", alpha=self.alpha)
-
-    def verdicts(self) -> None:
-        t = self._table41()
-        model = t[t.property == "conserves relevance (model, biases kept)"]
-        note = ("On our model, whose folded batch normalisations carry biases, no variant conserves relevance "
-                f"(median error at least {claims.fmt(float(model.value.min()))}), which the thesis's table does not "
-                "consider.") if len(model) and not model.ours.eq("yes").any() else ""
-        self.claims().show(model=note)
-
+    rho = sim.groupby(["a", "b"], sort=False).spearman.median()
+    return {"ex02_lrp_n": str(int(lrp.image_id.nunique())), "ex02_stability": stable,
+            "ex02_stability_max": claims.fmt(float(stab.threshold.iloc[0]), 0, pct=True) if len(stab) else "–",
+            "ex02_alpha": f"{alpha:g}", "ex02_verdicts": counts(alpha),
+            "ex02_other_alpha": f"{other:g}", "ex02_verdicts_other": counts(other),
+            "ex02_objective": objective,
+            "ex02_tv": ", ".join(f"{thesis.label(m)} {claims.fmt(float(v), 4)}" for m, v in tv.median().items()),
+            "ex02_rho": ", ".join(f"{thesis.label(a)} – {thesis.label(b)} {claims.fmt(float(v), 2, sign=True)}"
+                                  for (a, b), v in rho.items())}
