@@ -51,6 +51,15 @@ def test_outcomes_are_per_image_any_and_all():
     assert (O.forward_bisect == 8).all() and (O.forward_thesis == 30).all()
 
 
+def _ch01_claims(M: pd.DataFrame, alpha: float = 0.05) -> cl.Claims:
+    """Chapter 1's claims as its page declares them (its ``claims`` cell), decided on the table ``M``."""
+    from pages import run_cells
+
+    O = ch01.image_outcomes(M)
+    ns = run_cells(1, "claims", O=O, ok=M[~M.undefined.astype(bool)])
+    return cl.Claims(ns["chapter_claims"], alpha=alpha)
+
+
 def test_images_without_an_exact_answer_are_left_out_and_undefined_maps_ignored():
     M = _modes(3, searches=2)
     M.loc[M.image_id == "im0", "eps_linear"] = np.nan  # linear capped on every search of im0
@@ -58,27 +67,27 @@ def test_images_without_an_exact_answer_are_left_out_and_undefined_maps_ignored(
     O = ch01.image_outcomes(M)
     assert pd.isna(O.loc["im0", "non_monotone"]) and pd.isna(O.loc["im0", "equal_thesis"])
     assert O.loc["im2", "searches"] == 1
-    fam = cl.Claims(ch01.mode_claims(O, searches=5, cap=300))
+    fam = _ch01_claims(M)
     assert fam.claims[0].evidence.n == 2  # im0 has no exact search: not counted
 
 
 def test_monotone_on_37_images_is_inconclusive_with_an_exact_interval_and_59_is_held():
-    fam = cl.Claims(ch01.mode_claims(ch01.image_outcomes(_modes(37)), searches=148, cap=300))
+    fam = _ch01_claims(_modes(37))
     mono = fam.claims[0]
     assert mono.verdict == cl.INCONCLUSIVE
     assert "0/37" in mono.evidence.estimate and "[0.0%, 9.5%]" in mono.evidence.estimate
     assert mono.evidence.needed == 59
-    fam = cl.Claims(ch01.mode_claims(ch01.image_outcomes(_modes(120)), searches=480, cap=300))
+    assert "fewer than 5% of images" in mono.text and "a median of 4 per image" in mono.text
+    fam = _ch01_claims(_modes(120))
     assert fam.verdict("The prediction changes once") == cl.HELD
     assert fam.verdict("The `thesis` search") == cl.HELD
     assert fam.verdict("`bisect` needs fewer") == cl.HELD
-    assert {c.source for c in fam.claims} == {cl.THESIS, cl.OURS}
-    assert fam.claims[-1].source == cl.OURS
+    # the thesis states none of them: its search assumes what the first two claims test
+    assert {c.source for c in fam.claims} == {cl.OURS}
 
 
 def test_many_non_monotone_images_is_not_held():
-    fam = cl.Claims(ch01.mode_claims(ch01.image_outcomes(_modes(40, non_monotone=range(20), thesis_late=range(20))),
-                                     searches=160, cap=300))
+    fam = _ch01_claims(_modes(40, non_monotone=range(20), thesis_late=range(20)))
     assert fam.verdict("The prediction changes once") == cl.NOT_HELD
     assert fam.verdict("The `thesis` search") == cl.NOT_HELD
     assert fam.verdict("The `bisect` search") == cl.INCONCLUSIVE  # all 40 equal: not enough to show > 95%
@@ -87,8 +96,29 @@ def test_many_non_monotone_images_is_not_held():
 def test_no_exact_search_is_not_applicable():
     M = _modes(4)
     M["eps_linear"] = np.nan
-    fam = cl.Claims(ch01.mode_claims(ch01.image_outcomes(M), searches=16, cap=300))
+    fam = _ch01_claims(M)
     assert [c.verdict for c in fam.claims[:3]] == [cl.NOT_APPLICABLE] * 3
+
+
+def test_chapter_1_tables_and_exercise_values_on_known_outcomes():
+    M = _modes(5, searches=4, non_monotone=(1,), thesis_late=(2,))
+    O = ch01.image_outcomes(M)
+    table = ch01.modes_table(M, O, alpha=0.05)
+    assert list(table.index) == ["thesis", "linear", "bisect"]
+    assert table.loc["thesis", "images with every search equal to linear"].startswith("4/5 = 80.0%")
+    assert table.loc["thesis", "searches later than linear"] == "1 of 20"
+    assert table.loc["bisect", "forward passes per search"] == "8.0"
+    assert "on **1 of 5 images**" in ch01.monotonicity_text(M, O, linear_cap=300)
+    note = ch01.notes(M, O, type("Cfg", (), {"search_bound": 10001, "model": "m"})(), linear_cap=300)
+    assert "first 5 correctly" in note["context"] and "0 of 20 `bisect`" in note["censored"]
+    T = pd.DataFrame([{"image_id": "im0", "stage": 3, "method": m, "eps_minus": 4.0, "eps_plus": 10001.0,
+                       "apem": 9997.0, "censored_minus": False, "censored_plus": c}
+                      for m, c in (("gradient", True), ("smoothgrad", False))])
+    v = ch01.exercise_values(T, "im0", 3, O, _ch01_claims(M), exact_min=0.95)
+    assert v["ex01_walk"].startswith("Gradient: ε⁻ = 4, ε⁺ = ≥ 10,001") or v["ex01_walk"].startswith(
+        "Gradient: ε⁻ = 4, ε⁺ = ≥ 10001")
+    assert v["ex01_n_min"] == "59" and v["ex01_compared"] == "5" and v["ex01_tests"] == "4"
+    assert v["ex01_exact_min"] == "95%" and v["ex01_alpha"] == "0.05"
 
 
 # ----------------------------------------------------------------------------- chapter 3
@@ -159,11 +189,18 @@ def test_upsets_list_the_images_where_the_winner_loses():
         __import__("apem.thesis", fromlist=["x"]).TABLE_4_3)
 
 
+def _ch03_claims(C: pd.DataFrame, S: pd.DataFrame) -> cl.Claims:
+    """The claims chapter 3's page declares (its cell tagged ``claims``) on ``C`` and its summary ``S``."""
+    from pages import run_cells
+
+    return cl.Claims(run_cells(3, "claims", C=C, S=S)["chapter_claims"])
+
+
 def test_chapter_3_claims_on_the_thesis_order_hold():
     C = _results(30)
     S = stats.summary_table(C, by="method", n_boot=200)
     assert stats.best_method(S) == "gradient"
-    fam = cl.Claims(ch03.chapter_claims(C, S))
+    fam = _ch03_claims(C, S)
     assert [c.verdict for c in fam.claims] == [cl.HELD] * 6
     wins = fam.claims[-1]
     assert isinstance(wins, cl.AllOf) and len(wins.parts()) == 2
@@ -173,27 +210,66 @@ def test_chapter_3_claims_on_the_thesis_order_hold():
 def test_chapter_3_claims_on_the_reversed_order_do_not_hold():
     C = _results(30, effects={"gradient": 0.0, "lrp_epsilon": 30.0, "smoothgrad": 60.0})
     S = stats.summary_table(C, by="method", n_boot=200)
-    fam = cl.Claims(ch03.chapter_claims(C, S))
+    fam = _ch03_claims(C, S)
     assert [c.verdict for c in fam.claims[:3]] == [cl.NOT_HELD] * 3
     assert "SmoothGrad" in fam.claims[3].text  # the best is chosen by the mean, not assumed
     assert fam.claims[-1].verdict == cl.HELD
 
 
-def test_chapter_3_without_the_thesis_methods_is_not_applicable():
+def test_chapter_3_without_a_thesis_method_its_pairs_are_not_applicable():
     C = _results(12, effects={"gradient": 10.0, "smoothgrad": 0.0})
     S = stats.summary_table(C, by="method", n_boot=200)
-    fam = cl.Claims(ch03.chapter_claims(C, S))
-    assert [c.verdict for c in fam.claims[:3]] == [cl.NOT_APPLICABLE] * 3
-    assert "lrp_epsilon" in fam.claims[0].evidence.reason
+    fam = _ch03_claims(C, S)
+    # Gradient > LRP-ε and LRP-ε > SmoothGrad lack LRP-ε; Gradient > SmoothGrad is still tested
+    assert [c.verdict for c in fam.claims[:3]] == [cl.NOT_APPLICABLE, cl.HELD, cl.NOT_APPLICABLE]
+    assert fam.claims[0].evidence.reason == "the configuration lacks LRP-ε"
+
+
+def test_chapter_3_with_a_single_method_best_and_worst_are_not_applicable():
+    C = _results(12, effects={"gradient": 10.0})
+    fam = _ch03_claims(C, stats.summary_table(C, by="method", n_boot=200))
+    assert {c.verdict for c in fam.claims} == {cl.NOT_APPLICABLE}
+    assert fam.claims[3].evidence.reason == "a single method with a defined APEM: nothing to compare"
+
+
+def test_chapter_3_losses_and_the_median_sentence():
+    C = _results(10)
+    C.loc[(C.method == "smoothgrad") & (C.image_id == "im4"), "apem"] = 10_000.0
+    assert ch03.losses(C, "gradient") == "0 of 10 images to LRP-ε, 1 of 10 images to SmoothGrad"
+    assert ch03.losses(C[C.method == "gradient"], "gradient") == "no image (it is the only method)"
+    S = stats.summary_table(C, by="method", n_boot=200)
+    assert ch03.median_agreement(S) == "The median ranks them differently; its first is Gradient."
+    assert ch03.orders_context(S).startswith("By the mean our order is SmoothGrad > Gradient > LRP-ε; by the median "
+                                             "Gradient > LRP-ε > SmoothGrad")
+
+
+def test_chapter_3_exercise_values_quote_the_stage_and_stage_1():
+    from types import SimpleNamespace
+
+    T = _results(10, stages=(1, 3))
+    cfg = SimpleNamespace(seed=0, stages=(1, 3))
+    v = ch03.exercise_values(T, 3, cfg)
+    assert v["ex03_stage"] == "3" and v["ex03_order"] == "Gradient > LRP-ε > SmoothGrad"
+    assert v["ex03_means"].startswith("Gradient ")
+    assert ch03.exercise_values(T[T.stage == 3], 3, SimpleNamespace(seed=0, stages=(3,)))["ex03_order_s1"] == (
+        "(stage 1 is not in this configuration's stages [3])")
 
 
 # ----------------------------------------------------------------------------- chapter 4
 
 
+def _ch04_claims(C: pd.DataFrame) -> cl.Claims:
+    """The claims chapter 4's page declares (its cell tagged ``claims``) on the correct images ``C``."""
+    from pages import run_cells
+
+    return cl.Claims(run_cells(4, "claims", C=C)["chapter_claims"])
+
+
 def test_chapter_4_stage_steps_and_the_largest_drop():
     C = _results(25, stages=(1, 2, 3))
-    fam = cl.Claims(ch04.chapter_claims(C))
+    fam = _ch04_claims(C)
     assert [c.verdict for c in fam.claims] == [cl.HELD] * 4
+    assert [c.source for c in fam.claims] == [cl.THESIS] * 3 + [cl.OURS]  # the thesis never compares the drops
     assert all(len(c.parts()) == 2 for c in fam.claims[:3])
     d = ch04.drops(C, 1, 3)
     assert set(d) == {"gradient", "lrp_epsilon", "smoothgrad"} and len(d["gradient"]) == 25
@@ -203,13 +279,21 @@ def test_chapter_4_when_another_method_drops_more_it_is_not_held():
     C = _results(25, stages=(1, 2, 3))
     sg = C.method == "smoothgrad"
     C.loc[sg, "apem"] = C.loc[sg, "apem"] - 80 * (C.loc[sg, "stage"] - 1)
-    fam = cl.Claims(ch04.chapter_claims(C))
+    fam = _ch04_claims(C)
     assert fam.verdict("The method losing the most APEM") == cl.NOT_HELD
 
 
 def test_chapter_4_with_one_stage_is_not_applicable():
-    fam = cl.Claims(ch04.chapter_claims(_results(10, stages=(3,))))
+    fam = _ch04_claims(_results(10, stages=(3,)))
     assert {c.verdict for c in fam.claims} == {cl.NOT_APPLICABLE}
+
+
+def test_chapter_4_without_the_gradient_its_drop_claim_is_not_applicable():
+    C = _results(10, effects={"lrp_epsilon": 30.0, "smoothgrad": 0.0}, stages=(1, 3))
+    fam = _ch04_claims(C)
+    assert fam.verdict("The method losing the most") == cl.NOT_APPLICABLE
+    assert {p.evidence.reason for p in fam.claims[-1].parts()} == {"the configuration lacks Gradient"}
+    assert fam.claims[-1].evidence.reason == "the configuration lacks Gradient"
 
 
 def test_fmt_never_prints_nan():
@@ -227,8 +311,32 @@ def test_drop_table_counts_images_censored_at_either_end():
     C.loc[(C.method == "gradient") & (C.stage == 1) & (C.image_id == "im0"), "censored_plus"] = True
     C.loc[(C.method == "gradient") & (C.stage == 3) & (C.image_id == "im0"), "censored_minus"] = True
     C.loc[(C.method == "gradient") & (C.stage == 2) & (C.image_id == "im1"), "censored_minus"] = True  # not an end
-    page = ch04.Page.__new__(ch04.Page)
-    page.C, page.stages = C, [1, 2, 3]
-    D = page.drop_table()
+    D = ch04.drop_table(C, 1, 3)
     assert D.loc["Gradient", "images censored at stage 1 or 3"] == 1
     assert D.loc["LRP-ε", "images censored at stage 1 or 3"] == 0
+
+
+def test_chapter_4_drops_stage_pairs_and_exercise_values():
+    from types import SimpleNamespace
+
+    C = _results(6, stages=(1, 2, 3))
+    d = ch04.drops(C, 1, 3)
+    assert isinstance(d["integrated_gradients"], cl.Missing)  # a method the table lacks
+    g = C[C.method == "gradient"].pivot(index="image_id", columns="stage", values="apem")
+    pd.testing.assert_series_equal(d["gradient"], (g[1] - g[3]).dropna())
+    P = ch04.stage_pairs(C)
+    assert set(P.a) == {"stage 1", "stage 2", "stage 3"} and set(P.method) == set(C.method)
+    E = pd.DataFrame({"image_id": ["a", "a", "b"], "d_eps_minus": [0.0, 3.0, np.nan], "d_eps_plus": [-5.0, 0.0, 0.0]})
+    v = ch04.exercise_values(C, E, SimpleNamespace(map_encoding="round"))
+    assert v["ex04_first"] == "1" and v["ex04_last"] == "3" and v["ex04_drop"].startswith("Gradient ")
+    assert v["ex04_enc_images"] == "2" and v["ex04_enc_changed"] == "40%" and v["ex04_enc_largest"] == "5"
+
+
+def test_chapter_4_order_sentence_counts_maps_and_moved_epsilons():
+    D = pd.DataFrame({"order": ["sum_then_multiply"] * 3 + ["sum_then_multiply_then_sum"],
+                      "map_differs": [True, True, False, True],
+                      "d_eps_minus": [0.0, 2.0, 0.0, np.nan], "d_eps_plus": [0.0, -7.0, 0.0, np.nan]})
+    assert ch04.order_sentence(D, "sum_then_multiply") == (
+        "2 of 3 maps differ from the book's; ε⁻ changed on 1 of 3 and ε⁺ on 1 of 3, by at most 7 steps")
+    assert ch04.order_sentence(D, "sum_then_multiply_then_sum") == (
+        "1 of 1 maps differ from the book's; ε⁻ changed on 0 of 0 and ε⁺ on 0 of 0")

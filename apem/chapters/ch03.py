@@ -1,32 +1,25 @@
-"""Chapter 3, APEM results: Table 4.2, the distributions, image by image, the upsets (Table 4.3), the claims.
+"""Chapter 3, APEM results: what its page (``notebooks/03_apem_results.md``) does not compute itself.
 
-Only correctly classified images at one visualisation stage (``stage``, the
-thesis's stage 3 by default) enter the chapter. The best method is chosen one
-way, the thesis's: the highest mean APEM (:func:`apem.stats.best_method`), with
-the median's ranking shown beside it (:func:`apem.stats.ranking`).
+The page selects the rows (correctly classified images, one visualisation stage),
+declares the claims and computes every statistic with :mod:`apem.stats`. This module
+keeps the plumbing the page calls, each a function of data frames:
 
-:func:`censored_boxes` is the boxplot of this chapter and the next: the
-censored count of each method (and stage) is in its tick label.
+* :func:`upsets` and :func:`upsets_beside_thesis`: the thesis's Table 4.3 (images
+  where a method beats the winner) with the thesis's rows above ours, censored
+  epsilons marked;
+* :func:`setting`, :func:`median_agreement`, :func:`losses` and
+  :func:`orders_context`: sentences generated from the numbers;
+* :func:`exercise_values`: the numbers the exercises' solutions quote.
 """
 
 from __future__ import annotations
 
-
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
-from apem import claims as cl, stats, thesis
-from apem.figures import charts
-from apem.figures import plots
+from apem import stats, thesis
 from apem.book import display
-from apem.run import results
-from apem.studies.common import pick_stage
-
-EPS = {"eps_minus": "ε⁻", "eps_plus": "ε⁺", "apem": "APEM"}
-
+from apem.book.exercises import means_sentence, order_by_mean
 
 # ----------------------------------------------------------------------------- the upsets (Table 4.3)
 
@@ -89,146 +82,57 @@ def _apem(v, cm, cp) -> str:
     return display.fmt_bounded(float(v), side, digits=0, undetermined="undetermined")
 
 
-# ----------------------------------------------------------------------------- claims
+# ----------------------------------------------------------------------------- sentences from the numbers
 
 
-def chapter_claims(C: pd.DataFrame, S: pd.DataFrame) -> list:
-    """The chapter's claims on the correct images ``C`` (one stage) and their summary ``S``.
+def setting(cfg, C: pd.DataFrame, stage: int) -> str:
+    """**Setting.**: the model, the images of ``C`` (one stage), the methods, the search, the censored searches."""
+    return (f"**Setting.** {cfg.model} (`{cfg.preset}` preprocessing), {C.image_id.nunique()} correctly classified "
+            f"images, methods {', '.join(map(thesis.label, display.method_order(C)))}, stage {stage}, "
+            f"`{cfg.search_mode}` search with bound {cfg.search_bound}. {display.censoring_note(C)}")
 
-    * the thesis's order by APEM, pair by pair (Gradient > LRP-ε > SmoothGrad): Paired,
-      Wilcoxon signed-rank per image;
-    * the best method (:func:`apem.stats.best_method`) has a lower ε⁻ and a higher ε⁺ than
-      the worst (lowest mean): Paired;
-    * the best also wins image by image against every other: AllOf of sign tests.
+
+def median_agreement(S: pd.DataFrame) -> str:
+    """Whether the median (of a :func:`apem.stats.summary_table` per method) ranks the methods as the mean does."""
+    R = stats.ranking(S)
+    by_median = R.sort_values("rank_median").index
+    if list(R.index) == list(by_median):
+        return "The median ranks the methods the same way."
+    return f"The median ranks them differently; its first is {thesis.label(by_median[0])}."
+
+
+def losses(C: pd.DataFrame, winner: str) -> str:
+    """The images on which each other method beats ``winner``: ``"12 of 96 images to LRP-ε, 9 of 96 images to ..."``."""
+    wide = C.pivot(index="image_id", columns="method", values="apem")
+    parts = [f"{int(((wide[o] - wide[winner]) > 0).sum())} of {int((wide[o] - wide[winner]).notna().sum())} images "
+             f"to {thesis.label(o)}" for o in display.method_order(C) if o != winner]
+    return ", ".join(parts) if parts else "no image (it is the only method)"
+
+
+def orders_context(S: pd.DataFrame) -> str:
+    """The methods' order by the mean and by the median beside the thesis's, for the verdicts' discussion."""
+    R = stats.ranking(S)
+    order_mean = " > ".join(map(thesis.label, R.index))
+    order_median = " > ".join(map(thesis.label, R.sort_values("rank_median", kind="stable").index))
+    return (f"By the mean our order is {order_mean}; by the median {order_median}; the thesis's (both) is "
+            f"{' > '.join(map(thesis.label, thesis.RANKING))}.")
+
+
+# ----------------------------------------------------------------------------- exercises
+
+
+def exercise_values(T: pd.DataFrame, stage: int, cfg) -> dict[str, str]:
+    """The numbers chapter 3's solutions quote, from a results table ``T`` at ``stage`` (names ``ex03_...``).
+
+    ``ex03_stage``, ``ex03_order`` (the methods by mean APEM, correct images at
+    ``stage``), ``ex03_means`` (each method's mean, a bound marked), and
+    ``ex03_order_s1`` (the order at stage 1, or a sentence saying the
+    configuration ``cfg`` has no stage 1).
     """
-    methods = list(dict.fromkeys(C.method))
-    per = {v: {m: cl.per_image(C[C.method == m], v) for m in methods} for v in ("apem", "eps_minus", "eps_plus")}
-    out = []
-    have = set(thesis.RANKING) <= set(methods)
-    why = f"the configuration lacks {', '.join(sorted(set(thesis.RANKING) - set(methods)))}" if not have else ""
-    for i, a in enumerate(thesis.RANKING):
-        for b in thesis.RANKING[i + 1:]:
-            out.append(cl.Paired(f"{thesis.label(a)} has a higher APEM than {thesis.label(b)}",
-                                 a=per["apem"].get(a), b=per["apem"].get(b), names=(thesis.label(a), thesis.label(b)),
-                                 applicable=have, reason=why))
-    several = len(methods) > 1 and S["mean"].notna().sum() > 1
-    best = stats.best_method(S) if S["mean"].notna().any() else methods[0]
-    worst = S["mean"].astype(float).idxmin() if S["mean"].notna().any() else methods[-1]
-    nb, nw = thesis.label(best), thesis.label(worst)
-    one = "a single method with a defined APEM: nothing to compare"
-    out.append(cl.Paired(f"The best method ({nb}, highest mean APEM) has a lower ε⁻ than the worst ({nw})",
-                         a=per["eps_minus"][best], b=per["eps_minus"][worst], greater=False, names=(nb, nw),
-                         applicable=several, reason=one))
-    out.append(cl.Paired(f"The best method ({nb}) has a higher ε⁺ than the worst ({nw})",
-                         a=per["eps_plus"][best], b=per["eps_plus"][worst], names=(nb, nw),
-                         applicable=several, reason=one))
-    out.append(cl.AllOf(
-        f"The best method ({nb}) also wins image by image against every other method",
-        of=[cl.Paired(f"{nb} beats {thesis.label(o)} on more images than it loses", a=per["apem"][best],
-                      b=per["apem"][o], test="sign", names=(nb, thesis.label(o)))
-            for o in methods if o != best],
-        applicable=several, reason=one))
-    return out
-
-
-# ----------------------------------------------------------------------------- the page
-
-
-class Page:
-    """Chapter 3 on the correct images at ``stage``; ``n_upsets`` images per method in the upsets table."""
-
-    def __init__(self, params="default", overrides=None, *, stage: int | None = None, alpha: float = 0.05,
-                 n_upsets: int = 3):
-        self.res = results(params, progress=False, **dict(overrides or {}))
-        self.cfg, T = self.res.cfg, self.res.table
-        self.stage, self.alpha, self.n_upsets = pick_stage(self.res, stage), alpha, int(n_upsets)
-        self.C = T[(T.group == "correct") & (T.stage == self.stage)]
-        self.methods = display.method_order(self.C) if len(self.C) else []
-        self.S = stats.summary_table(self.C, by="method", seed=self.cfg.seed) if len(self.C) else None
-
-    def setting(self) -> None:
-        cfg, C = self.cfg, self.C
-        display.require(len(C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        display.show_markdown(
-            f"**Setting.** {cfg.model} (`{cfg.preset}` preprocessing), {C.image_id.nunique()} correctly classified "
-            f"images, methods {', '.join(map(thesis.label, self.methods))}, stage {self.stage}, `{cfg.search_mode}` "
-            f"search with bound {cfg.search_bound}. {display.censoring_note(C)}")
-
-    # ------------------------------------------------------------------ Table 4.2
-    def table_4_2(self) -> pd.DataFrame:
-        return display.summary_view(self.S, thesis=thesis.TABLE_4_2.set_index("method"))
-
-    def mean_figure(self) -> None:
-        fig = charts.bar_with_ci(self.S, "mean", thesis=thesis.TABLE_4_2.set_index("method")["mean"],
-                                 title=f"Mean APEM per method (stage {self.stage}; {charts.censored_total(self.C)})")
-        display.show_figure(fig)
-
-    @property
-    def best(self) -> str:
-        return stats.best_method(self.S)
-
-    def best_method(self) -> None:
-        """The best method by the thesis's statistic, and whether the median agrees."""
-        R = stats.ranking(self.S)
-        by_median = R.sort_values("rank_median").index[0]
-        b = self.S.loc[self.best]
-        agree = ("The median ranks the methods the same way." if list(R.index) == list(R.sort_values("rank_median").index)
-                 else f"The median ranks them differently; its first is {thesis.label(by_median)}.")
-        display.show_markdown(
-            f"By the mean, the best method is **{thesis.label(self.best)}**: mean APEM "
-            f"{display.fmt_mean(b['mean'], b.get('mean_bound', 'exact'))}. {agree}")
-
-    def ranking(self) -> pd.DataFrame:
-        return display.ranking_view(self.S)
-
-    # ------------------------------------------------------------------ figures
-    def boxplots(self) -> None:
-        display.show_figure(charts.censored_boxes(self.C, title=f"Correctly classified images, stage {self.stage}"))
-
-    def pairwise(self) -> None:
-        P = stats.pairwise_outcomes(self.C, "apem")
-        display.show_figure(charts.pairwise_bars(
-            P, title=f"Per-image comparison of APEM (stage {self.stage}; {charts.censored_total(self.C)})"))
-
-    # ------------------------------------------------------------------ Table 4.3
-    @property
-    def upsets(self) -> pd.DataFrame:
-        return upsets(self.C, self.best, self.n_upsets)
-
-    def upsets_summary(self) -> None:
-        wide = self.C.pivot(index="image_id", columns="method", values="apem")
-        w = self.best
-        parts = [f"{int(((wide[o] - wide[w]) > 0).sum())} of {int((wide[o] - wide[w]).notna().sum())} images to "
-                 f"{thesis.label(o)}" for o in self.methods if o != w]
-        display.show_markdown(f"Our best method (by the mean) is **{thesis.label(w)}**. It lost on "
-                             + (", ".join(parts) if parts else "no image (it is the only method)") + ".")
-
-    def table_4_3(self) -> pd.DataFrame:
-        return upsets_beside_thesis(self.upsets)
-
-    def upset_maps(self) -> None:
-        import torch
-
-        U = self.upsets
-        show = list(dict.fromkeys(U.image_id))[:4] if len(U) else list(self.C.image_id.unique()[:2])
-        x = self.res.image_tensors(show)
-        names = self.C.drop_duplicates("image_id").set_index("image_id").label_name
-        fig = plots.plot_method_grid(
-            x, {m: torch.stack([self.res.map(i, m, self.stage) for i in show]) for m in self.methods},
-            class_names=[names[i] for i in show])
-        display.show_figure(fig)
-
-    # ------------------------------------------------------------------ verdicts
-    def claims(self) -> cl.Claims:
-        R = stats.ranking(self.S)
-        order_mean = " > ".join(map(thesis.label, R.index))
-        order_median = " > ".join(map(thesis.label, R.sort_values("rank_median", kind="stable").index))
-        context = (f"By the mean our order is {order_mean}; by the median {order_median}; the thesis's (both) is "
-                   f"{' > '.join(map(thesis.label, thesis.RANKING))}.")
-        return cl.Claims(chapter_claims(self.C, self.S), alpha=self.alpha, context=context)
-
-    def verdicts(self) -> None:
-        n = self.C.image_id.nunique()
-        model = (f"Our model is {self.cfg.model} on {n} images; the thesis measured VGG-16 on 5,000, and a more or "
-                 "less robust model moves every epsilon.")
-        self.claims().show(censored=display.censoring_note(self.C), model=model)
+    correct = T[T.group == "correct"]
+    C = correct[correct.stage == stage]
+    s1 = correct[correct.stage == 1]
+    return {"ex03_stage": str(stage), "ex03_order": order_by_mean(C, cfg.seed),
+            "ex03_means": means_sentence(C, seed=cfg.seed),
+            "ex03_order_s1": order_by_mean(s1, cfg.seed) if len(s1) else
+            f"(stage 1 is not in this configuration's stages {list(cfg.stages)})"}

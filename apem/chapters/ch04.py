@@ -1,155 +1,118 @@
-"""Chapter 4, interpretable visualisation versus explanation: APEM per visualisation stage (Table 4.4).
+"""Chapter 4, visualisation versus explanation: what its page does not compute itself.
 
-Claims, on the correctly classified images (one value per image):
+The page (``notebooks/04_visualisation_vs_explanation.md``) selects the rows (correctly classified images, every stage), declares the
+claims and computes the statistics with :mod:`apem.stats` and the two side studies
+(:mod:`apem.studies.encoding`, :mod:`apem.studies.stage_order`). This module keeps the
+plumbing it calls, each a function of data frames:
 
-* per method, "each visualisation step lowers APEM": AllOf of Paired claims,
-  stage k against stage k + 1;
-* "the method losing the most APEM (first stage to last) is the Gradient":
-  AllOf of Paired claims, the Gradient's per-image drop against each other
-  method's (decided by tests, whichever method's drop looks largest).
-
-The section on the map encoding reads :mod:`apem.studies.encoding`
-(``encoding_shift``, ``encoding_summary``).
+* :func:`drops`: each method's per-image APEM drop from the first stage to the last
+  (the values of the claim "the Gradient loses the most");
+* :func:`drop_table`: that drop summarised, with the images censored at either end;
+* :func:`stage_pairs`: the stage-against-stage outcomes labelled for the figure;
+* :func:`encoding_view` and :func:`order_view`: the two studies' summaries for reading;
+* :func:`setting`, :func:`order_sentence`: sentences generated from the numbers;
+* :func:`exercise_values`: the numbers the exercises' solutions quote.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from apem import claims as cl, stats, thesis
-from apem.figures import charts
-from apem.figures import plots
+from apem import claims, stats, thesis
 from apem.book import display
-from apem.figures.charts import censored_boxes, censored_total
-from apem.run import results
-
-CLAIMED_LARGEST = "gradient"  # the thesis: the Gradient loses the most APEM to the visualisation
 
 
-def drops(C: pd.DataFrame, first: int, last: int) -> dict[str, pd.Series]:
-    """Per method, per image: APEM at stage ``first`` minus APEM at stage ``last``."""
-    out = {}
+def drops(C: pd.DataFrame, first: int, last: int) -> claims.PerGroup:
+    """Per method, per image: APEM at stage ``first`` minus APEM at stage ``last``.
+
+    A :class:`apem.claims.PerGroup`: a method ``C`` lacks gives :class:`apem.claims.Missing`.
+    """
+    out = claims.PerGroup()
     for m in dict.fromkeys(C.method):
         w = C[C.method == m].pivot(index="image_id", columns="stage", values="apem")
         out[m] = (w[first] - w[last]).dropna()
     return out
 
 
-def chapter_claims(C: pd.DataFrame) -> list:
-    """The chapter's claims on the correct images ``C`` (every stage)."""
-    methods = list(dict.fromkeys(C.method))
+def drop_table(C: pd.DataFrame, first: int, last: int) -> pd.DataFrame:
+    """Per method: the median and mean per-image APEM drop from stage ``first`` to ``last`` (:func:`drops`).
+
+    ``images censored at stage first or last``: images whose APEM at either end is
+    censored (their drop is not exact).
+    """
+    d = drops(C, first, last)
+    ends = C[C.stage.isin([first, last])]
+    cens = stats.censored(ends, "apem").groupby([ends.method, ends.image_id]).any().groupby(level=0).sum()
+    rows = [{"method": thesis.label(m), "images": len(v),
+             f"images censored at stage {first} or {last}": int(cens.get(m, 0)),
+             f"median drop {first} → {last}": claims.fmt(float(v.median()), 1),
+             f"mean drop {first} → {last}": claims.fmt(float(v.mean()), 1),
+             "images where it drops": f"{int((v > 0).sum())} of {len(v)}"}
+            for m, v in d.items()]
+    return pd.DataFrame(rows).set_index("method")
+
+
+def stage_pairs(C: pd.DataFrame) -> pd.DataFrame:
+    """:func:`apem.stats.pairwise_outcomes` of APEM stage against stage within each method, stages as ``"stage k"``."""
+    P = stats.pairwise_outcomes(C, "apem", by="stage", within="method")
+    return P.assign(a=P.a.map(lambda s: f"stage {s}"), b=P.b.map(lambda s: f"stage {s}"))
+
+
+def setting(cfg, C: pd.DataFrame) -> str:
+    """**Setting.**: the model, the images of ``C``, the methods, the stages, the map encoding, the censored searches."""
     stages = sorted(int(s) for s in C.stage.unique())
-    steps = list(zip(stages[:-1], stages[1:]))
-    one = "a single visualisation stage: nothing to compare"
-    out = []
-    for m in methods:
-        per = {s: cl.per_image(C[(C.method == m) & (C.stage == s)], "apem") for s in stages}
-        out.append(cl.AllOf(
-            f"{thesis.label(m)}: each visualisation step lowers APEM",
-            of=[cl.Paired(f"{thesis.label(m)}: APEM at stage {a} above stage {b}", a=per[a], b=per[b],
-                          names=(f"stage {a}", f"stage {b}")) for a, b in steps],
-            applicable=len(steps) > 0, reason=one))
-    first, last = (stages[0], stages[-1]) if stages else (None, None)
-    g = thesis.label(CLAIMED_LARGEST)
-    have = CLAIMED_LARGEST in methods and len(methods) > 1 and len(steps) > 0
-    why = one if not steps else (f"the configuration has no {g} maps" if CLAIMED_LARGEST not in methods
-                                 else "a single method: nothing to compare")
-    d = drops(C, first, last) if steps else {}
-    out.append(cl.AllOf(
-        f"The method losing the most APEM from stage {first} to {last} is the {g}",
-        of=[cl.Paired(f"{g}'s drop is larger than {thesis.label(o)}'s", a=d.get(CLAIMED_LARGEST), b=d.get(o),
-                      names=(f"{g}'s drop", f"{thesis.label(o)}'s drop"))
-            for o in methods if o != CLAIMED_LARGEST] if have else [],
-        applicable=have, reason=why))
-    return out
+    return (f"**Setting.** {cfg.model}, {C.image_id.nunique()} correctly classified images, methods "
+            f"{', '.join(map(thesis.label, display.method_order(C)))}, stages {', '.join(map(str, stages))}, map "
+            f"encoding `{cfg.map_encoding}`. {display.censoring_note(C)}")
 
 
-class Page:
-    """Chapter 4 on the correctly classified images, every stage of the configuration."""
+def encoding_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`apem.studies.encoding.encoding_summary` with the methods' display names."""
+    return summary.rename(index=thesis.label, level="method")
 
-    def __init__(self, params="default", overrides=None, *, alpha: float = 0.05, encoding_images: int | None = 8):
-        self.res = results(params, progress=False, **dict(overrides or {}))
-        self.cfg, T = self.res.cfg, self.res.table
-        self.alpha, self.encoding_images = alpha, encoding_images
-        self.C = T[T.group == "correct"]
-        self.methods = display.method_order(self.C) if len(self.C) else []
-        self.stages = sorted(int(s) for s in self.C.stage.unique())
 
-    def setting(self) -> None:
-        display.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        display.require(len(self.stages) > 1, f"The configuration has one visualisation stage ({self.stages}), so "
-                       "there is nothing to compare across stages", "-p stages [1,2,3]")
-        display.show_markdown(
-            f"**Setting.** {self.cfg.model}, {self.C.image_id.nunique()} correctly classified images, methods "
-            f"{', '.join(map(thesis.label, self.methods))}, stages {', '.join(map(str, self.stages))}, map encoding "
-            f"`{self.cfg.map_encoding}`. {display.censoring_note(self.C)}")
+def order_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`apem.studies.stage_order.stage_order_summary`, the orders described, the methods' display names."""
+    from apem.studies.stage_order import ORDER_LABELS
 
-    def stage_maps(self) -> None:
-        iid = self.C.image_id.iloc[0]
-        x = self.res.image_tensors([iid])[0]
-        name = self.C[self.C.image_id == iid].label_name.iloc[0]
-        fig = plots.plot_stage_grid(x, {m: {s: self.res.map(iid, m, s) for s in self.stages} for m in self.methods},
-                                    class_name=name)
-        display.show_figure(fig)
+    return summary.rename(index=ORDER_LABELS, level="order").rename(index=thesis.label, level="method")
 
-    @property
-    def S(self) -> pd.DataFrame:
-        return stats.summary_table(self.C, by=["method", "stage"], seed=self.cfg.seed)
 
-    def table_4_4(self) -> pd.DataFrame:
-        return display.summary_view(self.S, thesis=thesis.TABLE_4_4.set_index(["method", "stage"]))
+def order_sentence(D: pd.DataFrame, order: str) -> str:
+    """What ``order`` of a :func:`apem.studies.stage_order.stage_order_shift` table changed, over every method.
 
-    def stage_boxes(self) -> None:
-        display.show_figure(censored_boxes(
-            self.C, hue="stage", title=f"Correctly classified images, stages {', '.join(map(str, self.stages))} "
-                                       f"(censored counts per stage under each method)"))
+    ``"9 of 24 maps differ from the book's; ε⁻ changed on 3 of 24 images and ε⁺ on 1 of 24, by at most 2 steps"``.
+    """
+    g = D[D.order == order]
+    d = g[["d_eps_minus", "d_eps_plus"]].to_numpy(dtype=float)
+    defined = ~np.isnan(d)
+    moved = defined & (d != 0)
+    largest = np.abs(d[moved]).max() if moved.any() else 0.0
+    return (f"{int(g.map_differs.sum())} of {len(g)} maps differ from the book's; ε⁻ changed on "
+            f"{int(moved[:, 0].sum())} of {int(defined[:, 0].sum())} and ε⁺ on {int(moved[:, 1].sum())} of "
+            f"{int(defined[:, 1].sum())}" + (f", by at most {claims.fmt(float(largest), 0)} steps" if moved.any()
+                                             else ""))
 
-    def stage_pairs(self) -> None:
-        """Per method: per-image APEM, stage against stage (better / equal / worse)."""
-        P = stats.pairwise_outcomes(self.C, "apem", by="stage", within="method")
-        P["a"] = P.a.map(lambda s: f"stage {s}")
-        P["b"] = P.b.map(lambda s: f"stage {s}")
-        for m in self.methods:
-            sub = self.C[self.C.method == m]
-            display.show_figure(charts.pairwise_bars(
-                P[P.method == m], title=f"{thesis.label(m)}: per-image APEM, stage against stage "
-                                        f"({censored_total(sub)})"))
 
-    def drop_table(self) -> pd.DataFrame:
-        """Per method: the median and mean per-image APEM drop from the first stage to the last.
+def exercise_values(C: pd.DataFrame, E: pd.DataFrame, cfg) -> dict[str, str]:
+    """The numbers chapter 4's solutions quote (names ``ex04_...``).
 
-        ``images censored``: images whose APEM at either end is censored (their drop is not exact)."""
-        first, last = self.stages[0], self.stages[-1]
-        d = drops(self.C, first, last)
-        ends = self.C[self.C.stage.isin([first, last])]
-        cens = stats.censored(ends, "apem").groupby([ends.method, ends.image_id]).any().groupby(level=0).sum()
-        rows = [{"method": thesis.label(m), "images": len(v),
-                 f"images censored at stage {first} or {last}": int(cens.get(m, 0)),
-                 f"median drop {first} → {last}": cl.fmt(float(v.median()), 1),
-                 f"mean drop {first} → {last}": cl.fmt(float(v.mean()), 1),
-                 "images where it drops": f"{int((v > 0).sum())} of {len(v)}"}
-                for m, v in d.items()]
-        return pd.DataFrame(rows).set_index("method")
-
-    # ------------------------------------------------------------------ the map encoding
-    def encoding(self) -> pd.DataFrame:
-        """Per method and stage: how far the epsilons move when the maps are encoded as the thesis's files were."""
-        from apem.studies.encoding import encoding_shift, encoding_summary
-
-        E = encoding_shift(self.res, n_images=self.encoding_images)
-        out = encoding_summary(E)
-        if "method" in out.index.names:
-            out = out.rename(index=thesis.label, level="method")
-        elif "method" in out.columns:
-            out = out.assign(method=out.method.map(thesis.label))
-        return out
-
-    # ------------------------------------------------------------------ verdicts
-    def claims(self) -> cl.Claims:
-        return cl.Claims(chapter_claims(self.C), alpha=self.alpha)
-
-    def verdicts(self) -> None:
-        n = self.C.image_id.nunique()
-        model = (f"Our model is {self.cfg.model} on {n} images; the thesis measured VGG-16 on 5,000. How much a "
-                 "visualisation step costs depends on how the model spreads its gradient over pixels and channels.")
-        self.claims().show(censored=display.censoring_note(self.C), model=model)
+    ``C``: the correct images' rows at every stage; ``E``: an
+    :func:`apem.studies.encoding.encoding_shift` table; ``cfg``: the configuration.
+    ``ex04_first`` / ``ex04_last`` (the stages the drop compares), ``ex04_drop``
+    (each method's mean drop), ``ex04_enc_images`` (images re-encoded),
+    ``ex04_enc_changed`` (the share of defined epsilons the encoding moved),
+    ``ex04_enc_largest`` (the largest move, in steps), ``ex04_encoding`` (the
+    configuration's map encoding).
+    """
+    stages = sorted(int(s) for s in C.stage.unique())
+    first, last = stages[0], stages[-1]
+    drop = ", ".join(f"{thesis.label(m)} {claims.fmt(float(v.mean()), 0)}" for m, v in drops(C, first, last).items())
+    d = E[["d_eps_minus", "d_eps_plus"]].to_numpy(dtype=float).ravel()
+    d = d[~np.isnan(d)]
+    changed = float((d != 0).mean()) if d.size else float("nan")
+    return {"ex04_first": str(first), "ex04_last": str(last), "ex04_drop": drop,
+            "ex04_enc_images": str(int(E.image_id.nunique())), "ex04_enc_changed": claims.fmt(changed, 0, pct=True),
+            "ex04_enc_largest": claims.fmt(float(np.abs(d).max()), 0) if d.size else "–",
+            "ex04_encoding": cfg.map_encoding}

@@ -124,3 +124,8 @@ __all__ = [
     "sanity_params",
     "compare_modes",
 ]
+
+# Chapter 4's second study: section 4.4's order of stage 3 (sum the channels, then multiply by the image)
+from apem.studies.stage_order import stage_order_shift, stage_order_summary  # noqa: E402
+
+__all__ += ["stage_order_shift", "stage_order_summary"]
