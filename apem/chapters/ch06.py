@@ -1,12 +1,14 @@
 """Chapter 6, the importance of irrelevance (thesis section 5.1, Figure 5.1).
 
-On the correctly classified images at one stage (the thesis's stage 3 by
-default), two questions:
+The page (``notebooks/06_importance_of_irrelevance.md``) selects the correctly classified
+images at one stage (the thesis's stage 3 by default), declares its claims and decides
+them; this module holds what it calls. Two questions:
 
 * among the images where ``method_a`` has the better (lower) ε⁻ than
-  ``method_b``, is its ε⁺ sometimes better and sometimes worse (Figure 5.1)?
+  ``method_b``, is its ε⁺ sometimes better and sometimes worse (Figure 5.1,
+  :func:`irrelevance_split`, :func:`figure_5_1`)?
 * for every pair of methods, how often does ε⁻ alone pick another winner than
-  APEM does?
+  APEM does (:func:`flips`, :func:`flip_table`)?
 
 Both are shares of images: exact (Clopper-Pearson) intervals and exact binomial
 tests, never a bootstrap (a bootstrap of 0/n is the degenerate [0, 0]).
@@ -20,18 +22,15 @@ from __future__ import annotations
 
 import itertools
 
-
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from apem import claims as cl, stats, thesis
-from apem.figures import charts
+from apem import claims, stats, thesis
 from apem.book import display
-from apem.run import results
-from apem.studies.common import pick_stage
+from apem.figures import charts
 
-#: "common": a share of images above this
+#: "common": a share of images above this, by default (the chapter parameter ``common_share``; ours)
 COMMON = 0.10
 
 
@@ -118,89 +117,45 @@ def flip_table(C: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         lo, hi = exact_interval(k, n, alpha)
         rows.append({"pair": f"{thesis.label(a)} vs {thesis.label(b)}", "images decided": n,
                      "left out (tie or censored)": int(f.isna().sum()),
-                     "ε⁻ alone picks the other winner": k, "share": cl.fmt(k / n if n else np.nan, 0, pct=True),
-                     f"{cl.fmt(1 - alpha, 0, pct=True)} exact interval":
-                         f"[{cl.fmt(lo, 0, pct=True)}, {cl.fmt(hi, 0, pct=True)}]" if n else "–"})
+                     "ε⁻ alone picks the other winner": k, "share": claims.fmt(k / n if n else np.nan, 0, pct=True),
+                     f"{claims.fmt(1 - alpha, 0, pct=True)} exact interval":
+                         f"[{claims.fmt(lo, 0, pct=True)}, {claims.fmt(hi, 0, pct=True)}]" if n else "–"})
     return pd.DataFrame(rows).set_index("pair")
 
 
-# ----------------------------------------------------------------------------- claims
+# ----------------------------------------------------------------------------- figure and prose
 
 
-def chapter_claims(C: pd.DataFrame, a: str, b: str, common: float = COMMON) -> list:
-    """The thesis's claim (both ε⁺ outcomes are common where ``a`` has the better ε⁻) and ours (ε⁻ alone flips).
-
-    * thesis: AllOf of two Proportion claims, the share of those images on which ``a``'s ε⁺
-      is better, and the share on which it is worse, each above ``common``;
-    * ours: the share of images where ε⁻ alone picks another winner between ``a`` and ``b``
-      than APEM is above ``common``.
-    """
-    A, B, pct = thesis.label(a), thesis.label(b), cl.fmt(common, 0, pct=True)
-    split = irrelevance_split(C, a, b)
-    none = f"no image where {A} has the lower ε⁻"
-    both = cl.AllOf(
-        f"Where {A} has the better ε⁻, its ε⁺ is sometimes better and sometimes worse than {B}'s (both common)",
-        of=[cl.Proportion(f"{A}'s ε⁺ is better on more than {pct} of these images", outcomes=split.better,
-                          threshold=common, what=f"images with the better ε⁺ for {A}"),
-            cl.Proportion(f"{A}'s ε⁺ is worse on more than {pct} of these images", outcomes=split.worse,
-                          threshold=common, what=f"images with the worse ε⁺ for {A}")],
-        applicable=len(split) > 0, reason=none)
-    f = flips(C, a, b)
-    ours = cl.Proportion(f"ε⁻ alone picks another winner than APEM between {A} and {B} on more than {pct} of images",
-                         outcomes=f, threshold=common, what="images where ε⁻ alone flips the verdict",
-                         source=cl.OURS, applicable=bool(f.notna().any()),
-                         reason="no image where both ε⁻ and APEM tell the methods apart")
-    return [both, ours]
+def figure_5_1(C: pd.DataFrame, a: str, b: str):
+    """Figure 5.1: the histogram of ε⁺(a) − ε⁺(b) on the images where ``a`` has the lower ε⁻ (for certain)."""
+    split, A, B = irrelevance_split(C, a, b), thesis.label(a), thesis.label(b)
+    return charts.hist_kde(split["diff"], f"ε⁺({A}) − ε⁺({B})",
+                           f"Images where {A} has the lower ε⁻: {len(split)} of {C.image_id.nunique()} "
+                           f"({int(split.censored.sum())} with a censored ε⁺)",
+                           bins=min(30, max(5, len(split))))
 
 
-# ----------------------------------------------------------------------------- the page
+def split_counts(split: pd.DataFrame) -> dict[str, int]:
+    """The outcomes of :func:`irrelevance_split`: ``images``, ``better``, ``worse``, ``equal`` and ``unknown``
+    (censoring leaves the order of the ε⁺ unknown)."""
+    return {"images": len(split), "better": int(split.better.sum()), "worse": int(split.worse.sum()),
+            "equal": int(((split.better == 0) & (split.worse == 0)).sum()), "unknown": int(split.better.isna().sum())}
 
 
-class Page:
-    """Chapter 6 on the correct images at ``stage``: ``method_a`` against ``method_b``."""
+# ----------------------------------------------------------------------------- exercises
 
-    def __init__(self, params="default", overrides=None, *, alpha: float = 0.05, method_a: str = "lrp_epsilon",
-                 method_b: str = "smoothgrad", stage: int | None = None, common: float = COMMON):
-        self.res = results(params, progress=False, **dict(overrides or {}))
-        self.cfg, T = self.res.cfg, self.res.table
-        self.stage, self.alpha, self.common = pick_stage(self.res, stage), alpha, float(common)
-        self.C = T[(T.group == "correct") & (T.stage == self.stage)]
-        self.methods = display.method_order(self.C) if len(self.C) else []
-        self.a, self.b = method_a, method_b
 
-    def setting(self) -> None:
-        display.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        display.require(self.a in self.methods and self.b in self.methods and self.a != self.b,
-                       f"The comparison needs two methods of the configuration ({', '.join(self.methods)}); "
-                       f"method_a = {self.a!r} and method_b = {self.b!r} are not; set them in the chapter's parameters")
-        display.show_markdown(
-            f"**Setting.** {self.cfg.model}, stage {self.stage}, {self.C.image_id.nunique()} correctly classified "
-            f"images; {thesis.label(self.a)} against {thesis.label(self.b)}. {display.censoring_note(self.C)}")
-
-    def figure_5_1(self) -> None:
-        """Figure 5.1: ε⁺(a) − ε⁺(b) on the images where ``a`` has the lower ε⁻, and the counts."""
-        split, A, B = irrelevance_split(self.C, self.a, self.b), thesis.label(self.a), thesis.label(self.b)
-        n_all = self.C.image_id.nunique()
-        fig = charts.hist_kde(split["diff"], f"ε⁺({A}) − ε⁺({B})",
-                              f"Images where {A} has the lower ε⁻: {len(split)} of {n_all} "
-                              f"({int(split.censored.sum())} with a censored ε⁺)",
-                              bins=min(30, max(5, len(split))))
-        display.show_figure(fig)
-        unknown = int(split.better.isna().sum())
-        display.show_markdown(
-            f"On these {len(split)} images {A}'s irrelevance is better (higher ε⁺) on **{int(split.better.sum())}**, "
-            f"worse on **{int(split.worse.sum())}**, equal on {int(((split.better == 0) & (split.worse == 0)).sum())}"
-            + (f", and censoring leaves the order unknown on {unknown}" if unknown else "") + ".")
-
-    def flip_table(self) -> pd.DataFrame:
-        return flip_table(self.C, self.alpha)
-
-    def claims(self) -> cl.Claims:
-        return cl.Claims(chapter_claims(self.C, self.a, self.b, self.common), alpha=self.alpha,
-                         context=f"“Common” means more than {cl.fmt(self.common, 0, pct=True)} of the images; the "
-                                 "thesis showed the histogram and gave no share, so the threshold is ours.")
-
-    def verdicts(self) -> None:
-        n = self.C.image_id.nunique()
-        model = f"Our model is {self.cfg.model} on {n} images; the thesis measured VGG-16 on 5,000."
-        self.claims().show(censored=display.censoring_note(self.C), model=model)
+def exercise_values(C: pd.DataFrame, a: str = "lrp_epsilon", b: str = "smoothgrad", common: float = COMMON
+                    ) -> dict[str, str]:
+    """The numbers the exercises' solutions quote (name -> text), on the correct images ``C`` at one stage,
+    ``a`` against ``b`` (the chapter's ``method_a``, ``method_b``) and the threshold ``common``."""
+    methods = display.method_order(C) if len(C) else []
+    rows = []
+    for x, y in (("gradient", "smoothgrad"), (a, b)):
+        if x in methods and y in methods:
+            f = flips(C, x, y)
+            rows.append(f"{int(f.sum())} of {int(f.notna().sum())}")
+        else:
+            rows.append("– (a method is not in this configuration)")
+    return {"ex06_flips_grad_sg": rows[0], "ex06_flips_ab": rows[1], "ex06_a": thesis.label(a),
+            "ex06_b": thesis.label(b), "ex06_common": claims.fmt(common, 0, pct=True)}

@@ -1,5 +1,8 @@
 r"""Chapter 7, random relevance maps and the normalised APEM (thesis section 5.2, Figure 5.2, Table 5.1).
 
+The page (``notebooks/07_random_relevance_maps.md``) selects the correctly classified images,
+declares its claims and decides them; this module holds what it calls.
+
 Every map of the correctly classified images also has a shuffled baseline: its
 values permuted ``shuffles`` times, ε-shuffle⁻ and ε-shuffle⁺ the first step at
 which any permutation changes the prediction. From them:
@@ -11,28 +14,33 @@ which any permutation changes the prediction. From them:
 Censoring: a censored ε is a lower bound. In ``apem_shuffle`` a censored
 ε-shuffle⁺ makes the value a lower bound, a censored ε-shuffle⁻ an upper bound;
 in ``apem_norm_term`` a censored ε⁺ or ε-shuffle⁻ makes it a lower bound, a
-censored ε⁻ or ε-shuffle⁺ an upper bound. :func:`with_sides` turns these into
-the two flags :func:`apem.stats.summary_table` reads, so the tables carry the
-censored counts, the bound of the mean and the median's range as everywhere else.
+censored ε⁻ or ε-shuffle⁺ an upper bound (:data:`SIDES`). :func:`with_sides` turns these into
+the two flags :func:`apem.stats.summary_table` and :func:`apem.stats.censored_counts` read, so the
+tables carry the censored counts, the bound of the mean and the median's range as everywhere else.
 
 What the thesis said that a test cannot show: that shuffled maps score "around
 zero" and that their median "is 0". A test can support a difference, not an
-equality, so the chapter tests what can be: a shuffled map scores closer to 0
+equality, so the page tests what can be: a shuffled map scores closer to 0
 than the map it came from (absolute values compared per image), and most shuffled maps tie exactly (ε-shuffle⁻ =
-ε-shuffle⁺), which makes the median 0. Both are labelled ours.
+ε-shuffle⁺), which makes the median 0. Both are labelled ours, as is "APEM_norm > 0" (the thesis
+reports Table 5.1's means and states no test of them against 0).
+
+* censoring of the derived values: :func:`with_sides`, :func:`determined`, :func:`shuffled_flags`;
+* tables: :func:`shuffled_view`, :func:`table_5_1`;
+* figures: :func:`shuffled_histograms` (Figure 5.2), :func:`norm_boxes`;
+* prose: :func:`comparability`, :func:`setting`, :func:`notes`;
+* the exercises' numbers: :func:`exercise_values`.
 """
 
 from __future__ import annotations
-
-
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from apem import claims as cl, stats, thesis
-from apem.figures import charts
+from apem import claims, stats, thesis
 from apem.book import display
+from apem.figures import charts
 
 NORM = r"$\mathrm{APEM}_{\mathrm{norm}}$"
 
@@ -58,21 +66,21 @@ def comparability(cfg) -> str:
     diffs = []
     if S != THESIS_SHUFFLES:
         way = "larger" if S < THESIS_SHUFFLES else "smaller"
-        diffs.append(f"{S} permutations per map where the thesis used {THESIS_SHUFFLES}: a step counts as a change "
+        diffs.append(rf"{S} permutations per map where the thesis used {THESIS_SHUFFLES}: a step counts as a change "
                      f"when any of them changes the prediction, so with {'fewer' if S < THESIS_SHUFFLES else 'more'} "
-                     f"of them $\varepsilon\text{{-shuffle}}$ is {way} in distribution")
+                     rf"of them $\varepsilon\text{{-shuffle}}$ is {way} in distribution")
     if mode != THESIS_SHUFFLE_MODE:
-        diffs.append("the permutations are drawn once per map and kept, where the thesis drew new ones at every tested "
-                     "step; at any one step the chance of a change is the same for the same number of permutations, "
-                     "but redrawing gives fresh chances at every earlier tested step, so the thesis's "
-                     "$\varepsilon\text{-shuffle}$ can only be smaller")
+        diffs.append("the permutations are drawn once per map and kept, where the thesis drew new ones at every "
+                     "tested step; at any one step the chance of a change is the same for the same number of "
+                     "permutations, but redrawing gives fresh chances at every earlier tested step, so the thesis's "
+                     r"$\varepsilon\text{-shuffle}$ can only be smaller")
     if search != THESIS_SEARCH:
         diffs.append(f"the `{search}` search tests other steps than the thesis's coarse-to-fine one; on the maps "
                      "themselves it finds the same first change (chapter 1), but with redrawn permutations the steps "
                      "tested decide the answer")
     return ("**Not the thesis's estimator, so not directly comparable with Table 5.1:** " + "; ".join(diffs)
-            + ". Each difference moves $\varepsilon\text{-shuffle}$ and with it every term "
-              "$\varepsilon/\varepsilon\text{-shuffle}$ of " + NORM + ": compare orders and signs with the "
+            + r". Each difference moves $\varepsilon\text{-shuffle}$ and with it every term "
+              r"$\varepsilon/\varepsilon\text{-shuffle}$ of " + NORM + ": compare orders and signs with the "
               "thesis, not values. The `full` parameter set (`apem book --params full`) runs the thesis's estimator "
               "(hours on a 2-core CPU).")
 
@@ -91,9 +99,9 @@ SIDES = {
 def with_sides(table: pd.DataFrame, value: str) -> pd.DataFrame:
     """``table`` with ``value`` as ``apem`` and its censoring as ``censored_plus`` (lower bound) / ``censored_minus``.
 
-    The columns :func:`apem.stats.summary_table` and :func:`apem.book.display.censoring_note` read for
-    APEM, here standing for a derived value (:data:`SIDES`): a row censored both ways is
-    bounded on neither side.
+    The columns :func:`apem.stats.summary_table`, :func:`apem.stats.censored_counts` and
+    :func:`apem.book.display.censoring_note` read for APEM, here standing for a derived value
+    (:data:`SIDES`): a row censored both ways is bounded on neither side.
     """
     lower, upper = SIDES[value]
     out = table[[c for c in ("image_id", "method", "stage", "group") if c in table]].copy()
@@ -109,17 +117,22 @@ def determined(table: pd.DataFrame, value: str) -> pd.Series:
     return (~(t.censored_plus & t.censored_minus) & t.apem.notna()).set_axis(table.index)
 
 
-def summary(C: pd.DataFrame, value: str) -> pd.DataFrame:
-    """:func:`apem.stats.summary_table` of ``value`` per method and stage, with its censoring."""
-    return stats.summary_table(with_sides(C, value), by=["method", "stage"], value="apem", ci=True)
+def shuffled_flags(C: pd.DataFrame) -> pd.DataFrame:
+    """``C`` with the shuffled searches' flags as ``censored_minus/plus`` (for
+    :func:`apem.book.display.censoring_note`)."""
+    return C.assign(censored_minus=C.censored_shuffle_minus, censored_plus=C.censored_shuffle_plus)
 
 
 # ----------------------------------------------------------------------------- tables
 
 
-def shuffled_view(C: pd.DataFrame) -> pd.DataFrame:
-    """The APEM of shuffled maps per method and stage, with the share of exact ties (APEM exactly 0)."""
-    S = summary(C, "apem_shuffle")
+def shuffled_view(S: pd.DataFrame, C: pd.DataFrame) -> pd.DataFrame:
+    """The APEM of shuffled maps per method and stage, with the share of exact ties (APEM exactly 0).
+
+    ``S``: :func:`apem.stats.summary_table` of :func:`with_sides` ``(C, "apem_shuffle")`` per method and stage;
+    ``C``: the rows it summarises. Formatted by :func:`apem.book.display.summary_view`, with the column
+    ``exactly 0``: the shuffled maps with ε-shuffle⁻ = ε-shuffle⁺, of those not censored both ways.
+    """
     known = determined(C, "apem_shuffle")
     zero = (C.apem_shuffle == 0) & known
     k = zero.groupby([C.method, C.stage], sort=False).sum().reindex(S.index, fill_value=0)
@@ -129,15 +142,11 @@ def shuffled_view(C: pd.DataFrame) -> pd.DataFrame:
     return v
 
 
-def table_5_1(C: pd.DataFrame) -> pd.DataFrame:
-    """Thesis Table 5.1 beside ours: mean (and median) APEM_norm per method and stage, censored counts."""
+def table_5_1(S: pd.DataFrame) -> pd.DataFrame:
+    """Thesis Table 5.1 beside ours: ``S`` (:func:`apem.stats.summary_table` of the APEM_norm terms per method and
+    stage, :func:`with_sides` ``(C, "apem_norm_term")``) for reading, the thesis's mean beside ours."""
     th = thesis.TABLE_5_1.rename(columns={"apem_norm": "mean"}).set_index(["method", "stage"])
-    return display.summary_view(summary(C, "apem_norm_term"), thesis=th, digits=2)
-
-
-def _censored_counts(C: pd.DataFrame, value: str) -> pd.Series:
-    t = with_sides(C, value)
-    return (t.censored_plus | t.censored_minus).groupby([C.method, C.stage], sort=False).sum().astype(int)
+    return display.summary_view(S, thesis=th, digits=2)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -147,7 +156,7 @@ def shuffled_histograms(C: pd.DataFrame, method: str):
     """Figure 5.2: the APEM of ``method``'s shuffled maps, one panel per stage, censored counts in the titles."""
     stages = sorted(int(s) for s in C.stage.unique())
     fig, axes = plt.subplots(1, len(stages), figsize=(4.6 * len(stages), 3.6), squeeze=False)
-    k = _censored_counts(C, "apem_shuffle")
+    k = stats.censored_counts(with_sides(C, "apem_shuffle"), "apem", by=("method", "stage"))
     for ax, s in zip(axes[0], stages):
         v = C[(C.method == method) & (C.stage == s)].apem_shuffle
         charts.hist_kde(v, "APEM of the shuffled map", f"{thesis.label(method)}, stage {s}\n"
@@ -161,163 +170,67 @@ def norm_boxes(C: pd.DataFrame):
     """The per-image terms of APEM_norm, a box per method and stage; censored counts per stage in the tick labels."""
     fig = charts.boxes(C, ("apem_norm_term",), hue="Stage", log=False)
     ax = fig.axes[0]
-    k = _censored_counts(C, "apem_norm_term")
+    k = stats.censored_counts(with_sides(C, "apem_norm_term"), "apem", by=("method", "stage"))
     stages = sorted(int(s) for s in C.stage.unique())
     methods = display.method_order(C)
-    ax.set_xticks(range(len(methods)), [f"{thesis.label(m)}\ncensored {'/'.join(str(int(k.get((m, s), 0))) for s in stages)}"
-                                        for m in methods])
+    ax.set_xticks(range(len(methods)),
+                  [f"{thesis.label(m)}\ncensored {'/'.join(str(int(k.get((m, s), 0))) for s in stages)}"
+                   for m in methods])
     ax.set_ylabel("ε⁺/ε-shuffle⁺ − ε⁻/ε-shuffle⁻ per image")
     ax.axhline(0, color="k", lw=1, ls="--")
     fig.tight_layout()
     return fig
 
 
-# ----------------------------------------------------------------------------- claims
+# ----------------------------------------------------------------------------- prose
 
 
-def _per_image(C: pd.DataFrame, method: str, stage: int, value: str, known_only: bool = True) -> pd.Series:
-    g = C[(C.method == method) & (C.stage == stage)]
-    if known_only:
-        g = g[determined(g, value)]
-    return cl.per_image(g, value)
-
-
-def chapter_claims(C: pd.DataFrame, stages, method: str = "gradient") -> list:
-    """The chapter's claims on the correct images ``C`` at ``stages``; ``method``: Figure 5.2's.
-
-    * thesis: per method, APEM_norm is above 0 at every stage (AllOf of Location claims on the
-      per-image terms);
-    * thesis: per stage, APEM_norm orders the methods Gradient > LRP-ε > SmoothGrad (AllOf of
-      Paired claims, adjacent pairs);
-    * ours (the testable form of "around zero"): ``method``'s shuffled maps score closer to 0
-      than the maps themselves (absolute values, per image), at every stage;
-    * ours (the testable form of "the median is 0"): at every stage, more than half of
-      ``method``'s shuffled maps tie exactly (APEM 0).
-
-    Rows whose value is censored both ways (bounded on neither side) are left out of a claim.
-    """
+def setting(cfg, C: pd.DataFrame) -> str:
+    """The setting line: model, images, methods, stages, shuffles, search, both censoring notes and
+    :func:`comparability`."""
     methods = display.method_order(C)
-    stages = [int(s) for s in stages]
-    out = []
-    for m in methods:
-        out.append(cl.AllOf(
-            f"{thesis.label(m)}: {NORM} is above 0 (better than a shuffled map) at every stage",
-            of=[cl.Location(f"{thesis.label(m)}, stage {s}: {NORM} above 0",
-                            values=_per_image(C, m, s, "apem_norm_term"), threshold=0.0,
-                            what=f"{NORM} term") for s in stages]))
-    have = set(thesis.RANKING) <= set(methods)
-    why = f"the configuration lacks {', '.join(sorted(set(thesis.RANKING) - set(methods)))}" if not have else ""
-    order = " > ".join(map(thesis.label, thesis.RANKING))
-    for s in stages:
-        parts = []
-        for a, b in zip(thesis.RANKING[:-1], thesis.RANKING[1:]):
-            parts.append(cl.Paired(f"stage {s}: {thesis.label(a)} > {thesis.label(b)}",
-                                   a=_per_image(C, a, s, "apem_norm_term") if have else [],
-                                   b=_per_image(C, b, s, "apem_norm_term") if have else [],
-                                   names=(thesis.label(a), thesis.label(b)), digits=2, applicable=have, reason=why))
-        out.append(cl.AllOf(f"Stage {s}: {NORM} orders the methods as the thesis did ({order})", of=parts,
-                            applicable=have, reason=why))
-    M = thesis.label(method)
-    closer = []
-    for s in stages:
-        sh = _per_image(C, method, s, "apem_shuffle").abs()
-        real = _per_image(C, method, s, "apem").abs()
-        closer.append(cl.Paired(f"stage {s}: the shuffled map's APEM is closer to 0 than the map's", a=sh, b=real,
-                                greater=False, names=("absolute shuffled APEM", "absolute APEM"), digits=0,
-                                source=cl.OURS))
-    out.append(cl.AllOf(f"Shuffled {M} maps score closer to 0 than the maps themselves, at every stage "
-                        "(the thesis's “around zero”, as a test can state it)", of=closer, source=cl.OURS))
-    ties = []
-    for s in stages:
-        v = _per_image(C, method, s, "apem_shuffle")
-        ties.append(cl.Proportion(f"stage {s}: more than half of the shuffled maps have APEM exactly 0",
-                                  outcomes=(v == 0), threshold=0.5, what="shuffled maps with APEM exactly 0",
-                                  source=cl.OURS))
-    out.append(cl.AllOf(f"Most shuffled {M} maps tie exactly (ε-shuffle⁻ = ε-shuffle⁺), so their median APEM is 0, "
-                        "at every stage (the thesis's “the median is 0”, as a test can state it)", of=ties,
-                        source=cl.OURS))
-    return out
-
-
-# ----------------------------------------------------------------------------- the page
-
-
-class Page:
-    """Chapter 7 on the correct images; ``stage`` for the claims (None: every stage), ``method`` for Figure 5.2."""
-
-    def __init__(self, params="default", overrides=None, *, alpha: float = 0.05, stage: int | None = None,
-                 method: str | None = None):
-        from apem.run import results
-        from apem.studies.common import pick_stage
-
-        self.res = results(params, progress=False, **dict(overrides or {}))
-        self.cfg, T = self.res.cfg, self.res.table
-        self.alpha = alpha
-        self.has_shuffles = self.cfg.shuffles > 0 and "eps_shuffle_minus" in T
-        self.C = T[T.group == "correct"]
-        self.methods = display.method_order(self.C) if len(self.C) else []
-        self.stages = sorted(int(s) for s in self.C.stage.unique())
-        self.claim_stages = self.stages if stage is None else [pick_stage(self.res, stage)]
-        self.method = method or ("gradient" if "gradient" in self.methods else (self.methods or [None])[0])
-
-    def setting(self) -> None:
-        display.require(self.has_shuffles, "The shuffled baseline was not computed: shuffles is 0",
-                       "apem book --chapter 7 -p shuffles 3")
-        display.require(len(self.C) > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        if self.method not in self.methods:
-            raise ValueError(f"method {self.method!r} is not in the results table (it has {self.methods})")
-        cfg, C = self.cfg, self.C
-        display.show_markdown(
-            f"**Setting.** {cfg.model}, {C.image_id.nunique()} correctly classified images, methods "
-            f"{', '.join(map(thesis.label, self.methods))}, stages {', '.join(map(str, self.stages))}; "
+    stages = sorted(int(s) for s in C.stage.unique())
+    return (f"**Setting.** {cfg.model}, {C.image_id.nunique()} correctly classified images, methods "
+            f"{', '.join(map(thesis.label, methods))}, stages {', '.join(map(str, stages))}; "
             f"{cfg.shuffles} shuffles per map ({cfg.shuffle_mode}), `{cfg.search_mode}` search with bound "
             f"{cfg.search_bound}. The maps: {display.censoring_note(C)} The shuffled maps: "
-            f"{display.censoring_note(self._shuffled_flags(), 'shuffled searches')}\n\n{comparability(cfg)}")
+            f"{display.censoring_note(shuffled_flags(C), 'shuffled searches')}\n\n{comparability(cfg)}")
 
-    def _shuffled_flags(self) -> pd.DataFrame:
-        return self.C.assign(censored_minus=self.C.censored_shuffle_minus, censored_plus=self.C.censored_shuffle_plus)
 
-    # ------------------------------------------------------------------ shuffled maps
-    def figure_5_2(self) -> None:
-        display.show_figure(shuffled_histograms(self.C, self.method))
+def notes(cfg, C: pd.DataFrame, S_norm: pd.DataFrame, stages) -> dict[str, str]:
+    """The verdicts' discussion: ``context`` (our order by the mean of APEM_norm at ``stages``, from ``S_norm``, the
+    :func:`apem.stats.summary_table` of its terms; the thesis's), ``model``, ``censored`` (maps and shuffled maps)."""
+    by_mean = {s: S_norm.xs(s, level="stage")["mean"].sort_values(ascending=False).index for s in stages}
+    ours = {s: " > ".join(map(thesis.label, methods)) for s, methods in by_mean.items()}
+    return {
+        "context": ("By the mean of " + NORM + " our order is " + "; ".join(f"stage {s}: {o}" for s, o in ours.items())
+                    + f"; the thesis's is {' > '.join(map(thesis.label, thesis.RANKING))} at every stage. A test "
+                    "can show a difference, not an equality, so the thesis's “around zero” and “the median is 0” "
+                    "appear in the forms a test can support, labelled ours."),
+        "model": (f"Our model is {cfg.model} on {C.image_id.nunique()} images with {cfg.shuffles} shuffles per map; "
+                  "the thesis measured VGG-16 on 5,000 images with 10."),
+        "censored": (display.censoring_note(C) + " Shuffled maps: "
+                     + display.censoring_note(shuffled_flags(C), "shuffled searches")),
+    }
 
-    def shuffled_table(self) -> pd.DataFrame:
-        return shuffled_view(self.C)
 
-    def shuffled_summary(self) -> None:
-        """A sentence from the numbers: how many medians are 0, how far the means are from 0."""
-        S = summary(self.C, "apem_shuffle")
-        zero = int(((S.median_min == 0) & (S.median_max == 0)).sum())
-        real = summary(self.C, "apem")
-        ratio = (S["mean"].abs() / real["mean"].abs().replace(0, np.nan)).dropna()
-        display.show_markdown(
-            f"The median APEM of the shuffled maps is 0 in {zero} of {len(S)} method-stage cells; the thesis "
-            f"found 0 in every one. The mean's size relative to the maps' own mean APEM ranges from "
-            f"{cl.fmt(float(ratio.min()) if len(ratio) else np.nan, 0, pct=True)} to "
-            f"{cl.fmt(float(ratio.max()) if len(ratio) else np.nan, 0, pct=True)}.")
+# ----------------------------------------------------------------------------- exercises
 
-    # ------------------------------------------------------------------ APEM_norm
-    def table_5_1(self) -> pd.DataFrame:
-        return table_5_1(self.C)
 
-    def norm_boxes(self) -> None:
-        display.show_figure(norm_boxes(self.C))
-
-    # ------------------------------------------------------------------ verdicts
-    def claims(self) -> cl.Claims:
-        N = summary(self.C, "apem_norm_term")
-        ours = {s: " > ".join(thesis.label(m) for m in N.xs(s, level="stage")["mean"].sort_values(ascending=False).index)
-                for s in self.claim_stages}
-        context = ("By the mean of " + NORM + " our order is " + "; ".join(f"stage {s}: {o}" for s, o in ours.items())
-                   + f"; the thesis's is {' > '.join(map(thesis.label, thesis.RANKING))} at every stage. A test can show "
-                   "a difference, not an equality, so the thesis's “around zero” and “the median is 0” appear in the "
-                   "forms a test can support, labelled ours.")
-        return cl.Claims(chapter_claims(self.C, self.claim_stages, self.method), alpha=self.alpha, context=context)
-
-    def verdicts(self) -> None:
-        n = self.C.image_id.nunique()
-        model = (f"Our model is {self.cfg.model} on {n} images with {self.cfg.shuffles} shuffles per map; the thesis "
-                 "measured VGG-16 on 5,000 images with 10.")
-        cens = (display.censoring_note(self.C) + " Shuffled maps: "
-                + display.censoring_note(self._shuffled_flags(), "shuffled searches"))
-        self.claims().show(censored=cens, model=model)
+def exercise_values(C: pd.DataFrame, shuffles: int, stage: int | None = None) -> dict[str, str]:
+    """The numbers the exercises' solutions quote (name -> text), on the correct images ``C`` of a configuration
+    with ``shuffles`` permutations per map, at ``stage`` (the chapter parameter; None: the last stage)."""
+    s = stage if stage is not None else (max(int(x) for x in C.stage.unique()) if len(C) else None)
+    out = {"ex07_shuffles": str(shuffles), "ex07_stage": str(s)}
+    Cs = C[C.stage == s]
+    if not (shuffles > 0 and "eps_shuffle_minus" in C) or Cs.empty:
+        out.update(ex07_eps_shuffle="(no shuffled baseline in this configuration)", ex07_shuffled_apem="–",
+                   ex07_norm="–")
+        return out
+    out["ex07_eps_shuffle"] = (f"mean ε-shuffle⁻ {claims.fmt(float(Cs.eps_shuffle_minus.mean()), 0)} and mean "
+                               f"ε-shuffle⁺ {claims.fmt(float(Cs.eps_shuffle_plus.mean()), 0)}")
+    out["ex07_shuffled_apem"] = ", ".join(f"{thesis.label(m)} {claims.fmt(float(g.apem_shuffle.mean()), 0)}"
+                                          for m, g in Cs.groupby("method", sort=False))
+    out["ex07_norm"] = ", ".join(f"{thesis.label(m)} {claims.fmt(float(g.apem_norm_term.mean()), 2)}"
+                                 for m, g in Cs.groupby("method", sort=False))
+    return out
