@@ -1,11 +1,18 @@
-"""Spearman's rho: of APEM with the loss per method and image group (thesis Table 5.3), with bootstrap intervals.
+"""Spearman's rho: of APEM with the loss per method and image group (thesis Table 5.3), and its interval.
 
-Also :func:`rank_correlation`, the vectorised rho that the sanity checks use
-to compare maps. Reached as well through :mod:`apem.stats`.
+:func:`spearman_table` computes Table 5.3 (chapter 9); :func:`spearman_interval`
+is the one interval of a Spearman correlation in apem (Fisher's z with Bonett and
+Wright's variance): the table prints it, and :class:`apem.claims.Correlation`
+prints it beside its verdict. :func:`rank_correlation` is the vectorised rho
+that the randomisation checks use to compare maps.
+
+References: Spearman (1904); Bonett and Wright (2000), "Sample size requirements for
+estimating Pearson, Kendall and Spearman correlations", *Psychometrika* 65.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,9 +38,29 @@ def _spearman(x, y) -> dict:
     return {"rho": float(res.statistic), "p": float(res.pvalue), "n": n}
 
 
+def spearman_interval(rho: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    r"""The ``1 - alpha`` interval of Spearman's ``rho`` on ``n`` pairs: Fisher's z with Bonett and Wright's variance.
+
+    .. math::
+
+        \tanh\Bigl(\operatorname{artanh} \rho \mp z_{1-\alpha/2}\,
+        \sqrt{\tfrac{1 + \rho^2 / 2}{n - 3}}\Bigr)
+
+    with ``rho`` clipped to ``[-0.9999, 0.9999]`` (so that ``artanh`` is finite).
+    ``(nan, nan)`` when ``rho`` is undefined or ``n <= 3``.
+    """
+    if not np.isfinite(rho) or n <= 3:
+        return (np.nan, np.nan)
+    r = min(max(float(rho), -0.9999), 0.9999)
+    se = math.sqrt((1 + r * r / 2) / (n - 3))
+    z, q = math.atanh(r), float(sps.norm.ppf(1 - alpha / 2))
+    return (math.tanh(z - q * se), math.tanh(z + q * se))
+
+
 def spearman_table(df: pd.DataFrame, groups: Sequence[str] | Mapping[str, Callable] = ("correct", "misclassified", "all"),
                    value: str = "apem", by: str = "method", against: str = "loss",
-                   confidence: str | None = "confidence", pair_on: str = "image_id") -> pd.DataFrame:
+                   confidence: str | None = "confidence", pair_on: str = "image_id",
+                   alpha: float | None = None) -> pd.DataFrame:
     """Spearman's rho of ``value`` with ``against`` (the loss) per method and image group (thesis Table 5.3).
 
     Rows: every level of ``by`` (order of appearance), then ``"confidence"``
@@ -46,7 +73,9 @@ def spearman_table(df: pd.DataFrame, groups: Sequence[str] | Mapping[str, Callab
     ``name -> f(df) -> boolean mask``. ``rho`` is
     :func:`scipy.stats.spearmanr` on the pairs where both values are present
     (Pearson's r of the ranks, ties averaged); the two-sided ``p`` is its t
-    approximation. Fewer than 3 pairs or a constant variable gives NaN.
+    approximation. Fewer than 3 pairs or a constant variable gives NaN. With
+    ``alpha``, each group also has ``lo, hi``: :func:`spearman_interval` at
+    level ``1 - alpha``.
 
     The table must hold one row per (``pair_on``, ``by``): filter to one
     stage first.
@@ -67,6 +96,8 @@ def spearman_table(df: pd.DataFrame, groups: Sequence[str] | Mapping[str, Callab
             else:
                 d = sub[sub[by] == lev]
                 r = _spearman(d[value], d[against])
+            if alpha is not None:
+                r["lo"], r["hi"] = spearman_interval(r["rho"], r["n"], alpha)
             rows[lev].update({(gname, k): v for k, v in r.items()})
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["group", "stat"])
@@ -82,27 +113,3 @@ def rank_correlation(x, y, axis=-1):
     den = np.sqrt((rx**2).sum(axis=axis) * (ry**2).sum(axis=axis))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (rx * ry).sum(axis=axis) / np.where(den > 0, den, 1.0), np.nan)
-
-
-def spearman_ci(x, y, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
-    """Spearman's rho of paired ``x, y`` with a percentile bootstrap interval: ``(rho, low, high)``.
-
-    Pairs with a NaN are dropped; the pairs are resampled together, all
-    ``n_boot`` resamples drawn as one (n_boot, n) index array and ranked in one
-    call. (Not :func:`scipy.stats.bootstrap`: a resample in which a variable
-    is constant has an undefined rho, and scipy's percentile would turn the
-    whole interval into NaN; here those resamples are left out of the
-    quantiles.) Fewer than 3 pairs or a constant variable gives NaN.
-    """
-    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
-    ok = ~(np.isnan(x) | np.isnan(y))
-    x, y = x[ok], y[ok]
-    r = _spearman(x, y)["rho"]
-    if np.isnan(r):
-        return (np.nan, np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(int(n_boot), x.size))
-    boot = rank_correlation(x[idx], y[idx], axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.nanpercentile(boot, [tail, 100 - tail]) if np.isfinite(boot).any() else (np.nan, np.nan)
-    return (float(r), float(lo), float(hi))

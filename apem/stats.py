@@ -1,4 +1,4 @@
-"""Summaries, paired comparisons, correlations and verdicts for the results table.
+"""Summaries and paired comparisons of the results table (Spearman's rho: :mod:`apem.correlation`).
 
 The results table has one row per (image, method, stage) with, among others,
 ``image_id, method, stage, eps_minus, eps_plus, apem, censored_minus,
@@ -33,7 +33,7 @@ References
     Kerby (2014), "The simple difference formula: an approach to teaching
     nonparametric correlation", *Comprehensive Psychology* 3 (matched-pairs
     rank-biserial correlation). Holm (1979), "A simple sequentially rejective
-    multiple test procedure", *Scand. J. Statist.* 6. Spearman (1904).
+    multiple test procedure", *Scand. J. Statist.* 6.
 """
 
 from __future__ import annotations
@@ -44,9 +44,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-
-# the correlations live in apem.correlation; the chapters reach them through stats as before
-from apem.correlation import rank_correlation, spearman_ci, spearman_table  # noqa: F401 (re-exported)
 
 
 _STATS = {"mean": np.mean, "median": np.median}

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apem import stats
+from apem import correlation, stats
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -105,7 +105,7 @@ def test_spearman_table_on_monotone_cases():
         pd.DataFrame({"image_id": range(8), "method": "grad", "apem": -3 * loss + 7}),  # decreasing
         pd.DataFrame({"image_id": range(8), "method": "lrp", "apem": loss ** 3}),       # increasing
     ]).merge(pd.DataFrame({"image_id": range(8), "loss": loss, "correct": correct, "confidence": conf}))
-    t = stats.spearman_table(df)
+    t = correlation.spearman_table(df)
     rho = t.xs("rho", axis=1, level="stat")
     assert list(rho.index) == ["grad", "lrp", "confidence"]
     assert list(rho.columns) == ["correct", "misclassified", "all"]
@@ -120,32 +120,35 @@ def test_spearman_table_on_monotone_cases():
 def test_spearman_table_nan_when_undefined():
     df = pd.DataFrame({"image_id": range(4), "method": "m", "apem": [1.0, 1.0, 1.0, 1.0],
                        "loss": [1, 2, 3, 4.0], "correct": True, "confidence": [0.9, 0.8, 0.7, 0.6]})
-    t = stats.spearman_table(df, groups=("all",))
+    t = correlation.spearman_table(df, groups=("all",), alpha=0.05)
     assert np.isnan(t.loc["m", ("all", "rho")])  # constant APEM
+    assert np.isnan(t.loc["m", ("all", "lo")]) and np.isnan(t.loc["m", ("all", "hi")])
+    assert t.loc["confidence", ("all", "rho")] == -1.0 and t.loc["confidence", ("all", "hi")] < 0
 
 
 # ----------------------------------------------------------------------------- verdicts
 
 
-def test_spearman_ci():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=200)
-    rho, lo, hi = stats.spearman_ci(x, x + rng.normal(size=200), seed=1)
-    assert lo < rho < hi and 0.5 < lo and hi < 0.9
-    assert stats.spearman_ci(x, x ** 3)[:1] == pytest.approx((1.0,))
-    rho, lo, hi = stats.spearman_ci(np.r_[x[:50], np.nan], np.r_[-x[:50], 1.0])  # NaN pair dropped
-    assert rho == pytest.approx(-1.0) and hi == pytest.approx(-1.0)
-    assert all(np.isnan(stats.spearman_ci([1, 2], [2, 1])))
+def test_spearman_interval():
+    lo, hi = correlation.spearman_interval(0.5, 40)
+    assert lo < 0.5 < hi and 0.2 < lo and hi < 0.75
+    assert all(np.isnan(correlation.spearman_interval(0.5, 3)))  # needs n > 3
+    assert all(np.isnan(correlation.spearman_interval(np.nan, 40)))
+    lo99, hi99 = correlation.spearman_interval(0.5, 40, alpha=0.01)
+    assert lo99 < lo and hi < hi99
+    assert correlation.spearman_interval(-1.0, 10)[1] < -0.99  # clipped, still finite
     # coverage of a known correlation: bivariate normal with Pearson 0.6 has
     # Spearman rho = (6 / pi) asin(0.3) ~= 0.5756
+    rng = np.random.default_rng(0)
     true = 6 / np.pi * np.arcsin(0.3)
     cov = np.array([[1, 0.6], [0.6, 1]])
     hits = 0
-    for i in range(100):
+    for i in range(200):
         xy = rng.multivariate_normal([0, 0], cov, size=80)
-        _, lo, hi = stats.spearman_ci(xy[:, 0], xy[:, 1], n_boot=500, seed=i)
+        rho = float(pd.Series(xy[:, 0]).corr(pd.Series(xy[:, 1]), method="spearman"))
+        lo, hi = correlation.spearman_interval(rho, 80)
         hits += lo <= true <= hi
-    assert 0.85 <= hits / 100 <= 1.0, hits
+    assert 0.9 <= hits / 200 <= 0.99, hits
 
 
 def test_censored_bounds_of_the_mean_and_the_median():

@@ -1,95 +1,62 @@
-"""Chapter 9, APEM and the loss (thesis section 5.4, Table 5.3).
+"""Chapter 9, APEM and the loss (thesis section 5.4, Table 5.3): the plumbing of its page.
 
-At one visualisation stage (the thesis's stage 3 by default), Spearman's rho of
-each method's per-image APEM with the cross-entropy loss against the ground
-truth, on the correctly classified images, the misclassified ones and all of
-them, beside the thesis's Table 5.3 (:func:`table_5_3`). The claims:
+The page (``notebooks/09_apem_and_loss.md``) selects the rows (``D``: every image
+at one stage; ``C`` the correct ones, ``M`` the misclassified), declares the
+claims (Spearman correlations, :class:`apem.claims.Correlation` and
+:class:`apem.claims.Vanishes`) and computes Table 5.3 with
+:func:`apem.correlation.spearman_table`. This module formats what it shows:
 
-* the correlation is negative, per method, on the correct images and on all
-  images (:class:`apem.claims.Correlation`, one-sided);
-* "on misclassified images the correlation virtually vanishes": no test can
-  show a correlation to be zero without a declared equivalence margin, so the
-  claim is never called held; it is not held when a two-sided test finds the
-  correlation nonzero, inconclusive otherwise (:class:`apem.claims.Vanishes`);
-* "the method with the highest APEM has the strongest correlation": the highest
-  APEM is :func:`apem.stats.best_method` (the thesis's mean, as in chapter 3),
-  and the comparison is shown, not tested: a difference of two Spearman
-  correlations on the same images needs a test for dependent correlations that
-  this book does not declare, so the claim is ``not applicable`` with that
-  reason, whatever the data.
+* :func:`show_setting`: the setting line;
+* :func:`table_5_3`: our rho beside the thesis's, with images and censored APEMs;
+* :func:`interval_figure` and :func:`scatter_figure`;
+* :func:`ranking_table` and :func:`strongest_statement`: the best method by the
+  thesis's statistic (the mean) beside each method's rho, and the sentence that
+  compares them (the descriptive claim's numbers);
+* :func:`balanced_mix` and :func:`mix_table`: Table 5.3's "all images" depends on
+  the mix of correct and misclassified images (the thesis's is 1:1, 5,000 of each);
+  the correlation at a 1:1 mix, on a seeded subsample of the larger group;
+* :func:`exercise_values`: the numbers the exercises' solutions quote.
 """
 
 from __future__ import annotations
 
-import math
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
-from apem import claims as cl, stats, thesis
+from apem import claims, correlation, stats, thesis
 from apem.book import display
-from apem.run import results
-from apem.studies.common import pick_stage
+from apem.book.exercises import counts_sentence, decided_at
 
 GROUPS = ("correct", "misclassified", "all")
 MARK = 0.01  # the thesis's dagger: p < 0.01, two-sided
-
-
-# ----------------------------------------------------------------------------- the groups
+NO_DEPENDENT_TEST = ("no exact test of a difference between two dependent Spearman correlations (same images) is "
+                     "declared in this book")
 
 
 def group_rows(D: pd.DataFrame, group: str) -> pd.DataFrame:
-    """The rows of one image group: ``correct``, ``misclassified`` or ``all``."""
-    if group == "all":
-        return D
-    return D[D.correct.astype(bool)] if group == "correct" else D[~D.correct.astype(bool)]
+    """The rows of one image group of ``D``: ``correct``, ``misclassified`` or ``all``."""
+    return D if group == "all" else D[D.group == group]
 
 
-def pairs(D: pd.DataFrame, method: str, group: str, value: str = "apem") -> tuple[pd.Series, pd.Series]:
-    """One (value, loss) pair per image of ``group`` for ``method`` (``method="confidence"``: confidence, loss)."""
-    G = group_rows(D, group)
-    if method == "confidence":
-        first = G.drop_duplicates("image_id")
-        return first.set_index("image_id").confidence.astype(float), first.set_index("image_id").loss.astype(float)
-    G = G[G.method == method]
-    return cl.per_image(G, value), cl.per_image(G, "loss")
+def show_setting(cfg, stage: int, D: pd.DataFrame) -> None:
+    """The setting line: model, stage, images per group, methods, what the maps and the loss are of, censoring.
 
-
-def fisher_interval(rho: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Fisher-z interval of Spearman's rho with Bonett & Wright's (2000) variance (the one apem.claims prints)."""
-    if not np.isfinite(rho) or n <= 3:
-        return (np.nan, np.nan)
-    r = min(max(rho, -0.9999), 0.9999)
-    se = math.sqrt((1 + r * r / 2) / (n - 3))
-    z, q = math.atanh(r), float(sps.norm.ppf(1 - alpha / 2))
-    return (math.tanh(z - q * se), math.tanh(z + q * se))
-
-
-def correlations(D: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Spearman's rho of APEM with the loss per method (and of the confidence) per group, with censoring.
-
-    One row per (row, group): ``rho``, two-sided ``p``, ``n`` (images), ``lo, hi``
-    (:func:`fisher_interval`), ``censored`` (images whose APEM is censored; they
-    enter the ranks at their stored bound).
+    Stops the page (:func:`apem.book.display.require`) when the stage is not in the
+    configuration or it has no correctly classified image.
     """
-    rows = []
-    for m in display.method_order(D) + ["confidence"]:
-        for g in GROUPS:
-            x, y = pairs(D, m, g)
-            both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
-            n = len(both)
-            ok = n >= 3 and both.x.nunique() > 1 and both.y.nunique() > 1
-            rho, p = (sps.spearmanr(both.x, both.y) if ok else (np.nan, np.nan))
-            lo, hi = fisher_interval(float(rho), n, alpha)
-            G = group_rows(D, g)
-            cens = 0 if m == "confidence" else int(
-                (G[G.method == m][["censored_minus", "censored_plus"]].astype(bool).any(axis=1)
-                 & G[G.method == m].apem.notna()).sum())
-            rows.append({"row": m, "group": g, "rho": float(rho), "p": float(p), "n": n, "lo": lo, "hi": hi,
-                         "censored": cens})
-    return pd.DataFrame(rows)
+    display.require(stage in cfg.stages, f"Stage {stage} is not among the configuration's stages {list(cfg.stages)}",
+                    f"-p stage {max(cfg.stages)}")
+    n_correct = int(D[D.group == "correct"].image_id.nunique())
+    n_mis = int(D[D.group == "misclassified"].image_id.nunique())
+    display.require(n_correct > 0, "The configuration has no correctly classified image", "-p n_correct 24")
+    display.show_markdown(
+        f"**Setting.** {cfg.model}, stage {stage}: {n_correct} correctly classified and {n_mis} misclassified "
+        f"images, methods {', '.join(map(thesis.label, display.method_order(D)))}; the maps explain the model's "
+        f"*prediction*, the loss is against the *ground truth*. {display.censoring_note(D)}")
+
+
+# ----------------------------------------------------------------------------- Table 5.3
 
 
 def _cell(rho: float, p: float, digits: int = 3) -> str:
@@ -98,42 +65,47 @@ def _cell(rho: float, p: float, digits: int = 3) -> str:
     return f"{rho:+.{digits}f}" + ("†" if np.isfinite(p) and p < MARK else "")
 
 
-def table_5_3(D: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+def table_5_3(R: pd.DataFrame, D: pd.DataFrame) -> pd.DataFrame:
     """Thesis Table 5.3 beside ours: per method (and the confidence), for each group, our rho
-    (``†``: p < 0.01 as in the thesis), the thesis's, our images and censored APEMs."""
-    R = correlations(D, alpha)
-    ours = pd.DataFrame({"method": list(dict.fromkeys(R.row))})
+    (``†``: p < 0.01 as in the thesis), the thesis's, our images and censored APEMs.
+
+    ``R``: :func:`apem.correlation.spearman_table` of ``D`` (one stage); ``D`` gives the
+    censored counts (:func:`apem.stats.censored_counts`: such an APEM enters the ranks at
+    its stored bound).
+    """
+    rows = list(R.index)
+    ours = pd.DataFrame({"method": rows})
     th = thesis.TABLE_5_3.rename(columns={"row": "method"})
     th_cells = pd.DataFrame({"method": th.method})
     for g in GROUPS:
-        r = R[R.group == g].set_index("row")
-        ours[g] = [_cell(r.loc[m, "rho"], r.loc[m, "p"]) for m in ours.method]
+        ours[g] = [_cell(R.loc[m, (g, "rho")], R.loc[m, (g, "p")]) for m in rows]
         th_cells[g] = [_cell(v, 0.0 if s else 1.0) for v, s in zip(th[g], th[f"significant_{g}"])]
     out = display.beside_thesis(ours, th_cells, on=["method"], columns=list(GROUPS)).fillna("–")
     for g in GROUPS:
-        r = R[R.group == g].set_index("row")
-        out[(g, "images")] = [int(r.loc[m, "n"]) for m in ours.method]
-        out[(g, "censored")] = [str(int(r.loc[m, "censored"])) if m != "confidence" else "–" for m in ours.method]
+        cens = stats.censored_counts(group_rows(D, g), "apem")
+        out[(g, "images")] = [int(R.loc[m, (g, "n")]) for m in rows]
+        out[(g, "censored")] = [str(int(cens.get(m, 0))) if m != "confidence" else "–" for m in rows]
     return out[[(g, k) for g in GROUPS for k in ("ours", "thesis", "images", "censored")]]
 
 
 # ----------------------------------------------------------------------------- figures
 
 
-def interval_figure(R: pd.DataFrame, alpha: float = 0.05):
-    """Our rho per method and group with its Fisher-z interval; censored APEMs per method in the labels."""
-    methods = [m for m in dict.fromkeys(R.row) if m != "confidence"]
+def interval_figure(R: pd.DataFrame, D: pd.DataFrame, alpha: float = 0.05):
+    """Our rho per method and group with its interval (``R``: :func:`apem.correlation.spearman_table` with
+    ``alpha``); each method's censored APEMs over all images of ``D`` in its label."""
+    methods = [m for m in R.index if m != "confidence"]
     fig, ax = plt.subplots(figsize=(7.2, 0.9 + 0.9 * len(methods)))
     for k, g in enumerate(GROUPS):
-        c = R[(R.group == g) & R.row.isin(methods)].set_index("row").loc[methods]
+        c = R.loc[methods, g]
         y = np.arange(len(methods)) + (k - 1) * 0.25
         ok = np.isfinite(c.rho.to_numpy(float))
         err = np.vstack([(c.rho - c.lo).to_numpy(float), (c.hi - c.rho).to_numpy(float)])
-        err = np.where(np.isfinite(err), err, 0.0)
+        err = np.clip(np.where(np.isfinite(err), err, 0.0), 0.0, None)  # |rho| = 1: the interval is clipped inside
         if ok.any():
             ax.errorbar(c.rho[ok], y[ok], xerr=err[:, ok], fmt="o", capsize=3, label=g)
-    cens = R[R.group == "all"].set_index("row").censored
-    ticks = [f"{thesis.label(m)}\n{int(cens[m])} censored\n(all images)" for m in methods]
+    cens = stats.censored_counts(D, "apem")
+    ticks = [f"{thesis.label(m)}\n{int(cens.get(m, 0))} censored\n(all images)" for m in methods]
     ax.set_yticks(np.arange(len(methods)), ticks)
     ax.axvline(0, color="k", lw=1, ls="--")
     ax.set_xlim(-1.05, 1.05)
@@ -150,17 +122,16 @@ def scatter_figure(D: pd.DataFrame):
     colours = {"correct": "#3a78b5", "misclassified": "#d9822b"}
     for ax, m in zip(axes[0], methods):
         d = D[D.method == m]
-        cens = d[["censored_minus", "censored_plus"]].astype(bool).any(axis=1)
+        cens = stats.censored(d, "apem")
         for g in ("correct", "misclassified"):
-            sel = d.correct.astype(bool) if g == "correct" else ~d.correct.astype(bool)
             for c, face in ((False, colours[g]), (True, "none")):
-                s = d[sel & (cens == c)]
+                s = d[(d.group == g) & (cens == c)]
                 if len(s):
                     ax.scatter(s.loss, s.apem, s=25, facecolors=face, edgecolors=colours[g],
                                label=f"{g}{' (censored)' if c else ''}")
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_yscale("symlog", linthresh=1)
-        ax.set_title(f"{thesis.label(m)} ({int((cens & d.apem.notna()).sum())} censored)")
+        ax.set_title(f"{thesis.label(m)} ({int(cens.sum())} censored)")
         ax.set_xlabel("cross-entropy loss (ground truth)")
     axes[0, 0].set_ylabel("APEM")
     axes[0, -1].legend(frameon=False, fontsize=8)
@@ -168,23 +139,19 @@ def scatter_figure(D: pd.DataFrame):
     return fig
 
 
-# ----------------------------------------------------------------------------- claims
+# ----------------------------------------------------------------------------- the best method and its rho
 
 
-NO_DEPENDENT_TEST = ("no exact test of a difference between two dependent Spearman correlations (same images) is "
-                     "declared in this book")
-
-
-def strongest_statement(S: pd.DataFrame, R: pd.DataFrame) -> tuple[str, str, str]:
-    """``(best, strongest, sentence)``: the best method by :func:`apem.stats.best_method`, the method with the most
-    negative rho on the correct images, and a sentence comparing them (every number formatted)."""
+def strongest_statement(S: pd.DataFrame, rho: pd.Series) -> tuple[str, str, str]:
+    """``(best, strongest, sentence)``: the best method by :func:`apem.stats.best_method` (the mean), the method with
+    the most negative ``rho`` (per method, on the correct images; a ``confidence`` row is left out), and a sentence
+    comparing them (every number formatted)."""
     best = stats.best_method(S)
-    rc = R[(R.group == "correct") & (R.row != "confidence")].set_index("row")
-    rho = rc.rho.astype(float)
+    rho = rho.drop("confidence", errors="ignore").astype(float)
     if rho.notna().any():
         strongest = rho.idxmin()
         same = "the same method" if strongest == best else "a different method"
-        rb, rs = cl.fmt(rho[best], 2, sign=True), cl.fmt(rho[strongest], 2, sign=True)
+        rb, rs = claims.fmt(rho[best], 2, sign=True), claims.fmt(rho[strongest], 2, sign=True)
         sentence = (f"the highest mean APEM is {thesis.label(best)}'s (ρ = {rb}); the most negative ρ on correct "
                     f"images is {thesis.label(strongest)}'s ({rs}), {same}")
     else:
@@ -192,93 +159,84 @@ def strongest_statement(S: pd.DataFrame, R: pd.DataFrame) -> tuple[str, str, str
     return best, strongest, sentence
 
 
-def chapter_claims(D: pd.DataFrame, S: pd.DataFrame, alpha: float = 0.05) -> list:
-    """The chapter's claims on the results ``D`` (one stage) and the summary ``S`` of its correct images."""
-    methods = display.method_order(D)
-    out = []
-    for g, where in (("correct", "correctly classified images"), ("all", "all images")):
-        for m in methods:
-            x, y = pairs(D, m, g)
-            out.append(cl.Correlation(f"APEM of {thesis.label(m)} correlates negatively with the loss on {where}",
-                                      x=x, y=y, negative=True, names=("APEM", "loss")))
-    n_mis = int(D[~D.correct.astype(bool)].image_id.nunique())
-    why = ("the configuration has no misclassified image" if n_mis == 0 else
-           f"{n_mis} misclassified image{'s' if n_mis != 1 else ''}: Spearman's ρ needs at least 3")
-    parts = []
-    for m in methods:
-        x, y = pairs(D, m, "misclassified")
-        parts.append(cl.Vanishes(f"{thesis.label(m)}: ρ(APEM, loss) is about 0 on misclassified images", x=x, y=y,
-                              names=("APEM", "loss"), applicable=n_mis >= 3, reason=why))
-    out.append(cl.NoneNonzero("On misclassified images the correlation virtually vanishes", of=parts,
-                           applicable=n_mis >= 3, reason=why))
-    R = correlations(D, alpha)
-    _, _, sentence = strongest_statement(S, R)
-    out.append(cl.Descriptive("The method with the highest APEM has the strongest (most negative) correlation",
-                           reason=f"descriptive only: {sentence}", why=NO_DEPENDENT_TEST))
+def ranking_table(S: pd.DataFrame, rho: pd.Series) -> pd.DataFrame:
+    """:func:`apem.book.display.ranking_view` of ``S`` (the methods by mean APEM, the thesis's statistic) with each
+    method's ``rho`` on the correct images and its rank (most negative first)."""
+    order = stats.ranking(S).index
+    out = display.ranking_view(S).rename(columns={"mean": "mean APEM", "median": "median APEM"})
+    r = rho.loc[order].astype(float)
+    out["ρ(APEM, loss), correct"] = [claims.fmt(v, 3, sign=True) for v in r]
+    out["rank by ρ (most negative first)"] = r.rank(method="min").map(
+        lambda v: "–" if not np.isfinite(v) else str(int(v))).to_numpy()
     return out
 
 
-# ----------------------------------------------------------------------------- the page
+# ----------------------------------------------------------------------------- the mix of the groups
 
 
-class Page:
-    """Chapter 9 at ``stage``: APEM against the loss on correct, misclassified and all images."""
+def balanced_mix(D: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The rows of ``D`` for a 1:1 mix of correct and misclassified images, the thesis's (5,000 of each).
 
-    def __init__(self, params="default", overrides=None, *, alpha: float = 0.05, stage: int | None = None):
-        self.res = results(params, progress=False, **dict(overrides or {}))
-        self.cfg, T = self.res.cfg, self.res.table
-        self.stage, self.alpha = pick_stage(self.res, stage), alpha
-        self.D = T[T.stage == self.stage]
-        self.C = self.D[self.D.correct.astype(bool)]
-        self.methods = display.method_order(self.D) if len(self.D) else []
-        self.n_correct = int(self.C.image_id.nunique())
-        self.n_mis = int(self.D[~self.D.correct.astype(bool)].image_id.nunique())
-        self.S = stats.summary_table(self.C, by="method", seed=self.cfg.seed) if len(self.C) else None
+    Every image of the smaller group, and as many images of the larger one drawn
+    without replacement: ``numpy.random.default_rng(seed).choice`` of positions in
+    the larger group's sorted image ids (so the draw does not depend on the table's
+    row order). Every row (method, stage) of a kept image is kept. Empty when a group
+    has no image.
+    """
+    ids = {g: sorted(D[D.group == g].image_id.unique()) for g in ("correct", "misclassified")}
+    small, large = sorted(ids, key=lambda g: len(ids[g]))  # equal sizes: every image of both is kept
+    k = len(ids[small])
+    if k == 0:
+        return D.iloc[:0]
+    drawn = np.random.default_rng(seed).choice(len(ids[large]), size=k, replace=False)
+    keep = set(ids[small]) | {ids[large][i] for i in drawn}
+    return D[D.image_id.isin(keep)]
 
-    def setting(self) -> None:
-        display.require(self.n_correct > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        display.show_markdown(
-            f"**Setting.** {self.cfg.model}, stage {self.stage}: {self.n_correct} correctly classified and "
-            f"{self.n_mis} misclassified images, methods {', '.join(map(thesis.label, self.methods))}; the maps "
-            f"explain the model's *prediction*, the loss is against the *ground truth*. "
-            f"{display.censoring_note(self.D)}")
 
-    @property
-    def R(self) -> pd.DataFrame:
-        return correlations(self.D, self.alpha)
+def mix_table(R: pd.DataFrame, R_mix: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Table 5.3's "all images" column at the configuration's mix and at 1:1: per method (and the confidence),
+    rho with its interval and the images (``R``, ``R_mix``: :func:`apem.correlation.spearman_table` with ``alpha``
+    of the stage's rows and of :func:`balanced_mix`'s)."""
+    def cell(T, m):
+        if m not in T.index or not np.isfinite(T.loc[m, ("all", "rho")]):
+            return "–"
+        rho, lo, hi = (float(T.loc[m, ("all", k)]) for k in ("rho", "lo", "hi"))
+        ci = f" [{lo:+.{digits}f}, {hi:+.{digits}f}]" if np.isfinite(lo) else ""
+        return f"{rho:+.{digits}f}{ci}"
 
-    def table_5_3(self) -> pd.DataFrame:
-        return table_5_3(self.D, self.alpha)
+    rows, th = list(R.index), thesis.TABLE_5_3.set_index("row")
+    out = pd.DataFrame({
+        ("configuration's mix", "ρ [interval]"): [cell(R, m) for m in rows],
+        ("configuration's mix", "images"): [int(R.loc[m, ("all", "n")]) for m in rows],
+        ("1:1 (thesis)", "ρ [interval]"): [cell(R_mix, m) for m in rows],
+        ("1:1 (thesis)", "images"): [int(R_mix.loc[m, ("all", "n")]) if m in R_mix.index else 0 for m in rows],
+        ("thesis", "ρ"): [_cell(th.loc[m, "all"], 0.0 if th.loc[m, "significant_all"] else 1.0)
+                          if m in th.index else "–" for m in rows],
+    }, index=pd.Index([thesis.label(m) for m in rows], name="method"))
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
 
-    def intervals(self) -> None:
-        display.show_figure(interval_figure(self.R, self.alpha))
 
-    def scatter(self) -> None:
-        display.show_figure(scatter_figure(self.D))
+# ----------------------------------------------------------------------------- exercises
 
-    def ranking(self) -> pd.DataFrame:
-        """The methods by the thesis's statistic (mean APEM, :func:`apem.stats.ranking`), rho on correct images."""
-        Rk = stats.ranking(self.S)
-        rc = self.R[(self.R.group == "correct")].set_index("row")
-        out = display.ranking_view(self.S).rename(columns={"mean": "mean APEM", "median": "median APEM"})
-        rho = rc.loc[Rk.index, "rho"].astype(float)
-        out["ρ(APEM, loss), correct"] = [cl.fmt(v, 3, sign=True) for v in rho]
-        out["rank by ρ (most negative first)"] = rho.rank(method="min").map(
-            lambda v: "–" if not np.isfinite(v) else str(int(v))).to_numpy()
-        return out
 
-    def best_statement(self) -> None:
-        _, _, sentence = strongest_statement(self.S, self.R)
-        display.show_markdown(f"By the thesis's statistic (the mean), {sentence}.")
+def exercise_values(T: pd.DataFrame, cfg, stage: int, alpha: float, chapter_claims: list) -> dict[str, str]:
+    """The numbers the exercises' solutions quote (name -> text), on the results table ``T`` (every stage).
 
-    def claims(self) -> cl.Claims:
-        R = self.R
-        conf = R[(R.row == "confidence") & (R.group == "correct")].iloc[0]
-        context = (f"For comparison, ρ(confidence, loss) on the correct images is {cl.fmt(conf.rho, 3, sign=True)}: "
-                   "there the loss is −log(confidence), so the two rank the images in exactly opposite order.")
-        return cl.Claims(chapter_claims(self.D, self.S, self.alpha), alpha=self.alpha, context=context)
+    ``stage`` and ``alpha``: the chapter's parameters; ``chapter_claims``: the page's
+    claims on the rows of ``T`` at ``stage`` (decided here on copies, at ``alpha``, 0.01
+    and 0.1). The page glues them from the reference build (the configuration without
+    overrides, the chapter's default parameters).
+    """
 
-    def verdicts(self) -> None:
-        model = (f"Our model is {self.cfg.model} on {self.n_correct} correct and {self.n_mis} misclassified images; "
-                 "the thesis measured VGG-16 on 5,000 of each, where a small correlation is already significant.")
-        self.claims().show(censored=display.censoring_note(self.D), model=model)
+    def rhos(s: int) -> str:
+        D = T[T.stage == s]
+        if D.empty:
+            return f"(stage {s} is not in this configuration's stages {list(cfg.stages)})"
+        rho = correlation.spearman_table(D, groups=("correct",), confidence=None)[("correct", "rho")]
+        return ", ".join(f"{thesis.label(m)} {claims.fmt(float(v), 2, sign=True)}" for m, v in rho.items())
+
+    return {"ex09_alpha": f"{alpha:g}", "ex09_verdicts": counts_sentence(decided_at(chapter_claims, alpha).counts()),
+            "ex09_verdicts_01": counts_sentence(decided_at(chapter_claims, 0.01).counts()),
+            "ex09_verdicts_10": counts_sentence(decided_at(chapter_claims, 0.10).counts()),
+            "ex09_stage": str(stage), "ex09_rho": rhos(stage), "ex09_rho_s1": rhos(1)}
