@@ -1,27 +1,26 @@
 """Chapter 11, sanity checks: the cascading model randomisation of Adebayo et al. (2018) (beyond the thesis).
 
-The study (:func:`apem.studies.sanity_check`) re-initialises the model's stages
-from the top, cumulatively; at every ``every``-th step and at the last (every
-layer random) it recomputes each method's maps for the trained model's
-predicted class, compares them with the trained maps (Spearman's rho, SSIM)
-and scores the maps of one visualisation stage with APEM **on the trained
-model**. This module turns the two tables into tables, figures and claims:
+The page (``notebooks/11_sanity_checks.md``) runs the study
+(:func:`apem.studies.sanity_check`): the model's stages are re-initialised from
+the top, cumulatively; at every ``every``-th step and at the last (every layer
+random) each method's maps are recomputed for the trained model's predicted
+class, compared with the trained maps (Spearman's rho, SSIM), and the maps of
+one visualisation stage are scored with APEM **on the trained model**. The page
+declares its claims (all ours): a method passes the randomisation test when its
+fully randomised maps keep little of the trained ones (per-image Spearman rho
+below ``threshold``, :class:`apem.claims.Location`; not applicable, never passed,
+when every randomised map is constant), and APEM scores the trained maps above
+the randomised ones and the randomised ones above shuffled maps
+(:class:`apem.claims.Paired`).
 
-* "M passes the randomisation test": with every layer random, the per-image
-  Spearman rho of its maps with the trained maps is below ``threshold``
-  (:class:`apem.claims.Location`). A constant randomised map has no rank
-  order: it is left out, and when **every** randomised map is constant the test
-  has nothing to compare and the claim is ``not applicable`` -- a method whose
-  maps vanish does not pass by default;
-* "APEM scores the trained maps above the fully randomised model's maps"
-  (:class:`apem.claims.Paired`, per image); not applicable when APEM is
-  undefined for every randomised map (all constant);
-* "APEM scores the randomised maps above shuffled maps" (Paired), against the
-  configuration's shuffled baseline; not applicable when ``shuffles`` is 0.
-
-Every mean is from the study's per-image values; intervals are bootstrap
-intervals over images (:func:`apem.stats.bootstrap_ci`), censoring is counted
-beside every APEM (:func:`apem.stats.summary_table`, :func:`apem.book.display.summary_view`).
+This module is the plumbing: the shuffled baseline as rows like the study's
+(:func:`shuffled_rows`), the tables formatted for reading (:func:`cascade_table`,
+:func:`last_step_similarity`, :func:`apem_summary`, every mean with its bootstrap
+interval over images, :func:`apem.stats.bootstrap_ci`, censoring counted beside
+every APEM), the figures (:func:`example_figure`, :func:`curve_figure`,
+:func:`apem_figure`), the generated sentences (:func:`setting`,
+:func:`constant_note`, :func:`agreement_with_table`) and the numbers the
+exercises quote (:func:`exercise_values`).
 """
 
 from __future__ import annotations
@@ -30,13 +29,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from apem import claims as cl, stats, thesis
-from apem.figures import plots
+from apem import claims, stats, thesis
 from apem.book import display
-from apem import randomisation
-from apem import studies
-from apem.run import results
-from apem.studies.common import pick_stage
+from apem.figures import plots
 
 THRESHOLD = 0.5  # "keeps little of the trained map": median Spearman rho below this
 
@@ -128,7 +123,7 @@ def agreement_with_table(ap: pd.DataFrame, shuffles: bool = True) -> str:
     same = (tr.apem == tr.apem_table) | (tr.apem.isna() & tr.apem_table.isna())
     by_m = same.groupby(tr.method, sort=False).mean()
     return ("The trained maps above were recomputed with this chapter's method parameters; their APEM equals the "
-            "results table's on " + ", ".join(f"{cl.fmt(by_m[m], 0, pct=True)} of the images for {thesis.label(m)}"
+            "results table's on " + ", ".join(f"{claims.fmt(by_m[m], 0, pct=True)} of the images for {thesis.label(m)}"
                                               for m in by_m.index)
             + ". (SmoothGrad's maps differ by design: here every noisy copy explains the trained prediction, and "
             "there are at most `smoothgrad_n` copies."
@@ -216,151 +211,58 @@ def apem_figure(ap: pd.DataFrame, shuffled: pd.DataFrame, stage: int):
     return fig
 
 
-# ----------------------------------------------------------------------------- claims
-
+# ----------------------------------------------------------------------------- the claims' reasons
 
 EVERY_CONSTANT = "every randomised map is constant: the test has nothing to compare"
 ALL_UNDEFINED = "APEM is undefined for every randomised map (all constant): nothing to score"
 NO_SHUFFLES = "the shuffled baseline was not computed (shuffles is 0)"
 
 
-def chapter_claims(sim: pd.DataFrame, ap: pd.DataFrame, stage: int, threshold: float = THRESHOLD,
-                   has_shuffles: bool = True) -> list:
-    """The chapter's claims (ours) on the study's tables at visualisation stage ``stage``."""
-    methods = list(dict.fromkeys(ap.method))
-    last = int(sim.step.max())
-    full = sim[(sim.step == last) & (sim.vis_stage == stage)]
-    out = []
-    for m in methods:
-        g = full[full.method == m].set_index("image_id")
-        all_constant = len(g) > 0 and bool(g.constant.all())
-        out.append(cl.Location(
-            f"{thesis.label(m)} passes the randomisation test: with every layer random, its stage-{stage} maps keep "
-            f"little of the trained ones (Spearman ρ < {cl.fmt(threshold, 2)})", source=cl.OURS,
-            values=g.spearman[~g.constant], threshold=threshold, greater=False, what="Spearman ρ",
-            applicable=not all_constant, reason=EVERY_CONSTANT))
-    wide = {m: ap[ap.method == m].pivot(index="image_id", columns="step", values="apem") for m in methods}
-    last_ap = int(ap.step.max())
-    for m in methods:
-        w = wide[m]
-        rnd = w[last_ap] if last_ap in w else pd.Series(dtype=float)
-        out.append(cl.Paired(f"APEM scores {thesis.label(m)}'s trained maps above the fully randomised model's maps",
-                             source=cl.OURS, a=w[0], b=rnd, names=("trained", "randomised"), digits=0,
-                             applicable=bool(rnd.notna().any()), reason=ALL_UNDEFINED))
-    for m in methods:
-        w = wide[m]
-        rnd = w[last_ap] if last_ap in w else pd.Series(dtype=float)
-        shuf = ap[(ap.method == m) & (ap.step == 0)].set_index("image_id").apem_shuffle
-        ok = has_shuffles and bool(shuf.notna().any())
-        out.append(cl.Paired(f"APEM scores the fully randomised model's {thesis.label(m)} maps above shuffled maps",
-                             source=cl.OURS, a=rnd, b=shuf.reindex(rnd.index), names=("randomised", "shuffled"),
-                             digits=0, applicable=ok and bool(rnd.notna().any()),
-                             reason=NO_SHUFFLES if not ok else ALL_UNDEFINED))
-    return out
+# ----------------------------------------------------------------------------- prose and the cascade
 
 
-# ----------------------------------------------------------------------------- the page
+def cascade_table(layers, sim: pd.DataFrame) -> pd.DataFrame:
+    """The cascade: one row per step (the stage randomised last, on top of the rows above), and whether the study
+    evaluated it. ``layers``: the stage names in the order they are randomised."""
+    steps = set(sim.step.unique())
+    out = pd.DataFrame({"step": range(1, len(layers) + 1), "stage randomised": list(layers)})
+    out["evaluated"] = ["yes" if s in steps else "" for s in out.step]
+    return out.set_index("step")
 
 
-class Page:
-    """Chapter 11 on the first ``n_images`` correct images; every ``every``-th cascade step and the last;
-    SmoothGrad with at most ``smoothgrad_n`` copies; APEM at ``stage``; ``threshold`` for the randomisation test."""
+def undefined_censored(ap: pd.DataFrame) -> tuple[int, int, int]:
+    """``(censored, scored, undefined)``: the APEM scores of the study with a censored search, those defined, and
+    those undefined (constant maps)."""
+    scored = ap.apem.notna()
+    cens = int((ap.censored_minus.astype(bool) | ap.censored_plus.astype(bool))[scored].sum())
+    return cens, int(scored.sum()), int((~scored).sum())
 
-    def __init__(self, params="default", overrides=None, *, n_images: int = 8, every: int = 3,
-                 smoothgrad_n: int = 16, stage: int | None = None, quick: bool | None = None,
-                 threshold: float = THRESHOLD, alpha: float = 0.05):
-        self.res = results(params, progress=False, **dict(overrides or {}))
-        self.cfg = self.res.cfg
-        self.stage, self.alpha, self.threshold = pick_stage(self.res, stage), alpha, float(threshold)
-        self.n = min(int(n_images), len(studies.correct_ids(self.res)))
-        quick = (len(studies.correct_ids(self.res)) < 10) if quick is None else bool(quick)
-        self.every = max(int(every), 5) if quick else int(every)  # a smoke budget: fewer cascade steps
-        self.kw = dict(n_images=self.n, stage=self.stage, every=self.every, smoothgrad_n=int(smoothgrad_n),
-                       seed=self.cfg.seed)
-        self.smoothgrad_n = int(smoothgrad_n)
-        self.has_shuffles = self.cfg.shuffles > 0
-        self._tables = None
 
-    @property
-    def tables(self):
-        if self._tables is None:
-            self._tables = studies.sanity_check(self.res, **self.kw)
-        return self._tables
-
-    @property
-    def sim(self) -> pd.DataFrame:
-        return self.tables[0]
-
-    @property
-    def ap(self) -> pd.DataFrame:
-        return self.tables[1]
-
-    @property
-    def methods(self) -> list:
-        return display.method_order(self.ap)
-
-    @property
-    def shuffled(self) -> pd.DataFrame:
-        return shuffled_rows(self.res.table, set(self.ap.image_id), self.stage)
-
-    def setting(self) -> None:
-        display.require(self.n > 0, "The configuration has no correctly classified image", "-p n_correct 24")
-        sim = self.sim
-        layers = randomisation.randomization_stages(self.res.model)
-        steps = sorted(sim.step.unique())
-        sg = studies.sanity_params(self.res, "smoothgrad", self.smoothgrad_n) if "smoothgrad" in self.methods else None
-        ap = self.ap
-        cens = int((ap.censored_minus.astype(bool) | ap.censored_plus.astype(bool))[ap.apem.notna()].sum())
-        display.show_markdown(
-            f"**Setting.** {self.cfg.model}, the first {self.n} correctly classified images, methods "
-            f"{', '.join(map(thesis.label, self.methods))}; {len(layers)} randomisation stages, of which steps "
+def setting(cfg, n: int, methods, n_layers: int, sim: pd.DataFrame, ap: pd.DataFrame, stage: int,
+            smoothgrad: dict | None, has_shuffles: bool) -> str:
+    """The page's setting: model, images, methods, the cascade's evaluated steps, APEM's censoring."""
+    steps = sorted(sim.step.unique())
+    cens, scored, _ = undefined_censored(ap)
+    return (f"**Setting.** {cfg.model}, the first {n} correctly classified images, methods "
+            f"{', '.join(map(thesis.label, methods))}; {n_layers} randomisation stages, of which steps "
             f"{', '.join(map(str, steps))} are evaluated (step {max(steps)}: every layer random). APEM at "
-            f"visualisation stage {self.stage}: {cens} of {int(ap.apem.notna().sum())} scored maps censored."
-            + (f" SmoothGrad here uses n = {sg['n']} noisy copies with the trained model's prediction as the target "
-               "of every copy, for the trained and the randomised maps alike." if sg else "")
-            + ("" if self.has_shuffles else " The configuration has no shuffles: the comparison with shuffled maps "
+            f"visualisation stage {stage}: {cens} of {scored} scored maps censored."
+            + (f" SmoothGrad here uses n = {smoothgrad['n']} noisy copies with the trained model's prediction as the "
+               "target of every copy, for the trained and the randomised maps alike." if smoothgrad else "")
+            + ("" if has_shuffles else " The configuration has no shuffles: the comparison with shuffled maps "
                "is not computed."))
 
-    def cascade(self) -> pd.DataFrame:
-        layers = [s.name for s in randomisation.randomization_stages(self.res.model)]
-        steps = set(self.sim.step.unique())
-        out = pd.DataFrame({"step": range(1, len(layers) + 1), "stage randomised": layers})
-        out["evaluated"] = ["yes" if s in steps else "" for s in out.step]
-        return out.set_index("step")
 
-    def example_maps(self) -> None:
-        ex = studies.sanity_example_maps(self.res, **self.kw)
-        steps = sorted(self.sim.step.unique())
-        display.show_figure(example_figure(self.res, ex, self.methods, steps, step_names(self.sim),
-                                          studies.correct_ids(self.res, 1)[0], self.stage))
+# ----------------------------------------------------------------------------- exercises
 
-    def curves(self) -> None:
-        display.show_figure(curve_figure(self.sim, seed=self.cfg.seed))
 
-    def constant_maps(self) -> None:
-        display.show_markdown(constant_note(self.sim, self.n))
-
-    def similarity(self) -> pd.DataFrame:
-        return last_step_similarity(self.sim, seed=self.cfg.seed)
-
-    def apem_table(self) -> pd.DataFrame:
-        return apem_summary(self.ap, self.shuffled, seed=self.cfg.seed)
-
-    def apem_figure(self) -> None:
-        display.show_figure(apem_figure(self.ap, self.shuffled, self.stage))
-
-    def table_agreement(self) -> None:
-        display.show_markdown(agreement_with_table(self.ap, self.has_shuffles))
-
-    def claims(self) -> cl.Claims:
-        return cl.Claims(chapter_claims(self.sim, self.ap, self.stage, self.threshold, self.has_shuffles),
-                         alpha=self.alpha)
-
-    def verdicts(self) -> None:
-        ap = self.ap
-        cens = int((ap.censored_minus.astype(bool) | ap.censored_plus.astype(bool))[ap.apem.notna()].sum())
-        und = int(ap.apem.isna().sum())
-        model = (f"Our model is {self.cfg.model} on {self.n} images; a method's randomised maps depend on how the "
-                 "model's layers are re-initialised, and the thesis ran no such test.")
-        self.claims().show(censored=f"{cens} of the {int(ap.apem.notna().sum())} APEM scores here are censored and "
-                                    f"{und} undefined (constant maps).", model=model)
+def exercise_values(sim: pd.DataFrame, threshold: float, smoothgrad_n: int) -> dict[str, str]:
+    """The numbers the exercises' solutions quote (names ``ex11_...``): the median Spearman rho of the fully
+    randomised maps at the last visualisation stage, and which methods pass at ``threshold`` and at 0.2."""
+    full = sim[(sim.step == sim.step.max()) & (sim.vis_stage == sim.vis_stage.max())]
+    med = full.groupby("method", sort=False).spearman.median()
+    rho = ", ".join(f"{thesis.label(m)} {claims.fmt(float(v), 2, sign=True)}" for m, v in med.items())
+    return {"ex11_threshold": claims.fmt(threshold, 2), "ex11_rho": rho,
+            "ex11_pass_02": ", ".join(thesis.label(m) for m, v in med.items() if v < 0.2) or "none",
+            "ex11_pass": ", ".join(thesis.label(m) for m, v in med.items() if v < threshold) or "none",
+            "ex11_smoothgrad_n": str(smoothgrad_n), "ex11_vis_stage": str(int(sim.vis_stage.max()))}
