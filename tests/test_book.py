@@ -102,6 +102,23 @@ def test_html_references_nothing_outside(smoke_book):
     assert (html / "_static" / "mathjax" / "tex-chtml.js").exists()
 
 
+def test_api_reference_is_built_with_its_source(smoke_book):
+    """The API reference part (book/api/*.md, autodoc): every page built, each function with a [source] link
+    to its module's code in the book (viewcode's ``_modules/`` pages), the docstrings' math typeset."""
+    html = smoke_book / "_build" / "html"
+    api = [f for f in toc_files() if f.startswith("book/api/")]
+    assert "book/api/stats" in api and "book/api/claims" in api
+    for f in api:
+        assert (html / f"{f}.html").exists(), f"{f}: no API reference page"
+    stats = (html / "book" / "api" / "stats.html").read_text(errors="ignore")
+    assert 'id="apem.stats.summary_table"' in stats, "apem.stats.summary_table is not documented"
+    assert "_modules/apem/stats.html#summary_table" in stats, "no [source] link (viewcode)"
+    assert (html / "_modules" / "apem" / "stats.html").exists(), "viewcode wrote no _modules/ page"
+    assert 'id="apem.claims.Paired"' in (html / "book" / "api" / "claims.html").read_text(errors="ignore")
+    metric = (html / "book" / "api" / "metric.html").read_text(errors="ignore")
+    assert 'class="math notranslate nohighlight"' in metric, "the docstrings' :math: is not typeset"
+
+
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -1,7 +1,9 @@
-"""What a chapter shows: tables with the thesis's value beside ours, censoring in view, figures once.
+"""What a page shows: tables with the thesis's value beside ours, censoring in view, figures once.
 
-Chapters stay thin: the chapter modules (:mod:`apem.chapters`) compute with
-:mod:`apem.stats` and decide with :mod:`apem.claims`, then call these to display.
+The pages compute with :mod:`apem.stats` and decide with :mod:`apem.claims` in their own
+cells, then call these to display: the formatters of bounded values (:func:`fmt_bounded`,
+the one place ≥ / ≤ are written), the summary and ranking views, and ``show_figure`` /
+``show_markdown`` / ``require`` for the notebook.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""The logic of each chapter of the book, so that a notebook reads as prose, one call, its output.
+"""The plumbing of each chapter of the book: tested functions that take data frames and return tables or figures.
 
-``apem.chapters.chNN`` holds chapter NN's page object: it loads the results once,
-and each method shows one table, figure or verdict family. The verdicts are
-:class:`apem.claims.Claims` families declared in these modules, printed by the
-object that decides them.
+The science is on the pages (``notebooks/NN_*.md``): which rows of the results table
+enter, each statistic as a call into apem's API, and the chapter's claims, declared with
+:mod:`apem.claims` in a cell tagged ``claims`` before the results they judge and decided
+in "What held". ``apem.chapters.chNN`` keeps what a reader need not see to follow a
+number: drawing a figure, formatting a table (the thesis beside ours, censoring marks),
+and ``exercise_values``, the numbers its exercises' solutions quote. Chapters do not
+import each other; what several share lives in :mod:`apem.figures`, :mod:`apem.stats`
+and :mod:`apem.book.display`.
 """
 
 import warnings
