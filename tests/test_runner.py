@@ -237,7 +237,7 @@ def test_run_and_table_commands(reference, tmp_path, monkeypatch, capsys):
     p.write_text(cfg.to_yaml())
     assert main(["run", str(p), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "APEM per method and stage" in out and "lrp_epsilon" in out
+    assert "APEM per method and stage" in out and "LRP-ε" in out  # display names, as the book prints them
     assert main(["table", str(p)]) == 0
     assert "median" in capsys.readouterr().out
 
