@@ -2,7 +2,8 @@
 
 A chapter builds a :class:`Claims` family from claim objects -- :class:`Proportion`,
 :class:`Paired`, :class:`Location`, :class:`TwoGroups`, :class:`Correlation`,
-:class:`Vanishes` (an "is zero" claim, never held), :class:`Invariant` (checked on every
+:class:`Vanishes` and :class:`ZeroMedian` (the thesis's "is zero" claims: never held, not held when a
+two-sided test finds the value nonzero), :class:`Invariant` (checked on every
 item, no test), :class:`AllOf` (a compound) and :class:`Descriptive` (shown, never
 tested, always "not applicable" with its reason). Each claim
 declares its statistic, its test (or exact interval), its threshold, its
@@ -13,8 +14,11 @@ so they are never counted as independent). The family then
 * evaluates every claim: ``n`` (images), the estimate with an exact or
   distribution-free interval where one exists, two one-sided p-values (for the
   claim, and for its opposite);
-* adjusts the p-values with Holm's method across the family's tests (for and
-  against separately), and decides at ``alpha``:
+* leaves out, as *undecidable*, the claims whose test could not reach ``alpha`` at their
+  number of images whatever the data (decided from the sizes alone);
+* adjusts the p-values with Holm's method across the family's tests, the p-values for
+  and against every claim in one family (so the chance of any wrong verdict stays below
+  ``alpha``), and decides at ``alpha``:
 
   - ``held``: the adjusted p-value *for* the claim is below ``alpha``;
   - ``not held``: the adjusted p-value *against* it is below ``alpha``;
@@ -55,16 +59,17 @@ The package: :mod:`apem.claims.base` (verdicts, formatting, the per-image unit,
 
 from apem.claims.base import (
     ALPHA, BADGE, HELD, INCONCLUSIVE, MAX_N, NOT_APPLICABLE, NOT_HELD, OURS, POWER, THESIS, VERDICTS, Claim,
-    Evidence, Missing, PerGroup, fmt, fmt_n, fmt_p, per_group, per_image,
+    Evidence, Missing, PerGroup, censored_of, fmt, fmt_n, fmt_p, per_group, per_image,
 )
 from apem.claims.family import Claims, holm
 from apem.claims.kinds import (
     AllOf, Correlation, Descriptive, Invariant, Location, NoneNonzero, Paired, Proportion, TwoGroups, Vanishes,
+    ZeroMedian,
 )
 
 __all__ = [
     "ALPHA", "BADGE", "HELD", "INCONCLUSIVE", "MAX_N", "NOT_APPLICABLE", "NOT_HELD", "OURS", "POWER", "THESIS",
     "VERDICTS", "AllOf", "Claim", "Claims", "Correlation", "Descriptive", "Evidence", "Invariant", "Location",
-    "NoneNonzero", "Paired", "Proportion", "TwoGroups", "Vanishes", "fmt", "fmt_n", "fmt_p", "holm", "per_image",
-    "Missing", "PerGroup", "per_group",
+    "NoneNonzero", "Paired", "Proportion", "TwoGroups", "Vanishes", "ZeroMedian", "fmt", "fmt_n", "fmt_p", "holm", "per_image",
+    "Missing", "PerGroup", "censored_of", "per_group",
 ]

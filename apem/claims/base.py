@@ -27,10 +27,15 @@ def fmt(x, digits: int = 2, pct: bool = False, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "∞" if isinstance(x, float) and x == math.inf else "–"
     if pct:
-        return f"{100 * x:.{digits}f}%"
+        return _no_negative_zero(f"{100 * x:.{digits}f}") + "%"
     if isinstance(x, (int, np.integer)):
         return f"{int(x):+d}" if sign else f"{int(x):,}"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    return _no_negative_zero(f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}")
+
+
+def _no_negative_zero(text: str) -> str:
+    """``"-0"``, ``"-0.00"`` (a small negative number rounded away) and ``"+0.00"`` print as ``"0"``, ``"0.00"``."""
+    return text[1:] if text[:1] in "+-" and not text.strip("+-0.") else text
 
 
 def fmt_p(p: float) -> str:
@@ -101,6 +106,19 @@ def per_group(df: pd.DataFrame, value: str, by: str = "method", unit: str = "ima
     return PerGroup({k: per_image(g, value, unit, how) for k, g in df.groupby(by, sort=False)})
 
 
+def censored_of(df: pd.DataFrame, value: str, by: str = "method", unit: str = "image_id") -> PerGroup:
+    """Whether each image's ``value`` is censored, for each level of ``by``: ``{level: bool Series by image}``.
+
+    An image is censored when any of its rows is (:func:`apem.stats.censored`: a search that reached its
+    bound, on the side that bounds ``value``). Give it to a claim as ``censored=`` so the verdict table
+    shows whether the verdict survives leaving those images out (see :class:`Claim`).
+    """
+    from apem.stats import censored
+
+    flags = df.assign(_censored=censored(df, value).to_numpy())
+    return PerGroup({k: g.groupby(unit, sort=False)["_censored"].any() for k, g in flags.groupby(by, sort=False)})
+
+
 def _series(v, name: str) -> pd.Series:
     if isinstance(v, pd.Series):
         if v.index.has_duplicates:
@@ -125,6 +143,9 @@ class Evidence:
     reason: str = ""
     decided: str | None = None  # a deterministic verdict (Invariant), no test
     direction: int = 0  # +1 the data point the claimed way, -1 the other way, 0 null
+    p_min: float = np.nan  # the smallest p for the claim its test can reach at this n (before Holm; NaN: never held)
+    p_min_against: float = np.nan  # the same against the claim (its refutation)
+    undecidable: bool = False  # no data of this size could decide it (set by the family; not applicable)
 
 
 @dataclass
@@ -136,18 +157,28 @@ class Claim:
     whose data include a :class:`Missing` (a method or group the configuration lacks,
     see :func:`per_group`) is not applicable for that reason: the one guard for
     configurations that lack a method.
+
+    ``censored``: which images' values are censored (a bool Series by image, or a list of
+    them, OR-ed; :func:`censored_of`). How they enter is declared once for every claim:
+    *at the bound*, i.e. as the restricted value ``min(epsilon, bound)`` (a censored epsilon
+    is at least the bound, so its rank among uncensored values is right, and a paired
+    difference of two censored values is a tie). The family also decides the claim with
+    those images *left out* and shows whether the verdict survives.
     """
 
     text: str
     source: str = THESIS
     applicable: bool = True
     reason: str = ""
+    censored: object = None
 
     # filled by Claims.decide
     evidence: Evidence | None = field(default=None, init=False, repr=False)
     verdict: str | None = field(default=None, init=False)
     p_for_adj: float = field(default=np.nan, init=False, repr=False)
     p_against_adj: float = field(default=np.nan, init=False, repr=False)
+    p_best: float = field(default=np.nan, init=False, repr=False)  # the smallest Holm-adjusted p it could reach
+    verdict_without_censored: str | None = field(default=None, init=False)  # the sensitivity check's verdict
 
     def evaluate(self, alpha: float, power: float) -> Evidence:  # pragma: no cover - abstract
         """The claim's :class:`Evidence` on its data: ``n``, estimate, interval, p for and against, images needed."""
@@ -161,10 +192,31 @@ class Claim:
         """The claims Holm counts: the claim itself, or a compound's parts (:class:`~apem.claims.AllOf`)."""
         return [self]
 
+    def censored_images(self) -> set:
+        """The images :attr:`censored` flags (empty when none is given)."""
+        flags = self.censored if isinstance(self.censored, (list, tuple)) else [self.censored]
+        out = set()
+        for f in flags:
+            if isinstance(f, pd.Series):
+                out |= set(f.index[f.astype(bool).to_numpy()])
+        return out
+
+    def without(self, images: set) -> "Claim":
+        """A copy whose per-image data (every Series field) leave ``images`` out: the sensitivity check."""
+        import copy
+
+        c = copy.copy(self)
+        for k, v in vars(self).items():
+            if k != "censored" and isinstance(v, pd.Series):
+                setattr(c, k, v[~v.index.isin(list(images))])
+        c.censored = None
+        return c
+
     def _evaluate(self, alpha: float, power: float) -> Evidence:
         if not self.applicable:
             return Evidence(0, "–", applicable=False, reason=self.reason or "not testable on these data")
-        lacking = [v.what for v in vars(self).values() if isinstance(v, Missing)]
+        flags = self.censored if isinstance(self.censored, (list, tuple)) else [self.censored]
+        lacking = [v.what for v in [*vars(self).values(), *flags] if isinstance(v, Missing)]
         if lacking:
             return Evidence(0, "–", applicable=False,
                             reason=f"the configuration lacks {', '.join(dict.fromkeys(lacking))}")

@@ -45,11 +45,31 @@ class Claims:
     """
 
     def __init__(self, claims: list[Claim], title: str = "Did the claims hold on our model?",
-                 alpha: float = ALPHA, power: float = POWER, context: str = ""):
+                 alpha: float = ALPHA, power: float = POWER, context: str = "", sensitivity: bool = True):
         if not 0 < alpha < 1 or not 0 < power < 1:
             raise ValueError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
         self.claims, self.title, self.alpha, self.power, self.context = list(claims), title, alpha, power, context
         self._decide()
+        self.censoring = sensitivity and any(p.censored_images() for c in self.claims for p in c.parts())
+        if self.censoring:
+            self._without_censored()
+
+    def _without_censored(self) -> None:
+        """The sensitivity check: the same family decided with every claim's censored images left out."""
+        shadow = []
+        for c in self.claims:
+            if isinstance(c, AllOf):
+                import copy
+
+                d = copy.copy(c)
+                d.of = [p.without(p.censored_images()) for p in c.of]
+                shadow.append(d)
+            else:
+                shadow.append(c.without(c.censored_images()))
+        other = Claims(shadow, alpha=self.alpha, power=self.power, sensitivity=False)
+        for c, d in zip(self.claims, other.claims):
+            c.verdict_without_censored = d.verdict
+            c.evidence_without_censored = d.evidence
 
     # ------------------------------------------------------------------ deciding
     def _decide(self) -> None:
@@ -62,11 +82,17 @@ class Claims:
                 ev = part.evidence
                 if ev.applicable and ev.decided is None:
                     tests.append(part)
+        tests = self._decidable(tests)
         self.m = len(tests)
-        pf = holm([t.evidence.p_for for t in tests])
-        pa = holm([t.evidence.p_against for t in tests])
-        for t, a, b in zip(tests, pf, pa):
+        # Holm over both directions together: 2m one-sided p-values (each claim for and against), so the
+        # chance of any wrong verdict, held or not held, stays below alpha (separate families would allow 2 alpha)
+        ps = [t.evidence.p_for for t in tests] + [t.evidence.p_against for t in tests]
+        self.n_p = int(np.isfinite(np.asarray(ps, dtype=float)).sum())  # a never-held claim has no p for it
+        adj = holm(ps)
+        for t, a, b in zip(tests, adj[:self.m], adj[self.m:]):
             t.p_for_adj, t.p_against_adj = float(a), float(b)
+            t.p_best = min(1.0, (self.m + 1) * t.evidence.p_min) if np.isfinite(t.evidence.p_min) else np.nan
+            t.cannot_hold = bool(np.isfinite(t.p_best) and t.p_best >= self.alpha)
         for c in self.claims:
             for part in c.parts():
                 part.verdict = self._verdict(part)
@@ -76,14 +102,59 @@ class Claims:
                                       "; ".join(f"{p.text}: {p.evidence.estimate}" for p in c.parts()),
                                       needed=_max_needed([p for p in c.parts()]),
                                       applicable=c.applicable and bool(vs), reason=c.reason)
+                undecidable = [p for p in c.parts() if p.evidence.undecidable]
                 if not c.applicable or not vs or all(v == NOT_APPLICABLE for v in vs):
                     c.verdict = NOT_APPLICABLE
+                    if undecidable:
+                        c.evidence.applicable, c.evidence.undecidable = False, True
+                        c.evidence.reason = "undecidable at this n: " + "; ".join(
+                            f"{p.text}: {p.evidence.reason.removeprefix('undecidable at this n: ')}" for p in undecidable)
                 elif NOT_HELD in vs:
                     c.verdict = NOT_HELD
+                elif undecidable:  # it can never hold: a part no data could decide
+                    c.verdict = NOT_APPLICABLE
+                    c.evidence.applicable, c.evidence.undecidable = False, True
+                    c.evidence.reason = ("undecidable at this n: it holds only when every part does, and "
+                                         + "; ".join(f"{p.text} cannot be decided" for p in undecidable))
                 elif all(v == HELD for v in vs):
                     c.verdict = HELD
                 else:
                     c.verdict = INCONCLUSIVE
+
+    def _decidable(self, tests: list) -> list:
+        """The tests some data could decide at their n; the others become *not applicable: undecidable*.
+
+        Decided from the sample sizes alone, before any p-value is read. With ``m`` tests in the family
+        (``2m`` one-sided p-values), a test whose smallest reachable p is ``p_min`` can at best get a
+        Holm-adjusted ``(m + 1) p_min`` (at most one of each claim's two p-values is below 1/2, so it
+        ranks at most ``m``-th). A test counts with the smaller of its two sides' ``p_min`` (held, or
+        refuted); the largest ``k`` such that the ``k`` tests with the smallest all have ``(k + 1) p_min <
+        alpha`` are kept (ties in the order the claims are declared). The rest could not be decided either
+        way by any data of their size: they are kept out of the family and of the counts of inconclusive
+        verdicts. A kept test that could be refuted but never held is *undecidable* too unless it is
+        refuted (:meth:`_verdict`).
+        """
+        def reach(t):
+            ps = [p for p in (t.evidence.p_min, t.evidence.p_min_against) if np.isfinite(p)]
+            return min(ps) if ps else 0.0
+
+        pmin = [reach(t) for t in tests]
+        order = sorted(range(len(tests)), key=lambda i: pmin[i])
+        k = 0
+        for j, i in enumerate(order, 1):
+            if (j + 1) * pmin[i] < self.alpha:
+                k = j
+        keep = set(order[:k])
+        for i, t in enumerate(tests):
+            if i not in keep:
+                best = min(1.0, (k + 2) * pmin[i])  # were it added: k + 1 tests, ranked (k + 1)-th at best
+                t.evidence.applicable = False
+                t.evidence.undecidable = True
+                t.p_best = best
+                t.evidence.reason = (f"undecidable at this n: on {t.evidence.n} images its test's smallest p is "
+                                     f"{_fmt_small(pmin[i])}, at best {_fmt_small(best)} after Holm's correction, "
+                                     f"not below α = {self.alpha}")
+        return [t for i, t in enumerate(tests) if i in keep]
 
     def _verdict(self, c: Claim) -> str:
         ev = c.evidence
@@ -95,6 +166,12 @@ class Claims:
             return HELD
         if c.p_against_adj < self.alpha:
             return NOT_HELD
+        if getattr(c, "cannot_hold", False):  # it could only have been refuted, and was not
+            ev.undecidable = True
+            ev.reason = (f"undecidable at this n: on {ev.n} images its test's smallest p for the claim is "
+                         f"{_fmt_small(ev.p_min)}, at best {_fmt_small(c.p_best)} after Holm's correction, not below "
+                         f"α = {self.alpha}; it could only have been refuted, and was not")
+            return NOT_APPLICABLE
         return INCONCLUSIVE
 
     # ------------------------------------------------------------------ reading
@@ -129,19 +206,24 @@ class Claims:
     # ------------------------------------------------------------------ showing
     def markdown(self) -> str:
         """The verdict table in Markdown (the family's title, one row per claim)."""
+        extra = self.censoring
         lines = [f"**{self.title}**", "",
-                 "| # | claim | source | n | evidence | p (Holm) | images needed | power at this n | verdict |",
-                 "| --- | --- | --- | ---: | --- | ---: | ---: | --- | --- |"]
+                 "| # | claim | source | n | evidence | p (Holm) | smallest p possible | images needed | "
+                 "power at this n | verdict |" + (" censored images left out |" if extra else ""),
+                 "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- |" + (" --- |" if extra else "")]
         for i, c in enumerate(self.claims, 1):
             ev = c.evidence
             ptxt = _p_cell(c)
-            evidence = ev.estimate if ev.applicable else f"not testable: {ev.reason}"
+            evidence = (f"{ev.estimate}; {ev.reason}" if ev.undecidable else ev.estimate if ev.applicable
+                        else f"not testable: {ev.reason}")
             lines.append(f"| {i} | {c.text} | {'thesis' if c.source == THESIS else 'ours'} | {_count(c)} | {evidence} | "
-                         f"{ptxt} | {fmt_n(ev.needed) if ev.applicable else '–'} | {_power_at_n(c)} | "
-                         f"{BADGE[c.verdict]} |")
+                         f"{ptxt} | {_best_cell(c)} | {fmt_n(ev.needed) if ev.applicable else '–'} | "
+                         f"{_power_at_n(c)} | {BADGE[c.verdict]} |" + (f" {_sensitivity_cell(c)} |" if extra else ""))
         checked = all(isinstance(p, Invariant) for c in self.claims for p in c.parts())
         tests = ("no test, so no Holm's correction: every claim here is checked, not tested" if self.m == 0 else
-                 f"Holm's correction over the {self.m} test{'s' if self.m != 1 else ''} of this chapter")
+                 f"Holm's correction over the {self.m} test{'s' if self.m != 1 else ''} of this chapter, each "
+                 f"tested for and against the claim: {self.n_p} one-sided p-values in one family, so the chance "
+                 f"of any wrong verdict, held or not held, stays below α")
         lines += ["", f"*Rules, declared before the data (α = {self.alpha}; {tests}"
                   f"{'' if checked else '; the unit is the image'}):*", ""]
         for i, c in enumerate(self.claims, 1):
@@ -149,7 +231,18 @@ class Claims:
             if isinstance(c, AllOf):
                 for p in c.parts():
                     lines.append(f"   - {p.text}: {p.rule(self.alpha)} ({BADGE[p.verdict]}).")
-        lines += ["", f"*Images needed*: the number of images at which the test would reach {self.power:.0%} power "
+        if extra:
+            lines += ["", "*Censored searches* enter every claim at the bound, as the restricted value "
+                      "min(ε, bound): a censored ε is at least the bound, so it ranks above every uncensored one and "
+                      "two censored values tie. *Censored images left out* decides the same claims with the images "
+                      "whose value is censored left out (Holm over that family): where the two verdicts differ, the "
+                      "verdict depends on how censoring is treated."]
+        lines += ["", "*Smallest p possible*: the smallest Holm-adjusted p the claim's test could reach at its n "
+                  "whatever the data (every image on one side; the claim's p the family's smallest but for the "
+                  "others); a claim whose smallest possible p is not below α could not be decided by any data of "
+                  "this size, and is marked *not applicable* (undecidable) from its size alone, before its "
+                  "p-values are read, and left out of Holm's family.",
+                  "", f"*Images needed*: the number of images at which the test would reach {self.power:.0%} power "
                   f"at α = {self.alpha} (one-sided, before Holm) if the true effect were the one observed, in the "
                   "direction observed; ∞ when no effect was observed. *Power at this n*: whether the images at hand "
                   "reach that number, so that a real effect of the size observed would usually be detected; it says "
@@ -159,7 +252,8 @@ class Claims:
 
     def power_summary(self, source: str | None = THESIS) -> dict:
         """How many testable claims (of ``source``; None: all) this n has the power to decide."""
-        cs = [c for c in self.claims if (source is None or c.source == source) and c.evidence.applicable]
+        cs = [c for c in self.claims if (source is None or c.source == source) and c.evidence.applicable
+              and not c.evidence.undecidable]
         enough = [c for c in cs if _has_power(c)]
         short = [c.evidence.needed for c in cs if not _has_power(c)]
         finite = [n for n in short if n is not None and n != math.inf]
@@ -169,17 +263,18 @@ class Claims:
     def discussion(self, n_images: int | None = None, censored: str = "", model: str = "") -> str:
         """A short discussion generated from the verdicts: what held, what did not, and why that may be."""
         k = self.counts()
+        n_undecidable = sum(bool(c.evidence.undecidable) for c in self.claims)
         out = [f"**Discussion.** Of {len(self.claims)} claims, {k[HELD]} held, {k[NOT_HELD]} did not, "
                f"{k[INCONCLUSIVE]} {'was' if k[INCONCLUSIVE] == 1 else 'were'} inconclusive"
-               + (f" and {k[NOT_APPLICABLE]} could not be tested" if k[NOT_APPLICABLE] else "") + "."]
+               + (f" and {k[NOT_APPLICABLE]} could not be tested" if k[NOT_APPLICABLE] else "")
+               + (f" ({n_undecidable} of them because no data of {'its' if k[NOT_APPLICABLE] == 1 else 'their'} "
+                  "size could decide them)" if n_undecidable else "") + "."]
         for c in self.claims:
             ev = c.evidence
             if c.verdict == HELD:
                 out.append(f"*{c.text}* held on {_count(c)} ({ev.estimate}).")
             elif c.verdict == NOT_HELD:
-                why = " The thesis measured VGG-16 on 5,000 images; a different model can order things differently." \
-                    if c.source == THESIS else ""
-                out.append(f"*{c.text}* did not hold: the data point the other way ({ev.estimate}).{why}")
+                out.append(f"*{c.text}* did not hold: the data point the other way ({ev.estimate}).")
             elif c.verdict == INCONCLUSIVE:
                 need = ev.needed
                 if (need is None or need == math.inf) and isinstance(c, AllOf):
@@ -192,7 +287,7 @@ class Claims:
                 else:
                     why = (f"the observed effect would usually be detectable with {ev.n} images, so this is chance "
                            f"or Holm's correction over {self.m} test{'s' if self.m != 1 else ''}")
-                out.append(f"*{c.text}* was inconclusive: {why}.")
+                out.append(f"*{c.text}* was inconclusive ({_lean(c)}): {why}.")
             else:
                 out.append(f"*{c.text}* could not be tested: {ev.reason}.")
         ps = self.power_summary(THESIS)
@@ -203,6 +298,13 @@ class Claims:
                            + (f" (up to {fmt_n(ps['max_needed'])} where an effect was seen)"
                               if ps["max_needed"] is not None else "")
                            if ps["short"] else "") + ".")
+        if self.censoring:
+            moved = [c for c in self.claims if c.verdict_without_censored not in (None, c.verdict)
+                     and c.verdict != NOT_APPLICABLE]
+            out.append("With the censored images left out, " + (
+                "every verdict stays the same." if not moved else
+                "; ".join(f"*{c.text}* would be {c.verdict_without_censored} instead of {c.verdict}" for c in moved)
+                + ": these verdicts depend on how censoring is treated."))
         if censored:
             out.append(censored)
         if model:
@@ -219,6 +321,41 @@ class Claims:
         from IPython.display import Markdown, display
 
         display(Markdown(self.markdown() + "\n\n" + self.discussion(**discussion)))
+
+
+def _sensitivity_cell(c: Claim) -> str:
+    """The "censored images left out" cell: the verdict of the sensitivity check, or why there is none."""
+    if not any(p.censored_images() for p in c.parts()):
+        return "no censored image" if c.verdict != NOT_APPLICABLE else "–"
+    ev = getattr(c, "evidence_without_censored", None)
+    n = f" ({ev.n} images)" if ev is not None and not isinstance(c, AllOf) else ""
+    same = "" if c.verdict_without_censored != c.verdict else ", the same"
+    return f"{BADGE[c.verdict_without_censored]}{n}{same}"
+
+
+def _lean(c: Claim) -> str:
+    """Which way the data of an inconclusive claim lean: towards it, against it, or neither (from the evidence)."""
+    if isinstance(c, AllOf):
+        ds = [p.evidence.direction for p in c.parts() if p.evidence.applicable and p.evidence.decided is None]
+        k_for, k_against = sum(d > 0 for d in ds), sum(d < 0 for d in ds)
+        return (f"of its {len(ds)} parts, the data lean towards {k_for} and against {k_against}"
+                + (f", neither way on {len(ds) - k_for - k_against}" if len(ds) > k_for + k_against else ""))
+    d = c.evidence.direction
+    return ("the data lean towards it" if d > 0 else "the data lean against it" if d < 0 else
+            "the data lean neither way")
+
+
+def _fmt_small(p: float) -> str:
+    """A p-value that may be tiny, for the undecidable reason: three significant digits."""
+    return "0" if p == 0 else f"{p:.3g}"
+
+
+def _best_cell(c: Claim) -> str:
+    """The "smallest p possible" cell: the smallest Holm-adjusted p the claim's test could reach at its n."""
+    if isinstance(c, AllOf):
+        ps = [p.p_best for p in c.parts() if np.isfinite(p.p_best)]
+        return f"max {fmt_p(max(ps))}" if ps else "–"
+    return fmt_p(c.p_best) if np.isfinite(c.p_best) else "–"
 
 
 def _has_power(c: Claim) -> bool:

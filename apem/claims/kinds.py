@@ -13,6 +13,43 @@ from apem.claims.base import HELD, MAX_N, NOT_HELD, Claim, Evidence, _series, _z
 from apem.correlation import spearman_interval
 
 
+def _med(x: float, digits: int) -> str:
+    """A median for an estimate: with ``digits=0``, a median halfway between two integers keeps its ``.5``
+    (medians of epsilons 1.5 and 0.5 printed as 2 and 0 read as a rounding error)."""
+    return fmt(x, 1 if digits == 0 and math.isfinite(x) and x != round(x) else digits)
+
+
+# ----------------------------------------------------------------------------- the smallest p a test can reach
+
+
+def smallest_p(test: str, n: int, n_b: int = 0, threshold: float = 0.5, above: bool = True) -> float:
+    """The smallest one-sided p-value *for* a claim that ``test`` can give at its sample size, whatever the data.
+
+    What decides whether any data could decide a claim (:class:`~apem.claims.Claims` keeps a claim whose
+    test cannot reach its level under Holm's correction out of the tests, as *undecidable at this n*):
+
+    * ``"binomial"``: ``n`` outcomes, the share claimed above ``threshold`` ``t`` (``above=False``: below):
+      all on the claimed side, ``t^n`` (``(1 - t)^n``);
+    * ``"wilcoxon"``, ``"sign"``: ``n`` paired differences, all of one sign: ``2^-n`` (exact null);
+    * ``"mann-whitney"``: groups of ``n`` and ``n_b`` completely separated: ``1 / C(n + n_b, n)``;
+    * ``"spearman"``: one of the ``n!`` orderings: ``1 / n!`` (the exact permutation test;
+      :class:`Correlation` uses it up to :data:`EXACT_SPEARMAN_N` images);
+    * ``"spearman-two-sided"``: ``2 / n!``.
+    """
+    if n <= 0:
+        return 1.0
+    if test == "binomial":
+        return float(threshold ** n if above else (1 - threshold) ** n)
+    if test in ("wilcoxon", "sign"):
+        return float(0.5 ** n)
+    if test == "mann-whitney":
+        return 1.0 / math.comb(n + n_b, n) if n_b > 0 else 1.0
+    if test in ("spearman", "spearman-two-sided"):
+        k = 2.0 if test.endswith("two-sided") else 1.0
+        return min(1.0, k / math.factorial(n)) if n < 171 else 0.0
+    raise ValueError(f"unknown test {test!r}")
+
+
 # ----------------------------------------------------------------------------- proportions
 
 
@@ -65,7 +102,9 @@ class Proportion(Claim):
             needed = _binom_needed(1 - share, 1 - self.threshold, alpha, power) if direction > 0 else \
                 _binom_needed(share, self.threshold, alpha, power)
         est = f"{k}/{n} {self.what} = {fmt(share, 1, pct=True)} [{fmt(ci.low, 1, pct=True)}, {fmt(ci.high, 1, pct=True)}]"
-        return Evidence(n, est, p_for, p_against, needed, direction=direction)
+        return Evidence(n, est, p_for, p_against, needed, direction=direction,
+                        p_min=smallest_p("binomial", n, threshold=self.threshold, above=self.above),
+                        p_min_against=smallest_p("binomial", n, threshold=self.threshold, above=not self.above))
 
     def rule(self, alpha):
         side = "above" if self.above else "below"
@@ -130,10 +169,12 @@ class Paired(Claim):
         if not self.greater:
             wins, losses = losses, wins
         na, nb = self.names
-        est = (f"median {na} {fmt(float(both.a.median()), self.digits)} vs {nb} {fmt(float(both.b.median()), self.digits)}; "
+        est = (f"median {na} {_med(float(both.a.median()), self.digits)} vs {nb} "
+               f"{_med(float(both.b.median()), self.digits)}; "
                f"claimed side on {wins}, tie on {ties}, other side on {losses} of {n} images")
+        p_min = smallest_p(self.test, n)
         if wins + losses == 0:
-            return Evidence(n, est, 1.0, 1.0, math.inf, direction=0)
+            return Evidence(n, est, 1.0, 1.0, math.inf, direction=0, p_min=p_min, p_min_against=p_min)
         if self.test == "sign":
             p_for = sps.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue
             p_against = sps.binomtest(wins, wins + losses, 0.5, alternative="less").pvalue
@@ -147,7 +188,7 @@ class Paired(Claim):
             p_against = float(sps.wilcoxon(d, zero_method="wilcox", alternative=alt_against).pvalue)
             needed = _noether_signed_rank(d, alpha, power)
         direction = int(np.sign(wins - losses)) if self.test == "sign" else int(np.sign(p_against - p_for))
-        return Evidence(n, est, p_for, p_against, needed, direction=direction)
+        return Evidence(n, est, p_for, p_against, needed, direction=direction, p_min=p_min, p_min_against=p_min)
 
     def rule(self, alpha):
         rel = "greater" if self.greater else "smaller"
@@ -191,12 +232,14 @@ class Location(Claim):
             " (interval unbounded at this n)"
         est = f"median {self.what} {fmt(med, self.digits)}{interval}; mean {fmt(float(v.mean()), self.digits)}"
         if not (d != 0).any():
-            return Evidence(n, est, 1.0, 1.0, math.inf, direction=0)
+            return Evidence(n, est, 1.0, 1.0, math.inf, direction=0, p_min=smallest_p("wilcoxon", n),
+                            p_min_against=smallest_p("wilcoxon", n))
         alt_for, alt_against = ("greater", "less") if self.greater else ("less", "greater")
         p_for = float(sps.wilcoxon(d, zero_method="wilcox", alternative=alt_for).pvalue)
         p_against = float(sps.wilcoxon(d, zero_method="wilcox", alternative=alt_against).pvalue)
         return Evidence(n, est, p_for, p_against, _noether_signed_rank(d, alpha, power),
-                        direction=int(np.sign(p_against - p_for)))
+                        direction=int(np.sign(p_against - p_for)), p_min=smallest_p("wilcoxon", n),
+                        p_min_against=smallest_p("wilcoxon", n))
 
     def rule(self, alpha):
         side = "above" if self.greater else "below"
@@ -234,15 +277,17 @@ class TwoGroups(Claim):
         p_against = float(sps.mannwhitneyu(a, b, alternative=alt_against).pvalue)
         ps = float(sps.mannwhitneyu(a, b).statistic) / (a.size * b.size)  # P(a > b) + P(a = b)/2
         na, nb = self.names
-        est = (f"median {na} {fmt(float(np.median(a)), self.digits)} ({a.size} images) vs {nb} "
-               f"{fmt(float(np.median(b)), self.digits)} ({b.size} images); P({na} > {nb}) = {fmt(ps, 2)}")
+        est = (f"median {na} {_med(float(np.median(a)), self.digits)} ({a.size} images) vs {nb} "
+               f"{_med(float(np.median(b)), self.digits)} ({b.size} images); P({na} > {nb}) = {fmt(ps, 2)}")
         if ps == 0.5:
             needed = math.inf
         else:  # Noether (1987): N = (z_a + z_b)^2 / (12 c (1 - c) (p - 1/2)^2)
             c = a.size / n
             needed = float(math.ceil((_z(1 - alpha) + _z(power)) ** 2 / (12 * c * (1 - c) * (ps - 0.5) ** 2)))
         direction = int(np.sign(ps - 0.5)) * (1 if self.greater else -1)
-        return Evidence(n, est, p_for, p_against, needed, direction=direction)
+        return Evidence(n, est, p_for, p_against, needed, direction=direction,
+                        p_min=smallest_p("mann-whitney", int(a.size), int(b.size)),
+                        p_min_against=smallest_p("mann-whitney", int(a.size), int(b.size)))
 
     def rule(self, alpha):
         rel = "greater" if self.greater else "smaller"
@@ -252,6 +297,35 @@ class TwoGroups(Claim):
 
 
 # ----------------------------------------------------------------------------- correlation
+
+#: up to this many images Spearman's p-value is the exact permutation one (n! orderings); above, scipy's
+#: Student-t approximation. The approximation gives p = 0 at rho = +-1 whatever n, so on 3 images it would
+#: "decide" a claim the exact test cannot (its smallest p there is 1/3! = 0.17).
+EXACT_SPEARMAN_N = 8
+
+
+def spearman_p(x, y, alternative: str = "two-sided") -> float:
+    """Spearman's p-value: exact (all ``n!`` permutations of ``y``) up to :data:`EXACT_SPEARMAN_N` pairs, else t.
+
+    The exact test uses :func:`scipy.stats.permutation_test` (``permutation_type="pairings"``), which
+    enumerates every pairing when there are fewer of them than ``n_resamples``.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size > EXACT_SPEARMAN_N:
+        return float(sps.spearmanr(x, y, alternative=alternative).pvalue)
+    rx = sps.rankdata(x)
+    rx = (rx - rx.mean()) / np.sqrt(((rx - rx.mean()) ** 2).sum())
+
+    def rho(y_, axis=-1):  # Pearson's r of the ranks, vectorised over permutations
+        ry = sps.rankdata(y_, axis=axis)
+        ry = ry - ry.mean(axis=axis, keepdims=True)
+        norm = np.sqrt((ry ** 2).sum(axis=axis))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (ry * rx).sum(axis=axis) / norm
+
+    res = sps.permutation_test((y,), rho, permutation_type="pairings", alternative=alternative, vectorized=True,
+                               n_resamples=math.factorial(x.size))
+    return float(res.pvalue)
 
 
 @dataclass
@@ -274,8 +348,8 @@ class Correlation(Claim):
                             reason="a variable is constant over the images: no correlation to test")
         rho = float(sps.spearmanr(both.x, both.y).statistic)
         alt_for, alt_against = ("less", "greater") if self.negative else ("greater", "less")
-        p_for = float(sps.spearmanr(both.x, both.y, alternative=alt_for).pvalue)
-        p_against = float(sps.spearmanr(both.x, both.y, alternative=alt_against).pvalue)
+        p_for = spearman_p(both.x, both.y, alt_for)
+        p_against = spearman_p(both.x, both.y, alt_against)
         lo, hi = spearman_interval(rho, n, alpha)  # Fisher z with Bonett & Wright's (2000) variance
         ci = f" [{fmt(lo, 2, sign=True)}, {fmt(hi, 2, sign=True)}]" if n > 3 else ""
         r = min(max(rho, -0.9999), 0.9999)
@@ -283,12 +357,14 @@ class Correlation(Claim):
             (1 + r * r / 2) * ((_z(1 - alpha) + _z(power)) / math.atanh(abs(r))) ** 2 + 3))
         direction = int(np.sign(rho)) * (-1 if self.negative else 1)
         est = f"ρ({self.names[0]}, {self.names[1]}) = {fmt(rho, 2, sign=True)}{ci}"
-        return Evidence(n, est, p_for, p_against, needed, direction=direction)
+        return Evidence(n, est, p_for, p_against, needed, direction=direction, p_min=smallest_p("spearman", n),
+                        p_min_against=smallest_p("spearman", n))
 
     def rule(self, alpha):
         side = "negative" if self.negative else "positive"
-        return (f"held when a one-sided test of Spearman's ρ finds it {side} (Holm-adjusted p < {alpha}); not held when "
-                f"it finds the opposite sign; interval: Fisher z with Bonett-Wright variance")
+        return (f"held when a one-sided test of Spearman's ρ finds it {side} (Holm-adjusted p < {alpha}; exact "
+                f"permutation test up to {EXACT_SPEARMAN_N} images, Student's t above); not held when it finds the "
+                f"opposite sign; interval: Fisher z with Bonett-Wright variance")
 
 
 # ----------------------------------------------------------------------------- deterministic
@@ -361,13 +437,13 @@ class Vanishes(Correlation):
             return ev
         x, y = _series(self.x, self.text), _series(self.y, self.text)
         both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
-        res = sps.spearmanr(both.x, both.y)
-        rho, p = float(res.statistic), float(res.pvalue)
+        rho = float(sps.spearmanr(both.x, both.y).statistic)
+        p = spearman_p(both.x, both.y)
         r = min(abs(rho), 0.9999)
         q = float(sps.norm.ppf(1 - alpha / 2)) + float(sps.norm.ppf(power))
         needed = math.inf if rho == 0 else float(math.ceil((1 + r * r / 2) * (q / math.atanh(r)) ** 2 + 3))
         return Evidence(ev.n, ev.estimate, p_for=np.nan, p_against=p, needed=needed,
-                           direction=-1 if rho != 0 else 0)
+                        direction=-1 if rho != 0 else 0, p_min_against=smallest_p("spearman-two-sided", ev.n))
 
     def rule(self, alpha):
         return (f"never held (no test shows a correlation to be zero without a declared margin); not held when a "
@@ -375,11 +451,49 @@ class Vanishes(Correlation):
 
 
 @dataclass
-class NoneNonzero(AllOf):
-    """Every part is a :class:`Vanishes`: never held, not held when any part is, inconclusive otherwise."""
+class ZeroMedian(Claim):
+    """"The median of ``values`` is 0" (e.g. the thesis's "median 0 for every case" of shuffled maps).
+
+    Like :class:`Vanishes`, a test cannot show a value to be exactly zero, so this claim is never held:
+    it is **not held** when a two-sided exact sign test (positives against negatives, zeros dropped)
+    finds the median nonzero (Holm-adjusted), and **inconclusive** otherwise: the one rule the book
+    uses for the thesis's "is zero" statements.
+    """
+
+    values: object = None
+    what: str = "value"
+    digits: int = 1
+
+    def evaluate(self, alpha, power):
+        v = _series(self.values, self.text).dropna().to_numpy(float)
+        n = int(v.size)
+        if n == 0:
+            return Evidence(0, "–")
+        pos, zero, neg = int((v > 0).sum()), int((v == 0).sum()), int((v < 0).sum())
+        est = (f"median {self.what} {_med(float(np.median(v)), self.digits)}; above 0 on {pos}, exactly 0 on {zero}, "
+               f"below 0 on {neg} of {n} images")
+        p_min = min(1.0, 2 * 0.5 ** n)  # the two-sided sign test's, all images on one side
+        if pos + neg == 0:
+            return Evidence(n, est, np.nan, 1.0, math.inf, direction=0, p_min_against=p_min)
+        p = float(sps.binomtest(pos, pos + neg, 0.5).pvalue)
+        share = max(pos, neg) / (pos + neg)
+        needed = math.inf if pos == neg else float(math.ceil(
+            _binom_needed(share, 0.5, alpha / 2, power) / ((pos + neg) / n)))
+        return Evidence(n, est, p_for=np.nan, p_against=p, needed=needed, direction=-1 if pos != neg else 0,
+                        p_min_against=p_min)
 
     def rule(self, alpha):
-        return (f"never held; not held when any of its {len(self.parts())} parts is not held (a correlation found "
+        return (f"never held (no test shows a median to be exactly 0); not held when a two-sided exact sign test "
+                f"finds the median of the {self.what} nonzero (Holm-adjusted p < {alpha}); inconclusive otherwise")
+
+
+@dataclass
+class NoneNonzero(AllOf):
+    """Every part is a :class:`Vanishes` or :class:`ZeroMedian`: never held, not held when any part is,
+    inconclusive otherwise."""
+
+    def rule(self, alpha):
+        return (f"never held; not held when any of its {len(self.parts())} parts is not held (a value found "
                 "nonzero), inconclusive otherwise")
 
 
