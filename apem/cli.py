@@ -119,7 +119,7 @@ def _print_summary(cfg, res) -> None:
 
     Per group of images, :func:`apem.stats.summary_table` per method and stage, shown by
     :func:`apem.book.display.summary_view`: a mean that censored searches bound is marked ≥ / ≤ (or
-    "censored both ways: not a bound"), the median as the range censoring allows, and the
+    named the restricted mean when censored both ways), the median as the range censoring allows, and the
     censored counts; the rows whose APEM is undefined are left out, as :func:`apem.metric.apem` does.
     """
     import pandas as pd

@@ -284,3 +284,28 @@ def test_the_chapters_kernels_talk_over_unix_sockets_not_tcp():
             folder = os.path.dirname(config.KernelManager.ip)
             assert os.path.isdir(folder) and oct(os.stat(folder).st_mode)[-3:] == "700"
     assert os.name == "nt" or not os.path.exists(folder)
+
+
+def test_noise_finds_eaten_latex_cut_cells_and_minus_zero():
+    out = nbformat.v4.new_output
+    clean = _nb(out("display_data", data={"text/markdown": r"$\varepsilon\text{-shuffle}$ is -0.5 or 10.0, ρ = +0.12"}),
+                out("execute_result", data={"text/html": "<td>[-0.05, 1.13]</td><td>0</td>"}, execution_count=1))
+    assert book.noise(clean) == []
+    dirty = _nb(out("display_data", data={"text/markdown": "with fewer of them $\x0barepsilon\text{-shuffle}$"}),
+                out("execute_result", data={"text/html": "<td>apem(n_steps=16, baseline=...</td>"}, execution_count=1),
+                out("display_data", data={"text/markdown": "median APEM -0 vs 3"}),
+                out("execute_result", data={"text/html": "<td>[-0.00, 1.13]</td>"}, execution_count=2))
+    found = book.noise(dirty)
+    assert len(found) == 4, found
+    assert "control character" in found[0] and "cut short" in found[1] and "-0" in found[2] and "-0" in found[3]
+
+
+def test_numbers_never_print_as_minus_zero():
+    from apem import claims
+    from apem.book import display
+
+    assert claims.fmt(-0.001, 2) == "0.00" and claims.fmt(-0.3, 0) == "0" and claims.fmt(-0.001, 2, sign=True) == "0.00"
+    assert claims.fmt(-0.5, 1) == "-0.5" and claims.fmt(0.004, 2, sign=True) == "0.00"
+    assert claims.fmt(0.25, 2, sign=True) == "+0.25" and claims.fmt(-1e-9, 1, pct=True) == "0.0%"
+    assert display.num(-0.004, 2) == "0.00" and display.fmt_ci(0.5, -0.001, 1.13, 2) == "0.50 [0.00, 1.13]"
+    assert display.fmt_median(-0.2, -0.2, 0) == "0"

@@ -13,6 +13,10 @@ import pandas as pd
 
 from apem.thesis import label
 
+# a table cell is never cut short with "..." (pandas' default cuts text at 50 characters: Table 4.1's and
+# chapter 10's parameter columns lost their ends); every chapter shows its tables through this module
+pd.set_option("display.max_colwidth", None)
+
 
 def beside_thesis(ours: pd.DataFrame, thesis: pd.DataFrame, on: list[str], columns: list[str]) -> pd.DataFrame:
     """Our values and the thesis's side by side: columns ``(col, "ours")`` and ``(col, "thesis")``."""
@@ -28,21 +32,32 @@ def beside_thesis(ours: pd.DataFrame, thesis: pd.DataFrame, on: list[str], colum
     return out
 
 
+def num(x: float, digits: int = 1) -> str:
+    """``x`` with ``digits`` decimals, never ``"-0"`` (a small negative value rounded to zero prints ``"0"``)."""
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
 #: :func:`apem.stats.censored_bounds`'s ``mean_bound`` as a side of :func:`apem.stats.censoring_sides`
 SIDES = {"exact": 0, "lower bound": 1, "upper bound": -1, "undetermined": 2}
 
 
-def fmt_bounded(value: float, side: int = 0, digits: int = 1, undetermined: str = "censored both ways: not a bound"
-                ) -> str:
+#: what a mean censored on both sides is: every censored search enters at the bound, so the mean is the restricted
+#: mean up to the bound (:func:`apem.stats.restricted_mean`), a defined statistic, but a bound of the mean on
+#: neither side
+RESTRICTED = "restricted mean: censored both ways, not a bound of the mean"
+
+
+def fmt_bounded(value: float, side: int = 0, digits: int = 1, undetermined: str = RESTRICTED) -> str:
     """The one formatter of a value censoring may bound (sides as :func:`apem.stats.censoring_sides` gives them).
 
     ``0``: ``"66.1"``; ``+1`` (a lower bound): ``"≥ 66.1"``; ``-1`` (an upper bound): ``"≤ 66.1"``;
-    ``2`` (bounded on neither side): ``"66.1 (censored both ways: not a bound)"``; ``"–"`` when there
-    is no value. ``digits=0`` prints integers (epsilons).
+    ``2`` (bounded on neither side): ``"66.1 (restricted mean: censored both ways, not a bound of the
+    mean)"``, :data:`RESTRICTED`; ``"–"`` when there is no value. ``digits=0`` prints integers (epsilons).
     """
     if value is None or not np.isfinite(value):
         return "–"
-    text = f"{value:.{digits}f}"
+    text = num(value, digits)
     if side == 2:
         return f"{text} ({undetermined})"
     return {0: "", 1: "≥ ", -1: "≤ "}[int(side)] + text
@@ -59,24 +74,25 @@ def fmt_median(lo: float, hi: float, digits: int = 1) -> str:
     if lo is None or hi is None or (np.isnan(lo) and np.isnan(hi)):
         return "–"
     if lo == hi:
-        return f"{lo:.{digits}f}"
+        return num(lo, digits)
     if np.isinf(hi) and np.isfinite(lo):
-        return f"≥ {lo:.{digits}f}"
+        return f"≥ {num(lo, digits)}"
     if np.isinf(lo) and np.isfinite(hi):
-        return f"≤ {hi:.{digits}f}"
+        return f"≤ {num(hi, digits)}"
     if np.isinf(lo) and np.isinf(hi):
         return "undetermined"
-    return f"{lo:.{digits}f} to {hi:.{digits}f}"
+    return f"{num(lo, digits)} to {num(hi, digits)}"
 
 
 def summary_view(S: pd.DataFrame, thesis: pd.DataFrame | None = None, digits: int = 1) -> pd.DataFrame:
     """A :func:`apem.stats.summary_table` for reading: censoring in view, the thesis beside ours.
 
     Columns: ``images``, ``censored`` (rows with a censored search), ``mean`` (labelled
-    ``≥`` when censored values make it a lower bound), its 95% bootstrap interval
-    over images, ``median`` (the range censoring allows), and, given ``thesis`` (indexed
-    like ``S``, with ``mean`` / ``median``), the thesis's values. Methods get their
-    display names.
+    ``≥`` when censored values make it a lower bound, named the restricted mean when they
+    bound it on neither side), its 95% bootstrap interval over images (none for a mean that
+    is not a bound: an interval would suggest the mean is estimated), ``median`` (the range
+    censoring allows), and, given ``thesis`` (indexed like ``S``, with ``mean`` / ``median``),
+    the thesis's values. Methods get their display names.
     """
     out = pd.DataFrame(index=S.index)
     out["images"] = S["n"].astype(int)
@@ -85,12 +101,12 @@ def summary_view(S: pd.DataFrame, thesis: pd.DataFrame | None = None, digits: in
     bound = S["mean_bound"] if "mean_bound" in S else pd.Series("exact", index=S.index)
     out["mean"] = [fmt_mean(m, b, digits) for m, b in zip(S["mean"], bound)]
     if "mean_lo" in S:
-        out["mean 95% CI"] = [f"[{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(lo) and np.isfinite(hi) else "–"
-                              for lo, hi in zip(S["mean_lo"], S["mean_hi"])]
+        out["mean 95% CI"] = [f"[{num(lo, digits)}, {num(hi, digits)}]" if np.isfinite(lo) and np.isfinite(hi)
+                              and b != "undetermined" else "–" for lo, hi, b in zip(S["mean_lo"], S["mean_hi"], bound)]
     if "median_min" in S:
         out["median"] = [fmt_median(a, b, digits) for a, b in zip(S["median_min"], S["median_max"])]
     else:
-        out["median"] = [f"{m:.{digits}f}" if np.isfinite(m) else "–" for m in S["median"]]
+        out["median"] = [num(m, digits) if np.isfinite(m) else "–" for m in S["median"]]
     if thesis is not None:
         t = thesis.reindex(S.index)
         for c in ("mean", "median"):
@@ -112,8 +128,10 @@ def censoring_note(table: pd.DataFrame, what: str = "searches") -> str:
     cp = int(table["censored_plus"].sum()) if "censored_plus" in table else 0
     if not cm and not cp:
         return f"No search reached the bound (0 of {n} ε⁻ and 0 of {n} ε⁺): every epsilon here is exact."
-    return (f"{cm} of {n} ε⁻ and {cp} of {n} ε⁺ {what} reached the bound (censored): a censored ε⁺ is only a lower "
-            "bound, so means over them are lower bounds (marked ≥) and medians are shown as the range censoring allows.")
+    return (f"{cm} of {n} ε⁻ and {cp} of {n} ε⁺ {what} reached the bound (censored). A censored search enters at the "
+            "bound, so a mean is the restricted mean up to the bound: for an epsilon a lower bound of its mean (marked "
+            "≥), for an APEM with searches censored on both sides a bound of neither (no interval is shown for it); "
+            "medians are shown as the range censoring allows.")
 
 
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 1) -> str:
@@ -121,8 +139,8 @@ def fmt_ci(est: float, lo: float, hi: float, digits: int = 1) -> str:
     if est is None or not np.isfinite(est):
         return "–"
     if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
-        return f"{est:.{digits}f}"
-    return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        return num(est, digits)
+    return f"{num(est, digits)} [{num(lo, digits)}, {num(hi, digits)}]"
 
 
 def method_order(table: pd.DataFrame) -> list[str]:
@@ -167,19 +185,20 @@ def show_markdown(text: str) -> None:
 
 
 def ranking_view(S: pd.DataFrame) -> pd.DataFrame:
-    """The methods ranked by the thesis's statistic (the mean APEM), with the median's ranking beside it.
+    """The methods ranked by the restricted mean APEM (the thesis's statistic with every search capped at the
+    bound), with the median's ranking beside it.
 
-    ``S``: :func:`apem.stats.summary_table` per method. Columns: ``mean`` (marked as censoring
-    leaves it), ``rank by mean (thesis)``, ``median`` (its range under censoring), ``rank by
-    median``, ``censored``; methods by display name, in the order of the thesis's ranking.
+    ``S``: :func:`apem.stats.summary_table` per method. Columns: ``restricted mean`` (the mean of the
+    stored values, each epsilon capped at the bound: :func:`apem.stats.restricted_mean`, defined whatever
+    the censoring), ``rank by restricted mean``, ``median`` (its range under censoring), ``rank by
+    median``, ``censored``; methods by display name, in the order of the restricted mean.
     """
     from apem.stats import ranking
 
     R = ranking(S)
     out = pd.DataFrame(index=R.index.map(label).rename("method"))
-    bound = R["mean_bound"] if "mean_bound" in R else pd.Series("exact", index=R.index)
-    out["mean"] = [fmt_mean(m, b) for m, b in zip(R["mean"], bound)]
-    out["rank by mean (thesis)"] = R.rank_mean.to_numpy()
+    out["restricted mean"] = [f"{m:.1f}" if np.isfinite(m) else "–" for m in R["mean"]]
+    out["rank by restricted mean"] = R.rank_mean.to_numpy()
     out["median"] = [fmt_median(lo, hi) for lo, hi in zip(S.loc[R.index, "median_min"], S.loc[R.index, "median_max"])]
     out["rank by median"] = R.rank_median.to_numpy()
     out["censored"] = S.loc[R.index, "censored"].astype(int).to_numpy()

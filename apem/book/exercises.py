@@ -19,7 +19,6 @@ import copy
 import math
 
 import pandas as pd
-from scipy.special import comb
 
 from apem import claims as cl
 from apem import stats, thesis
@@ -58,8 +57,11 @@ def all_success_n(threshold: float, alpha: float) -> int:
 
 
 def smallest_mann_whitney_p(n1: int, n2: int) -> float:
-    """The smallest one-sided p-value an exact Mann-Whitney test can give with groups of n1 and n2 (no ties)."""
-    return 1.0 / comb(n1 + n2, n1, exact=True) if n1 and n2 else float("nan")
+    """The smallest one-sided p-value an exact Mann-Whitney test can give with groups of n1 and n2 (no ties):
+    :func:`apem.claims.kinds.smallest_p`, NaN when a group is empty."""
+    from apem.claims.kinds import smallest_p
+
+    return smallest_p("mann-whitney", n1, n2) if n1 and n2 else float("nan")
 
 
 def glue(reference: dict[str, str], here: dict[str, str] | None = None) -> None:

@@ -105,19 +105,33 @@ def stage_grid(table: pd.DataFrame, values=("apem", "eps_minus", "eps_plus")):
     return boxes(table, values, hue="Stage")
 
 
-def bar_with_ci(summary: pd.DataFrame, stat: str = "mean", thesis: pd.Series | None = None, title: str = ""):
-    """Bars of a summary's ``stat`` with its bootstrap interval, and the thesis's value as a marker."""
+def bar_with_ci(summary: pd.DataFrame, stat: str = "mean", thesis: pd.Series | None = None, title: str = "",
+                name: str | None = None):
+    """Bars of a summary's ``stat`` with its bootstrap interval, and the thesis's value as a marker.
+
+    ``name``: what the bars are called (default ``stat``; chapter 3 says "restricted mean"). A mean that
+    censoring bounds on neither side (``mean_bound == "undetermined"``) is drawn hatched, without an interval.
+    """
     s = summary.reset_index()
     s["Method"] = s.method.map(label)
+    name = name or stat
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     x = np.arange(len(s))
     err = np.vstack([s[stat] - s[f"{stat}_lo"], s[f"{stat}_hi"] - s[stat]])
-    ax.bar(x, s[stat], yerr=err, capsize=4, color="#8fb3d9", label=f"ours ({stat}, 95% CI)")
+    both = (s["mean_bound"] == "undetermined").to_numpy() if stat == "mean" and "mean_bound" in s else \
+        np.zeros(len(s), bool)
+    err[:, both] = np.nan
+    bars = ax.bar(x, s[stat], yerr=err, capsize=4, color="#8fb3d9", label=f"ours ({name}, 95% CI)")
+    for bar, hatch in zip(bars, both):
+        if hatch:
+            bar.set_hatch("//")
+    if both.any():
+        ax.bar([np.nan], [np.nan], color="#8fb3d9", hatch="//", label="censored both ways: no interval")
     if thesis is not None:
         ax.scatter(x, [thesis.get(m, np.nan) for m in s.method], color="k", marker="D", zorder=3,
                    label="thesis (VGG-16)")
     ax.set_xticks(x, s.Method)
-    ax.set_ylabel(f"{stat} APEM")
+    ax.set_ylabel(f"{name} APEM")
     ax.legend(frameon=False)
     if title:
         ax.set_title(title)
