@@ -71,10 +71,11 @@ def test_images_without_an_exact_answer_are_left_out_and_undefined_maps_ignored(
     assert fam.claims[0].evidence.n == 2  # im0 has no exact search: not counted
 
 
-def test_monotone_on_37_images_is_inconclusive_with_an_exact_interval_and_59_is_held():
+def test_monotone_on_37_images_is_undecidable_with_an_exact_interval_and_120_is_held():
     fam = _ch01_claims(_modes(37))
     mono = fam.claims[0]
-    assert mono.verdict == cl.INCONCLUSIVE
+    # 0.95^37 = 0.15: no data of 37 images could show a share below 5%, so it is not counted as inconclusive
+    assert mono.verdict == cl.NOT_APPLICABLE and mono.evidence.undecidable
     assert "0/37" in mono.evidence.estimate and "[0.0%, 9.5%]" in mono.evidence.estimate
     assert mono.evidence.needed == 59
     assert "fewer than 5% of images" in mono.text and "a median of 4 per image" in mono.text
@@ -90,7 +91,9 @@ def test_many_non_monotone_images_is_not_held():
     fam = _ch01_claims(_modes(40, non_monotone=range(20), thesis_late=range(20)))
     assert fam.verdict("The prediction changes once") == cl.NOT_HELD
     assert fam.verdict("The `thesis` search") == cl.NOT_HELD
-    assert fam.verdict("The `bisect` search") == cl.INCONCLUSIVE  # all 40 equal: not enough to show > 95%
+    # all 40 equal, but 0.95^40 = 0.13: no 40 images could show a share above 95%, so it is undecidable
+    assert fam.verdict("The `bisect` search") == cl.NOT_APPLICABLE
+    assert next(c for c in fam.claims if c.text.startswith("The `bisect` search")).evidence.undecidable
 
 
 def test_no_exact_search_is_not_applicable():
@@ -117,7 +120,7 @@ def test_chapter_1_tables_and_exercise_values_on_known_outcomes():
     v = ch01.exercise_values(T, "im0", 3, O, _ch01_claims(M), exact_min=0.95)
     assert v["ex01_walk"].startswith("Gradient: ε⁻ = 4, ε⁺ = ≥ 10,001") or v["ex01_walk"].startswith(
         "Gradient: ε⁻ = 4, ε⁺ = ≥ 10001")
-    assert v["ex01_n_min"] == "59" and v["ex01_compared"] == "5" and v["ex01_tests"] == "4"
+    assert v["ex01_n_min"] == "59" and v["ex01_compared"] == "5" and "ex01_tests" not in v
     assert v["ex01_exact_min"] == "95%" and v["ex01_alpha"] == "0.05"
 
 
@@ -189,11 +192,16 @@ def test_upsets_list_the_images_where_the_winner_loses():
         __import__("apem.thesis", fromlist=["x"]).TABLE_4_3)
 
 
-def _ch03_claims(C: pd.DataFrame, S: pd.DataFrame) -> cl.Claims:
-    """The claims chapter 3's page declares (its cell tagged ``claims``) on ``C`` and its summary ``S``."""
+def run_page_claims(C: pd.DataFrame, S: pd.DataFrame) -> dict:
+    """The namespace of chapter 3's claims cell run on ``C`` and its summary ``S``."""
     from pages import run_cells
 
-    return cl.Claims(run_cells(3, "claims", C=C, S=S)["chapter_claims"])
+    return run_cells(3, "claims", C=C, S=S)
+
+
+def _ch03_claims(C: pd.DataFrame, S: pd.DataFrame) -> cl.Claims:
+    """The claims chapter 3's page declares (its cell tagged ``claims``) on ``C`` and its summary ``S``."""
+    return cl.Claims(run_page_claims(C, S)["chapter_claims"])
 
 
 def test_chapter_3_claims_on_the_thesis_order_hold():
@@ -210,10 +218,18 @@ def test_chapter_3_claims_on_the_thesis_order_hold():
 def test_chapter_3_claims_on_the_reversed_order_do_not_hold():
     C = _results(30, effects={"gradient": 0.0, "lrp_epsilon": 30.0, "smoothgrad": 60.0})
     S = stats.summary_table(C, by="method", n_boot=200)
-    fam = _ch03_claims(C, S)
+    ns = run_page_claims(C, S)
+    fam = cl.Claims(ns["chapter_claims"])
     assert [c.verdict for c in fam.claims[:3]] == [cl.NOT_HELD] * 3
-    assert "SmoothGrad" in fam.claims[3].text  # the best is chosen by the mean, not assumed
-    assert fam.claims[-1].verdict == cl.HELD
+    # the best is the thesis's, declared before the data: the claim's text does not change with them
+    assert fam.claims[3].text == "The thesis's best method (Gradient) has a lower ε⁻ than its worst (SmoothGrad)"
+    assert fam.claims[-1].verdict == cl.NOT_HELD  # the Gradient loses image by image
+    # the data's best is read from the pairwise verdicts
+    assert ch03.best_by_tests(ns["pairs"], ns["methods"]).startswith("**SmoothGrad**")
+    same = _results(30, effects={"gradient": 0.0, "lrp_epsilon": 0.0, "smoothgrad": 0.0})
+    ns = run_page_claims(same, stats.summary_table(same, by="method", n_boot=200))
+    cl.Claims(ns["chapter_claims"])
+    assert ch03.best_by_tests(ns["pairs"], ns["methods"]).startswith("no method")
 
 
 def test_chapter_3_without_a_thesis_method_its_pairs_are_not_applicable():
@@ -229,7 +245,7 @@ def test_chapter_3_with_a_single_method_best_and_worst_are_not_applicable():
     C = _results(12, effects={"gradient": 10.0})
     fam = _ch03_claims(C, stats.summary_table(C, by="method", n_boot=200))
     assert {c.verdict for c in fam.claims} == {cl.NOT_APPLICABLE}
-    assert fam.claims[3].evidence.reason == "a single method with a defined APEM: nothing to compare"
+    assert fam.claims[3].evidence.reason == "the configuration lacks SmoothGrad"
 
 
 def test_chapter_3_losses_and_the_median_sentence():
@@ -239,7 +255,7 @@ def test_chapter_3_losses_and_the_median_sentence():
     assert ch03.losses(C[C.method == "gradient"], "gradient") == "no image (it is the only method)"
     S = stats.summary_table(C, by="method", n_boot=200)
     assert ch03.median_agreement(S) == "The median ranks them differently; its first is Gradient."
-    assert ch03.orders_context(S).startswith("By the mean our order is SmoothGrad > Gradient > LRP-ε; by the median "
+    assert ch03.orders_context(S).startswith("By the restricted mean our order is SmoothGrad > Gradient > LRP-ε; by the median "
                                              "Gradient > LRP-ε > SmoothGrad")
 
 
@@ -301,7 +317,7 @@ def test_fmt_never_prints_nan():
 
 
 def test_a_mean_censored_both_ways_is_printed_with_its_value():
-    assert display.fmt_mean(101.4, stats.UNDETERMINED) == "101.4 (censored both ways: not a bound)"
+    assert display.fmt_mean(101.4, stats.UNDETERMINED) == "101.4 (restricted mean: censored both ways, not a bound of the mean)"
     assert display.fmt_mean(66.14, stats.LOWER) == "≥ 66.1"
     assert display.fmt_mean(float("nan"), stats.EXACT) == "–"
 
@@ -340,3 +356,20 @@ def test_chapter_4_order_sentence_counts_maps_and_moved_epsilons():
         "2 of 3 maps differ from the book's; ε⁻ changed on 1 of 3 and ε⁺ on 1 of 3, by at most 7 steps")
     assert ch04.order_sentence(D, "sum_then_multiply_then_sum") == (
         "1 of 1 maps differ from the book's; ε⁻ changed on 0 of 0 and ε⁺ on 0 of 0")
+
+
+def test_chapter_4_encoding_caveat_flags_comparisons_inside_the_noise():
+    C = _results(10)  # Gradient above LRP-ε above SmoothGrad by fixed margins
+    wide = C[C.stage == 3].pivot(index="image_id", columns="method", values="apem")
+    d_gl = float((wide["gradient"] - wide["lrp_epsilon"]).median())
+    d_ls = float((wide["lrp_epsilon"] - wide["smoothgrad"]).median())
+    summary = pd.DataFrame({"method": ["gradient", "lrp_epsilon", "smoothgrad"], "stage": [3, 3, 3],
+                            "median_abs_d_apem": [0.0, 100.0, 0.0]}).set_index(["method", "stage"])
+    assert 20 < d_gl < 40 and 20 < d_ls < 40
+    note = ch04.encoding_caveat(C, summary, 3)
+    # LRP-ε's noise (100) exceeds both of its differences (about 30): both comparisons lie inside it
+    assert note.startswith("**Caveat.** At stage 3, Gradient against LRP-ε") and "LRP-ε against SmoothGrad" in note
+    assert "Outside" not in note
+    quiet = summary.assign(median_abs_d_apem=0.0)
+    assert ch04.encoding_caveat(C, quiet, 3).startswith("Outside the encoding noise at stage 3: Gradient against LRP-ε")
+    assert "No pair" in ch04.encoding_caveat(C, quiet.iloc[:0], 3)

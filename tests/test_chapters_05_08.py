@@ -244,11 +244,25 @@ def _summary(C: pd.DataFrame, value: str) -> pd.DataFrame:
 def test_norm_claims_held_on_a_clear_order_and_ties():
     C = _shuffled(20)
     fam = _ch07_claims(C, [1, 2, 3], "gradient")
-    v = {c.text[:30]: c.verdict for c in fam.claims}
+    words = [c for c in fam.claims if c.text.startswith("Shuffled maps score around 0, median 0")]
+    assert len(words) == 1 and isinstance(words[0], cl.NoneNonzero) and words[0].source == cl.THESIS
+    # the thesis's words as written: never held; every shuffled APEM exactly 0 cannot refute them
+    assert words[0].verdict == cl.INCONCLUSIVE and len(words[0].parts()) == 9  # 3 methods x 3 stages
+    v = {c.text[:30]: c.verdict for c in fam.claims if c is not words[0]}
     assert all(x == cl.HELD for x in v.values()), fam.frame()[["claim", "verdict", "estimate"]]
     assert fam.claims[-1].source == cl.OURS and fam.claims[-2].source == cl.OURS
     # "APEM_norm > 0" is ours (the thesis tests none of Table 5.1's means against 0); the order is the thesis's
     assert [c.source for c in fam.claims[:3]] == [cl.OURS] * 3 and fam.claims[3].source == cl.THESIS
+
+
+def test_the_thesis_median_0_is_not_held_when_shuffled_maps_lean_one_way():
+    C = _shuffled(20)
+    C.loc[C.method == "lrp_epsilon", "apem_shuffle"] = -3.0  # every shuffled LRP map below 0
+    fam = _ch07_claims(C, [1, 2, 3], "gradient")
+    words = next(c for c in fam.claims if c.text.startswith("Shuffled maps score around 0, median 0"))
+    assert words.verdict == cl.NOT_HELD
+    assert {p.verdict for p in words.parts() if p.text.startswith("LRP")} == {cl.NOT_HELD}
+    assert "below 0 on 20 of 20 images" in next(p for p in words.parts() if p.text.startswith("LRP")).evidence.estimate
 
 
 def test_a_method_the_configuration_lacks_leaves_the_order_claims_not_applicable():
@@ -273,7 +287,7 @@ def test_rows_censored_both_ways_are_left_out_and_counted():
     assert fam.claims[0].parts()[0].evidence.n == 4
     assert fam.claims[-1].parts()[0].evidence.n == 4  # the ties: images censored both ways are no outcome
     t = ch07.table_5_1(_summary(C, "apem_norm_term"))
-    assert (t["censored"] == 2).all() and t["mean"].str.endswith("(censored both ways: not a bound)").all()
+    assert (t["censored"] == 2).all() and t["mean"].str.endswith("(restricted mean: censored both ways, not a bound of the mean)").all()
     assert "thesis mean" in t and t.loc[("Gradient", 3), "thesis mean"] == "0.66"
     v = ch07.shuffled_view(_summary(C, "apem_shuffle"), C)
     assert v.loc[("Gradient", 3), "exactly 0"] == "4 of 4"

@@ -175,7 +175,7 @@ def test_chapter_9_exercise_values_decide_the_given_claims_at_three_levels():
     D = _loss_table()
     v = ch09.exercise_values(D, Config(stages=(3,)), 3, 0.05, _ch09_claims(D))
     assert v["ex09_alpha"] == "0.05" and v["ex09_stage"] == "3"
-    assert v["ex09_verdicts"].startswith("6 held")
+    assert v["ex09_verdicts"].startswith("5 held")  # LRP-ε on all images (ρ = -0.41, n = 24) falls to Holm over both directions
     assert v["ex09_rho"].startswith("Gradient -1.00")
     assert v["ex09_rho_s1"].startswith("(stage 1 is not in")
 

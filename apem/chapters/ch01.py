@@ -258,8 +258,7 @@ def exercise_values(T: pd.DataFrame, image_id: str, stage: int, O: pd.DataFrame,
     return {"ex01_image": str(image_id), "ex01_stage": str(stage), "ex01_walk": walk,
             "ex01_compared": str(int(have.sum())), "ex01_alpha": f"{verdicts.alpha:g}",
             "ex01_exact_min": claims.fmt(exact_min, 0, pct=True),
-            "ex01_n_min": str(all_success_n(exact_min, verdicts.alpha)),
-            "ex01_tests": str(verdicts.m)}
+            "ex01_n_min": str(all_success_n(exact_min, verdicts.alpha))}
 
 
 def _share_ci(k: int, n: int, alpha: float) -> str:

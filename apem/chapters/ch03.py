@@ -109,12 +109,38 @@ def losses(C: pd.DataFrame, winner: str) -> str:
     return ", ".join(parts) if parts else "no image (it is the only method)"
 
 
+def best_by_tests(pairs: dict, methods: list[str]) -> str:
+    """The best method by the paired verdicts: the one shown to beat every other, once ``pairs`` are decided.
+
+    ``pairs``: ``{(a, b): claim "a has a higher APEM than b"}`` decided by a :class:`apem.claims.Claims`. A
+    method beats another when the claim that it is higher held, or the claim that the other is higher was
+    not held (the data point its way). Returns a sentence: the method, or why there is none.
+    """
+    from apem import claims
+
+    beats = {m: set() for m in methods}
+    for (a, b), c in pairs.items():
+        if c.verdict == claims.HELD and a in beats:
+            beats[a].add(b)
+        elif c.verdict == claims.NOT_HELD and b in beats:
+            beats[b].add(a)
+    tested = [m for m in methods if any(m in k for k in pairs)]
+    top = [m for m in tested if beats[m] >= set(tested) - {m}]
+    if len(tested) < 2:
+        return "fewer than two of the thesis's methods are in this configuration, so no pair decides it."
+    if top:
+        return (f"**{thesis.label(top[0])}**, whose paired claims against every other method went its way at the "
+                "chapter's level.")
+    return ("no method: no method's paired claims against every other went its way at the chapter's level "
+            "(see the verdicts above).")
+
+
 def orders_context(S: pd.DataFrame) -> str:
     """The methods' order by the mean and by the median beside the thesis's, for the verdicts' discussion."""
     R = stats.ranking(S)
     order_mean = " > ".join(map(thesis.label, R.index))
     order_median = " > ".join(map(thesis.label, R.sort_values("rank_median", kind="stable").index))
-    return (f"By the mean our order is {order_mean}; by the median {order_median}; the thesis's (both) is "
+    return (f"By the restricted mean our order is {order_mean}; by the median {order_median}; the thesis's (both) is "
             f"{' > '.join(map(thesis.label, thesis.RANKING))}.")
 
 

@@ -72,6 +72,41 @@ def encoding_view(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.rename(index=thesis.label, level="method")
 
 
+def encoding_caveat(C: pd.DataFrame, summary: pd.DataFrame, stage: int) -> str:
+    """Which comparisons of two methods at ``stage`` lie inside the encoding noise, as a sentence.
+
+    ``C``: the correct images' results; ``summary``: :func:`apem.studies.encoding.encoding_summary`. For each
+    pair of the thesis's order, the median per-image difference of APEM (first method minus second) is
+    set against the larger of the two methods' median absolute change of APEM under the other encoding
+    (``median_abs_d_apem``): where the difference is not larger, one grey level of re-encoding could
+    reverse the comparison, and the sentence says so.
+    """
+    rows = C[C.stage == stage]
+    wide = rows.pivot(index="image_id", columns="method", values="apem")
+    inside, outside = [], []
+    for a, b in zip(thesis.RANKING[:-1], thesis.RANKING[1:]):
+        if a not in wide or b not in wide or (a, stage) not in summary.index or (b, stage) not in summary.index:
+            continue
+        d = float((wide[a] - wide[b]).dropna().median())
+        noise = float(max(summary.loc[(a, stage), "median_abs_d_apem"], summary.loc[(b, stage), "median_abs_d_apem"]))
+        if not (np.isfinite(d) and np.isfinite(noise)):
+            continue
+        text = (f"{thesis.label(a)} against {thesis.label(b)} (median difference {claims.fmt(d, 1)}, encoding "
+                f"noise {claims.fmt(noise, 1)})")
+        (inside if abs(d) <= noise else outside).append(text)
+    if not inside and not outside:
+        return f"No pair of the thesis's methods has both an APEM and an encoding change at stage {stage}."
+    out = []
+    if inside:
+        out.append(f"**Caveat.** At stage {stage}, " + "; ".join(inside) + " lies inside the encoding noise: the "
+                   "median change one grey level of re-encoding makes to a method's APEM is at least the median "
+                   "difference between the two methods, so the verdicts comparing them at this stage may reflect "
+                   "how the map was written to 8 bits rather than the method.")
+    if outside:
+        out.append(f"Outside the encoding noise at stage {stage}: " + "; ".join(outside) + ".")
+    return " ".join(out)
+
+
 def order_view(summary: pd.DataFrame) -> pd.DataFrame:
     """:func:`apem.studies.stage_order.stage_order_summary`, the orders described, the methods' display names."""
     from apem.studies.stage_order import ORDER_LABELS

@@ -205,8 +205,9 @@ def notes(cfg, C: pd.DataFrame, S_norm: pd.DataFrame, stages) -> dict[str, str]:
     return {
         "context": ("By the mean of " + NORM + " our order is " + "; ".join(f"stage {s}: {o}" for s, o in ours.items())
                     + f"; the thesis's is {' > '.join(map(thesis.label, thesis.RANKING))} at every stage. A test "
-                    "can show a difference, not an equality, so the thesis's “around zero” and “the median is 0” "
-                    "appear in the forms a test can support, labelled ours."),
+                    "can show a difference, not an equality: the thesis's “around 0, median 0 for every case” is "
+                    "tested as written (never held, not held where a sign test finds a median nonzero), and beside "
+                    "it in the weaker forms a test can support, labelled ours."),
         "model": (f"Our model is {cfg.model} on {C.image_id.nunique()} images with {cfg.shuffles} shuffles per map; "
                   "the thesis measured VGG-16 on 5,000 images with 10."),
         "censored": (display.censoring_note(C) + " Shuffled maps: "

@@ -143,7 +143,8 @@ def scatter_figure(D: pd.DataFrame):
 
 
 def strongest_statement(S: pd.DataFrame, rho: pd.Series) -> tuple[str, str, str]:
-    """``(best, strongest, sentence)``: the best method by :func:`apem.stats.best_method` (the mean), the method with
+    """``(best, strongest, sentence)``: the method with the highest restricted mean APEM (:func:`apem.stats.best_method`,
+    every search capped at the bound), the method with
     the most negative ``rho`` (per method, on the correct images; a ``confidence`` row is left out), and a sentence
     comparing them (every number formatted)."""
     best = stats.best_method(S)
@@ -152,10 +153,10 @@ def strongest_statement(S: pd.DataFrame, rho: pd.Series) -> tuple[str, str, str]
         strongest = rho.idxmin()
         same = "the same method" if strongest == best else "a different method"
         rb, rs = claims.fmt(rho[best], 2, sign=True), claims.fmt(rho[strongest], 2, sign=True)
-        sentence = (f"the highest mean APEM is {thesis.label(best)}'s (ρ = {rb}); the most negative ρ on correct "
+        sentence = (f"the highest restricted mean APEM is {thesis.label(best)}'s (ρ = {rb}); the most negative ρ on correct "
                     f"images is {thesis.label(strongest)}'s ({rs}), {same}")
     else:
-        strongest, sentence = "", f"the highest mean APEM is {thesis.label(best)}'s; no correlation is defined"
+        strongest, sentence = "", f"the highest restricted mean APEM is {thesis.label(best)}'s; no correlation is defined"
     return best, strongest, sentence
 
 
@@ -163,7 +164,7 @@ def ranking_table(S: pd.DataFrame, rho: pd.Series) -> pd.DataFrame:
     """:func:`apem.book.display.ranking_view` of ``S`` (the methods by mean APEM, the thesis's statistic) with each
     method's ``rho`` on the correct images and its rank (most negative first)."""
     order = stats.ranking(S).index
-    out = display.ranking_view(S).rename(columns={"mean": "mean APEM", "median": "median APEM"})
+    out = display.ranking_view(S).rename(columns={"restricted mean": "restricted mean APEM", "median": "median APEM"})
     r = rho.loc[order].astype(float)
     out["ρ(APEM, loss), correct"] = [claims.fmt(v, 3, sign=True) for v in r]
     out["rank by ρ (most negative first)"] = r.rank(method="min").map(

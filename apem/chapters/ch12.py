@@ -161,7 +161,7 @@ def exercise_values(ALL: pd.DataFrame, stage: int, stages, seed: int, verdicts: 
     from apem.book.exercises import counts_sentence, order_by_mean
 
     A = ALL[ALL.group == "correct"] if "group" in ALL else ALL
-    out = {"ex12_stage": str(stage), "ex12_alpha": f"{verdicts.alpha:g}", "ex12_tests": str(verdicts.m),
+    out = {"ex12_stage": str(stage), "ex12_alpha": f"{verdicts.alpha:g}", "ex12_tests": str(verdicts.n_p),
            "ex12_verdicts": counts_sentence(verdicts.counts()), "ex12_verdicts_10": counts_sentence(verdicts_10.counts())}
     for key, s in (("ex12_order", stage), ("ex12_order_s1", 1)):
         rows = A[A.stage == s]
