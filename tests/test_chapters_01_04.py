@@ -373,3 +373,29 @@ def test_chapter_4_encoding_caveat_flags_comparisons_inside_the_noise():
     quiet = summary.assign(median_abs_d_apem=0.0)
     assert ch04.encoding_caveat(C, quiet, 3).startswith("Outside the encoding noise at stage 3: Gradient against LRP-ε")
     assert "No pair" in ch04.encoding_caveat(C, quiet.iloc[:0], 3)
+
+
+def test_chapter_3_bounds_view_and_moved_verdicts():
+    from apem.studies.bounds import bound_summary, with_bound
+
+    C = _results(8)
+    C.loc[(C.method == "gradient") & (C.image_id == "im0"), ["eps_plus", "censored_plus"]] = [10001.0, True]
+    C["apem"] = C.eps_plus - C.eps_minus
+    B = pd.DataFrame({"image_id": ["im0"], "method": ["gradient"], "stage": [3],
+                      "eps_minus_10001": [C.loc[(C.method == "gradient") & (C.image_id == "im0"), "eps_minus"].iloc[0]],
+                      "eps_plus_10001": [10001.0], "censored_minus_10001": [False], "censored_plus_10001": [True],
+                      "eps_minus_1000000": [5.0], "eps_plus_1000000": [123456.0], "censored_minus_1000000": [False],
+                      "censored_plus_1000000": [False], "reproduces": [True]})
+    view = ch03.bounds_view(bound_summary(B))
+    assert "| Gradient | 3 | 1 | 0 | 1 of 1 |" in view and "censored at 1,000,000" in view
+    assert ch03.bounds_view(bound_summary(B.iloc[:0])).startswith("No search")
+    high = with_bound(C, B, 1_000_000)
+    row = high[(high.method == "gradient") & (high.image_id == "im0")].iloc[0]
+    assert row.eps_plus == 123456.0 and row.apem == 123456.0 - 5.0 and not row.censored_plus
+    assert high.drop(index=row.name).equals(C.drop(index=row.name))  # every other row untouched
+    with pytest.raises(ValueError, match="no search at bound 5"):
+        with_bound(C, B, 5)
+    a = cl.Claims([cl.Paired("x", a=pd.Series(np.arange(10.0) + 1), b=pd.Series(np.arange(10.0)))])
+    b = cl.Claims([cl.Paired("x", a=pd.Series(np.arange(10.0)), b=pd.Series(np.arange(10.0)))])
+    assert ch03.verdicts_moved(a, a, 10**6) == "With the censored searches searched up to 1,000,000 steps, every verdict stays the same."
+    assert "1 of 1 verdicts move: *x*: held → inconclusive" in ch03.verdicts_moved(a, b, 10**6)

@@ -119,3 +119,33 @@ def test_more_methods_keeps_a_subset_of_the_images(tiny_res, tmp_path):
     both = studies.combined_table(tiny_res, extra)
     assert set(both.method) == {"gradient", "input_x_gradient", "gradcam"}
     assert both.groupby("method").image_id.nunique().eq(2).all()
+
+
+def test_bound_study_reproduces_the_table_then_searches_further(tmp_path_factory, sample_dir):
+    """Censored searches searched again: at the configuration's bound the table's values, at a higher one fewer
+    censored; the chapter's table with those values differs from the stored one on the censored rows only."""
+    from apem.studies.bounds import bound_study, bound_summary, with_bound
+
+    cfg = Config(name="tiny-bounds", pool=24, n_correct=2, n_misclassified=0, methods={"gradient": {}}, stages=(2,),
+                 shuffles=0, chunk_size=2, filter_images=0, batch_size=16, search_bound=3)
+    res = Results(cfg, run(cfg, progress=False, root=tmp_path_factory.mktemp("bounds")))
+    T = res.table
+    cens = T[(T.group == "correct") & (T.censored_minus | T.censored_plus) & T.apem.notna()]
+    assert len(cens) > 0  # a bound of 3 steps censors the ε⁺ searches at least
+    B = bound_study(res, bounds=(10**4,))
+    assert len(B) == len(cens) and B.reproduces.all()
+    S = bound_summary(B)
+    assert int(S["censored at 3"].sum()) == len(cens) >= int(S["censored at 10,000"].sum())
+    assert (B.eps_plus_10000 >= B.eps_plus_3).all() and (B.eps_minus_10000 >= B.eps_minus_3).all()
+    high = with_bound(T, B, 10**4)
+    changed = (high[["eps_minus", "eps_plus"]] != T[["eps_minus", "eps_plus"]]).any(axis=1)
+    assert set(high[changed].index) <= set(cens.index)
+    # cached in the store: the second call computes nothing
+    import apem.studies.bounds as bounds_module
+
+    orig = bounds_module._search
+    bounds_module._search = lambda *a, **k: _boom()
+    try:
+        assert bound_study(res, bounds=(10**4,)).equals(B)
+    finally:
+        bounds_module._search = orig

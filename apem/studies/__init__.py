@@ -23,6 +23,12 @@ Chapter 2, :func:`lrp_variants` (:mod:`~apem.studies.lrp_rules`)
     mapping) and a bias-free ReLU network (conservation of the rule alone) and
     draws yes/no from declared thresholds; :func:`apem_by_variant` summarises APEM.
 
+Chapter 3, :func:`~apem.studies.bounds.bound_study` (:mod:`~apem.studies.bounds`)
+    Every censored search of the correct images searched again on its stored map, at the
+    configuration's bound (reproducing the table) and at higher bounds (10^5, 10^6):
+    how many stay censored, and the table with those searches further, to decide the
+    chapter's claims again.
+
 Chapter 4, :func:`encoding_shift` (:mod:`~apem.studies.encoding`)
     The configuration's maps of its correct images recomputed under both map
     encodings (``round`` and the thesis's ``save_image`` files, :mod:`apem.maps`)

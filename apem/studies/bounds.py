@@ -1,0 +1,138 @@
+"""Censored searches searched again at higher bounds: how many stay censored, and whether a verdict moves.
+
+A search that reaches the bound (the thesis's 10,001 steps) without changing the prediction
+is censored: the book counts it, enters it at the bound and checks each verdict without it
+(:mod:`apem.claims`). :func:`bound_study` asks the data instead: it searches every censored
+search of the results table again on the **stored map** (the same map, image, target and
+loss gradient the runner used, :func:`apem.metric.evaluate_maps` with the configuration's
+:class:`~apem.metric.spec.SearchSpec`, shuffles off) at the configuration's own bound, which
+must reproduce the table (column ``reproduces``), and at each higher bound. ``bisect``
+brackets the first change in a few dozen forward passes whatever the bound, so the study
+costs seconds per map. :func:`bound_summary` counts, per method and stage, the censored
+searches and how many stay censored at each bound; :func:`with_bound` gives the table with
+the re-searched epsilons in place of the censored ones, for deciding a chapter's claims
+again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from apem.numerics import no_tf32
+from apem.studies.common import cached_study
+
+#: the bounds the book searches censored searches again at (the thesis's is 10,001)
+BOUNDS = (10**5, 10**6)
+
+
+@no_tf32()
+def bound_study(res, bounds=BOUNDS, group: str = "correct") -> pd.DataFrame:
+    """Every censored search of ``group``'s images, searched again at the configuration's bound and at ``bounds``.
+
+    One row per (image, method, stage) with a censored ε⁻ or ε⁺ (undefined maps left out): ``image_id,
+    method, stage``, for each bound ``B`` (the configuration's first) ``eps_minus_B, eps_plus_B,
+    censored_minus_B, censored_plus_B``, and ``reproduces`` (the search at the configuration's bound gives
+    the table's epsilons and flags). Cached in the store (``extra/bounds-...``).
+    """
+    cfg = res.cfg
+    bounds = sorted({int(cfg.search_bound), *(int(b) for b in bounds)})
+    if any(b < 2 for b in bounds):
+        raise ValueError(f"a search bound must be at least 2, got {bounds}")
+    T = res.table
+    rows = T[(T.group == group) & (T.censored_minus | T.censored_plus) & T.apem.notna()]
+    ids = sorted(rows.image_id.unique().tolist())
+    return cached_study(res, f"bounds-{group}", lambda: _search(res, rows, bounds), ids=ids, bounds=bounds)
+
+
+def _search(res, rows: pd.DataFrame, bounds: list[int]) -> pd.DataFrame:
+    from apem import metric
+    from apem.seeds import seed_of
+
+    cfg, lm = res.cfg, res.model
+    out = rows[["image_id", "method", "stage", "eps_minus", "eps_plus", "censored_minus", "censored_plus"]]
+    out = out.reset_index(drop=True)
+    if out.empty:
+        return _empty(bounds)
+    ids = list(dict.fromkeys(out.image_id))
+    dev = lm.device
+    x = res.image_tensors(ids).to(dev)
+    target = torch.tensor(res.images.set_index("image_id").loc[ids, "pred"].to_numpy().copy(), device=dev).long()
+    maps = torch.stack([_three(res.map(r.image_id, r.method, int(r.stage))) for r in out.itertuples()])
+    index = torch.tensor([ids.index(i) for i in out.image_id], device=dev)
+    seeds = torch.tensor([seed_of(cfg.seed, r.image_id, r.method, int(r.stage)) for r in out.itertuples()],
+                         dtype=torch.long)
+    for b in bounds:
+        r = metric.evaluate_maps(lm.model, x, maps, target, spec=cfg.search().replace(bound=b, shuffles=0),
+                                 image_index=index, seeds=seeds)
+        out[f"eps_minus_{b}"] = r["eps_minus"].numpy().astype(float)
+        out[f"eps_plus_{b}"] = r["eps_plus"].numpy().astype(float)
+        out[f"censored_minus_{b}"] = r["censored_minus"].numpy().astype(bool)
+        out[f"censored_plus_{b}"] = r["censored_plus"].numpy().astype(bool)
+    b0 = bounds[0]
+    out["reproduces"] = ((out[f"eps_minus_{b0}"] == out.eps_minus) & (out[f"eps_plus_{b0}"] == out.eps_plus)
+                         & (out[f"censored_minus_{b0}"] == out.censored_minus)
+                         & (out[f"censored_plus_{b0}"] == out.censored_plus))
+    return out.drop(columns=["eps_minus", "eps_plus", "censored_minus", "censored_plus"])
+
+
+def _three(m: torch.Tensor) -> torch.Tensor:
+    """A stage map with three channels, as the runner searches it (a one-channel map repeated)."""
+    return m.expand(3, -1, -1) if m.shape[0] == 1 else m
+
+
+def _empty(bounds) -> pd.DataFrame:
+    cols = {"image_id": pd.Series(dtype=str), "method": pd.Series(dtype=str), "stage": pd.Series(dtype=int)}
+    for b in bounds:
+        cols.update({f"eps_minus_{b}": pd.Series(dtype=float), f"eps_plus_{b}": pd.Series(dtype=float),
+                     f"censored_minus_{b}": pd.Series(dtype=bool), f"censored_plus_{b}": pd.Series(dtype=bool)})
+    cols["reproduces"] = pd.Series(dtype=bool)
+    return pd.DataFrame(cols)
+
+
+def study_bounds(B: pd.DataFrame) -> list[int]:
+    """The bounds a :func:`bound_study` table holds, smallest (the configuration's) first."""
+    return sorted(int(c.rsplit("_", 1)[1]) for c in B.columns if c.startswith("eps_minus_"))
+
+
+def bound_summary(B: pd.DataFrame) -> pd.DataFrame:
+    """Per method and stage: censored searches at each bound of a :func:`bound_study` table (either side).
+
+    Columns ``censored at <B>`` for every bound (the first is the table's own count), and ``reproduced``
+    (how many re-searches at the configuration's bound gave the table's values, of how many).
+    """
+    bounds = study_bounds(B)
+    rows = []
+    for (m, s), g in B.groupby(["method", "stage"], sort=False):
+        row = {"method": m, "stage": int(s)}
+        for b in bounds:
+            row[f"censored at {b:,}"] = int((g[f"censored_minus_{b}"] | g[f"censored_plus_{b}"]).sum())
+        row["reproduced"] = f"{int(g.reproduces.sum())} of {len(g)}"
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["method", "stage", *(f"censored at {b:,}" for b in bounds), "reproduced"])
+    return pd.DataFrame(rows).set_index(["method", "stage"])
+
+
+def with_bound(table: pd.DataFrame, B: pd.DataFrame, bound: int) -> pd.DataFrame:
+    """``table`` with the censored rows of :func:`bound_study` replaced by their search at ``bound``.
+
+    Epsilons, censoring flags and APEM change on those rows only; every other row is the table's.
+    """
+    if f"eps_minus_{bound}" not in B:
+        raise ValueError(f"the study has no search at bound {bound}; it has {study_bounds(B)}")
+    keys = ["image_id", "method", "stage"]
+    new = B[keys + [f"eps_minus_{bound}", f"eps_plus_{bound}", f"censored_minus_{bound}",
+                    f"censored_plus_{bound}"]].set_index(keys)
+    out = table.copy()
+    idx = pd.MultiIndex.from_frame(out[keys])
+    hit = idx.isin(new.index)
+    if hit.any():
+        got = new.reindex(idx[hit])
+        out.loc[hit, "eps_minus"] = got[f"eps_minus_{bound}"].to_numpy()
+        out.loc[hit, "eps_plus"] = got[f"eps_plus_{bound}"].to_numpy()
+        out.loc[hit, "censored_minus"] = got[f"censored_minus_{bound}"].to_numpy()
+        out.loc[hit, "censored_plus"] = got[f"censored_plus_{bound}"].to_numpy()
+        out.loc[hit, "apem"] = out.loc[hit, "eps_plus"] - out.loc[hit, "eps_minus"]
+    return out
