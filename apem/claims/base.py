@@ -179,6 +179,7 @@ class Claim:
     p_against_adj: float = field(default=np.nan, init=False, repr=False)
     p_best: float = field(default=np.nan, init=False, repr=False)  # the smallest Holm-adjusted p it could reach
     verdict_without_censored: str | None = field(default=None, init=False)  # the sensitivity check's verdict
+    cannot_hold: bool = field(default=False, init=False, repr=False)  # its held side is out of reach at this n
 
     def evaluate(self, alpha: float, power: float) -> Evidence:  # pragma: no cover - abstract
         """The claim's :class:`Evidence` on its data: ``n``, estimate, interval, p for and against, images needed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -51,22 +52,21 @@ class Claims:
         self.claims, self.title, self.alpha, self.power, self.context = list(claims), title, alpha, power, context
         self._decide()
         self.censoring = sensitivity and any(p.censored_images() for c in self.claims for p in c.parts())
+        for c in self.claims:
+            c.verdict_without_censored = None
         if self.censoring:
             self._without_censored()
 
     def _without_censored(self) -> None:
         """The sensitivity check: the same family decided with every claim's censored images left out."""
-        shadow = []
-        for c in self.claims:
+        def strip(c):
             if isinstance(c, AllOf):
-                import copy
-
                 d = copy.copy(c)
-                d.of = [p.without(p.censored_images()) for p in c.of]
-                shadow.append(d)
-            else:
-                shadow.append(c.without(c.censored_images()))
-        other = Claims(shadow, alpha=self.alpha, power=self.power, sensitivity=False)
+                d.of = [strip(p) for p in c.of]
+                return d
+            return c.without(c.censored_images())
+
+        other = Claims([strip(c) for c in self.claims], alpha=self.alpha, power=self.power, sensitivity=False)
         for c, d in zip(self.claims, other.claims):
             c.verdict_without_censored = d.verdict
             c.evidence_without_censored = d.evidence
@@ -76,6 +76,9 @@ class Claims:
         tests = []
         for c in self.claims:
             for part in c.parts():
+                # a claim object may be decided again (another alpha, another family): nothing carries over
+                part.p_for_adj = part.p_against_adj = part.p_best = np.nan
+                part.cannot_hold = False
                 if isinstance(c, AllOf) and not c.applicable:
                     part.applicable, part.reason = False, c.reason
                 part.evidence = part._evaluate(self.alpha, self.power)
