@@ -84,6 +84,8 @@ def test_a_claim_no_data_could_decide_is_left_out_before_its_p_values_are_read()
     assert fam.claims[1].p_for_adj == pytest.approx(3 / 64) and fam.claims[2].p_best == pytest.approx(4 / 64)
     # the discussion counts them apart from the inconclusive ones
     assert "1 could not be tested (1 of them because no data of its size could decide them)" in fam.discussion()
+    _, alone = _one(claims.Paired("five", a=up.iloc[:5], b=base.iloc[:5]))
+    assert "no claim can be decided at these sizes, so no test is run" in claims.Claims([alone]).markdown()
     # a compound with an undecidable part can never hold
     both = claims.AllOf("both", of=[claims.Paired("p1", a=up, b=base), claims.Paired("p2", a=up.iloc[:5],
                                                                                       b=base.iloc[:5])])

@@ -223,7 +223,10 @@ class Claims:
                          f"{ptxt} | {_best_cell(c)} | {fmt_n(ev.needed) if ev.applicable else '–'} | "
                          f"{_power_at_n(c)} | {BADGE[c.verdict]} |" + (f" {_sensitivity_cell(c)} |" if extra else ""))
         checked = all(isinstance(p, Invariant) for c in self.claims for p in c.parts())
-        tests = ("no test, so no Holm's correction: every claim here is checked, not tested" if self.m == 0 else
+        undecidable = any(p.evidence.undecidable for c in self.claims for p in c.parts())
+        tests = ("no claim can be decided at these sizes, so no test is run and no Holm's correction"
+                 if self.m == 0 and undecidable else
+                 "no test, so no Holm's correction: every claim here is checked, not tested" if self.m == 0 else
                  f"Holm's correction over the {self.m} test{'s' if self.m != 1 else ''} of this chapter, each "
                  f"tested for and against the claim: {self.n_p} one-sided p-values in one family, so the chance "
                  f"of any wrong verdict, held or not held, stays below α")
