@@ -369,6 +369,7 @@ def test_chapter_4_encoding_caveat_flags_comparisons_inside_the_noise():
     note = ch04.encoding_caveat(C, summary, 3)
     # LRP-ε's noise (100) exceeds both of its differences (about 30): both comparisons lie inside it
     assert note.startswith("**Caveat.** At stage 3, Gradient against LRP-ε") and "LRP-ε against SmoothGrad" in note
+    assert ") lie inside the encoding noise" in note
     assert "Outside" not in note
     quiet = summary.assign(median_abs_d_apem=0.0)
     assert ch04.encoding_caveat(C, quiet, 3).startswith("Outside the encoding noise at stage 3: Gradient against LRP-ε")

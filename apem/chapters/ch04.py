@@ -98,7 +98,8 @@ def encoding_caveat(C: pd.DataFrame, summary: pd.DataFrame, stage: int) -> str:
         return f"No pair of the thesis's methods has both an APEM and an encoding change at stage {stage}."
     out = []
     if inside:
-        out.append(f"**Caveat.** At stage {stage}, " + "; ".join(inside) + " lies inside the encoding noise: the "
+        out.append(f"**Caveat.** At stage {stage}, " + "; ".join(inside)
+                   + (" lies" if len(inside) == 1 else " lie") + " inside the encoding noise: the "
                    "median change one grey level of re-encoding makes to a method's APEM is at least the median "
                    "difference between the two methods, so the verdicts comparing them at this stage may reflect "
                    "how the map was written to 8 bits rather than the method.")
