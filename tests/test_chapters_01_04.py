@@ -377,6 +377,8 @@ def test_chapter_4_encoding_caveat_flags_comparisons_inside_the_noise():
 
 
 def test_chapter_3_bounds_view_and_moved_verdicts():
+    from apem.book import display
+
     from apem.studies.bounds import bound_summary, with_bound
 
     C = _results(8)
@@ -387,9 +389,9 @@ def test_chapter_3_bounds_view_and_moved_verdicts():
                       "eps_plus_10001": [10001.0], "censored_minus_10001": [False], "censored_plus_10001": [True],
                       "eps_minus_1000000": [5.0], "eps_plus_1000000": [123456.0], "censored_minus_1000000": [False],
                       "censored_plus_1000000": [False], "reproduces": [True]})
-    view = ch03.bounds_view(bound_summary(B))
+    view = display.bounds_view(bound_summary(B))
     assert "| Gradient | 3 | 1 | 0 | 1 of 1 |" in view and "censored at 1,000,000" in view
-    assert ch03.bounds_view(bound_summary(B.iloc[:0])).startswith("No search")
+    assert display.bounds_view(bound_summary(B.iloc[:0])).startswith("No search")
     high = with_bound(C, B, 1_000_000)
     row = high[(high.method == "gradient") & (high.image_id == "im0")].iloc[0]
     assert row.eps_plus == 123456.0 and row.apem == 123456.0 - 5.0 and not row.censored_plus
@@ -398,5 +400,5 @@ def test_chapter_3_bounds_view_and_moved_verdicts():
         with_bound(C, B, 5)
     a = cl.Claims([cl.Paired("x", a=pd.Series(np.arange(10.0) + 1), b=pd.Series(np.arange(10.0)))])
     b = cl.Claims([cl.Paired("x", a=pd.Series(np.arange(10.0)), b=pd.Series(np.arange(10.0)))])
-    assert ch03.verdicts_moved(a, a, 10**6) == "With the censored searches searched up to 1,000,000 steps, every verdict stays the same."
-    assert "1 of 1 verdicts move: *x*: held → inconclusive" in ch03.verdicts_moved(a, b, 10**6)
+    assert display.verdicts_moved(a, a, 10**6) == "With the censored searches searched up to 1,000,000 steps, every verdict stays the same."
+    assert "1 of 1 verdicts move: *x*: held → inconclusive" in display.verdicts_moved(a, b, 10**6)

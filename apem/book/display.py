@@ -203,3 +203,27 @@ def ranking_view(S: pd.DataFrame) -> pd.DataFrame:
     out["rank by median"] = R.rank_median.to_numpy()
     out["censored"] = S.loc[R.index, "censored"].astype(int).to_numpy()
     return out
+
+
+def bounds_view(summary: pd.DataFrame) -> str:
+    """:func:`apem.studies.bounds.bound_summary` as a Markdown table with the methods' display names, or a sentence
+    when no search was censored."""
+    if summary.empty:
+        return "No search of these images reached the bound: there is nothing to search again."
+    cols = list(summary.columns)
+    lines = ["| method | stage | " + " | ".join(cols) + " |", "| --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
+    for (m, st), r in summary.iterrows():
+        lines.append(f"| {label(m)} | {st} | " + " | ".join(str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def verdicts_moved(before, after, bound: int) -> str:
+    """Which verdicts of ``before`` (a decided :class:`apem.claims.Claims`) differ in ``after`` (the same claims on
+    the table whose censored searches were searched up to ``bound``), as a sentence."""
+    moved = [(a.text, a.verdict, b.verdict) for a, b in zip(before.claims, after.claims) if a.verdict != b.verdict]
+    head = f"With the censored searches searched up to {bound:,} steps"
+    if not moved:
+        return f"{head}, every verdict stays the same."
+    return (f"{head}, {len(moved)} of {len(before.claims)} verdicts move: "
+            + "; ".join(f"*{t}*: {v0} → {v1}" for t, v0, v1 in moved)
+            + ". These verdicts depend on where the search stops.")

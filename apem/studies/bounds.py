@@ -28,8 +28,9 @@ BOUNDS = (10**5, 10**6)
 
 
 @no_tf32()
-def bound_study(res, bounds=BOUNDS, group: str = "correct") -> pd.DataFrame:
-    """Every censored search of ``group``'s images, searched again at the configuration's bound and at ``bounds``.
+def bound_study(res, bounds=BOUNDS, group: str | None = "correct") -> pd.DataFrame:
+    """Every censored search of ``group``'s images (None: every image), searched again at the configuration's bound
+    and at ``bounds``.
 
     One row per (image, method, stage) with a censored ε⁻ or ε⁺ (undefined maps left out): ``image_id,
     method, stage``, for each bound ``B`` (the configuration's first) ``eps_minus_B, eps_plus_B,
@@ -41,9 +42,10 @@ def bound_study(res, bounds=BOUNDS, group: str = "correct") -> pd.DataFrame:
     if any(b < 2 for b in bounds):
         raise ValueError(f"a search bound must be at least 2, got {bounds}")
     T = res.table
-    rows = T[(T.group == group) & (T.censored_minus | T.censored_plus) & T.apem.notna()]
+    mine = T.group == group if group is not None else pd.Series(True, index=T.index)
+    rows = T[mine & (T.censored_minus | T.censored_plus) & T.apem.notna()]
     ids = sorted(rows.image_id.unique().tolist())
-    return cached_study(res, f"bounds-{group}", lambda: _search(res, rows, bounds), ids=ids, bounds=bounds)
+    return cached_study(res, f"bounds-{group or 'all'}", lambda: _search(res, rows, bounds), ids=ids, bounds=bounds)
 
 
 def _search(res, rows: pd.DataFrame, bounds: list[int]) -> pd.DataFrame:
