@@ -34,6 +34,7 @@ PAGES = {
                    "apem.filtering", "apem.selection", "apem.chunks", "apem.seeds", "apem.cost", "apem.numerics",
                    "apem.distributed", "apem.profile", "apem.alloc", "apem.cli"],
     "studies": ["apem.studies", "apem.studies.common", "apem.studies.search_modes", "apem.studies.lrp_rules",
+                "apem.studies.bounds",
                 "apem.studies.encoding", "apem.studies.stage_order", "apem.studies.faithfulness", "apem.studies.sanity",
                 "apem.studies.more_methods"],
     "quantus_adapter": ["apem.quantus_adapter"],
