@@ -112,4 +112,4 @@ def test_stage_order_summary_counts_changes_over_defined_rows():
     assert row["images"] == 4 and row["maps differ"] == 3
     assert row["ε⁻ changed"] == "2 of 3" and row["median |Δε⁻|"] == "3.0" and row["largest |Δε⁻|"] == "4"
     assert row["ε⁺ changed"] == "0 of 3" and row["largest |Δε⁺|"] == "–"
-    assert row["median ΔAPEM"] == "+0.0" and row["censored"] == 1
+    assert row["median ΔAPEM"] == "0.0" and row["censored"] == 1
