@@ -28,7 +28,7 @@ PAGES = {
                "apem.metric.search", "apem.metric.evaluate", "apem.metric.score", "apem.metric.monotonicity"],
     "explain": ["apem.explain", "apem.explain.base", "apem.explain.gradient", "apem.explain.lrp",
                 "apem.explain.timm_canonizers", "apem.explain.captum_methods"],
-    "claims": ["apem.claims", "apem.claims.base", "apem.claims.kinds", "apem.claims.family"],
+    "claims": ["apem.claims", "apem.claims.base", "apem.claims.kinds", "apem.claims.zero", "apem.claims.family"],
     "stats": ["apem.stats", "apem.correlation"],
     "experiment": ["apem.run", "apem.store", "apem.config", "apem.data", "apem.models", "apem.maps",
                    "apem.filtering", "apem.selection", "apem.chunks", "apem.seeds", "apem.cost", "apem.numerics",

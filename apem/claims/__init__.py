@@ -53,7 +53,8 @@ common nonparametric tests"; Bonett & Wright (2000), Psychometrika 65,
 correlations"; Wilcoxon (1945); Mann & Whitney (1947).
 
 The package: :mod:`apem.claims.base` (verdicts, formatting, the per-image unit,
-:class:`Evidence`, :class:`Claim`), :mod:`apem.claims.kinds` (the claim kinds) and
+:class:`Evidence`, :class:`Claim`), :mod:`apem.claims.kinds` (the claim kinds), :mod:`apem.claims.zero` (the "is zero" claims and the
+descriptive ones) and
 :mod:`apem.claims.family` (:class:`Claims`, Holm, the page's table and discussion).
 """
 
@@ -62,10 +63,8 @@ from apem.claims.base import (
     Evidence, Missing, PerGroup, censored_of, fmt, fmt_n, fmt_p, per_group, per_image,
 )
 from apem.claims.family import Claims, holm
-from apem.claims.kinds import (
-    AllOf, Correlation, Descriptive, Invariant, Location, NoneNonzero, Paired, Proportion, TwoGroups, Vanishes,
-    ZeroMedian,
-)
+from apem.claims.kinds import AllOf, Correlation, Invariant, Location, Paired, Proportion, TwoGroups
+from apem.claims.zero import Descriptive, NoneNonzero, Vanishes, ZeroMedian
 
 __all__ = [
     "ALPHA", "BADGE", "HELD", "INCONCLUSIVE", "MAX_N", "NOT_APPLICABLE", "NOT_HELD", "OURS", "POWER", "THESIS",

@@ -1,0 +1,120 @@
+"""The thesis's "is zero" statements and the comparisons shown but never tested.
+
+A test cannot show a value to be exactly zero without a declared equivalence margin, so
+:class:`Vanishes` (a correlation) and :class:`ZeroMedian` (a median) are never held: they
+are *not held* when a two-sided test finds the value nonzero, *inconclusive* otherwise --
+one rule for the thesis's "virtually vanishes" (chapter 9) and "median 0 for every case"
+(chapter 7). :class:`NoneNonzero` joins such parts; :class:`Descriptive` is shown, never
+tested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from apem.claims.base import Claim, Evidence, _series
+from apem.claims.kinds import AllOf, Correlation, _binom_needed, _med, smallest_p, spearman_p
+
+
+# ----------------------------------------------------------------------------- zero, and untested
+
+
+@dataclass
+class Vanishes(Correlation):
+    """"Spearman's rho between ``x`` and ``y`` is (virtually) zero".
+
+    A test cannot show a correlation to be zero (that would need a declared
+    equivalence margin), so this claim is never held: it is **not held** when a
+    two-sided test of Spearman's rho finds it nonzero (Holm-adjusted), and
+    **inconclusive** otherwise. "Images needed": at the observed rho, the images
+    at which the two-sided test would find it nonzero with the family's power.
+    """
+
+    def evaluate(self, alpha, power):
+        ev = super().evaluate(alpha, power)
+        if ev.applicable and ev.n < 3:
+            return Evidence(ev.n, "–", applicable=False, reason=f"{ev.n} image(s): Spearman's ρ needs at least 3")
+        if not ev.applicable:
+            return ev
+        x, y = _series(self.x, self.text), _series(self.y, self.text)
+        both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
+        rho = float(sps.spearmanr(both.x, both.y).statistic)
+        p = spearman_p(both.x, both.y)
+        r = min(abs(rho), 0.9999)
+        q = float(sps.norm.ppf(1 - alpha / 2)) + float(sps.norm.ppf(power))
+        needed = math.inf if rho == 0 else float(math.ceil((1 + r * r / 2) * (q / math.atanh(r)) ** 2 + 3))
+        return Evidence(ev.n, ev.estimate, p_for=np.nan, p_against=p, needed=needed,
+                        direction=-1 if rho != 0 else 0, p_min_against=smallest_p("spearman-two-sided", ev.n))
+
+    def rule(self, alpha):
+        return (f"never held (no test shows a correlation to be zero without a declared margin); not held when a "
+                f"two-sided test of Spearman's ρ finds it nonzero (Holm-adjusted p < {alpha}); inconclusive otherwise")
+
+
+@dataclass
+class ZeroMedian(Claim):
+    """"The median of ``values`` is 0" (e.g. the thesis's "median 0 for every case" of shuffled maps).
+
+    Like :class:`Vanishes`, a test cannot show a value to be exactly zero, so this claim is never held:
+    it is **not held** when a two-sided exact sign test (positives against negatives, zeros dropped)
+    finds the median nonzero (Holm-adjusted), and **inconclusive** otherwise: the one rule the book
+    uses for the thesis's "is zero" statements.
+    """
+
+    values: object = None
+    what: str = "value"
+    digits: int = 1
+
+    def evaluate(self, alpha, power):
+        v = _series(self.values, self.text).dropna().to_numpy(float)
+        n = int(v.size)
+        if n == 0:
+            return Evidence(0, "–")
+        pos, zero, neg = int((v > 0).sum()), int((v == 0).sum()), int((v < 0).sum())
+        est = (f"median {self.what} {_med(float(np.median(v)), self.digits)}; above 0 on {pos}, exactly 0 on {zero}, "
+               f"below 0 on {neg} of {n} images")
+        p_min = min(1.0, 2 * 0.5 ** n)  # the two-sided sign test's, all images on one side
+        if pos + neg == 0:
+            return Evidence(n, est, np.nan, 1.0, math.inf, direction=0, p_min_against=p_min)
+        p = float(sps.binomtest(pos, pos + neg, 0.5).pvalue)
+        share = max(pos, neg) / (pos + neg)
+        needed = math.inf if pos == neg else float(math.ceil(
+            _binom_needed(share, 0.5, alpha / 2, power) / ((pos + neg) / n)))
+        return Evidence(n, est, p_for=np.nan, p_against=p, needed=needed, direction=-1 if pos != neg else 0,
+                        p_min_against=p_min)
+
+    def rule(self, alpha):
+        return (f"never held (no test shows a median to be exactly 0); not held when a two-sided exact sign test "
+                f"finds the median of the {self.what} nonzero (Holm-adjusted p < {alpha}); inconclusive otherwise")
+
+
+@dataclass
+class NoneNonzero(AllOf):
+    """Every part is a :class:`Vanishes` or :class:`ZeroMedian`: never held, not held when any part is,
+    inconclusive otherwise."""
+
+    def rule(self, alpha):
+        return (f"never held; not held when any of its {len(self.parts())} parts is not held (a value found "
+                "nonzero), inconclusive otherwise")
+
+
+@dataclass
+class Descriptive(Claim):
+    """A comparison shown but not tested: always ``not applicable``; ``why`` says why no test is declared,
+    ``reason`` (what the table prints) carries the numbers."""
+
+    why: str = ""
+
+    def evaluate(self, alpha, power):  # pragma: no cover - never evaluated (applicable is False)
+        return Evidence(0, "–", applicable=False, reason=self.reason)
+
+    def rule(self, alpha):
+        return f"descriptive, never tested: {self.why}; the numbers are shown as they are"
+
+    def __post_init__(self):
+        self.applicable = False
