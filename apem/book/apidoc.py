@@ -42,8 +42,8 @@ PAGES = {
     "by_hand": ["apem.by_hand"],
     "thesis": ["apem.thesis"],
     "figures": ["apem.figures.plots", "apem.figures.charts"],
-    "book": ["apem.book", "apem.book.params", "apem.book.display", "apem.book.exercises", "apem.book.runtimes",
-             "apem.book.apidoc"],
+    "book": ["apem.book", "apem.book.params", "apem.book.display", "apem.book.noise", "apem.book.exercises",
+             "apem.book.runtimes", "apem.book.apidoc"],
     "chapters": ["apem.chapters"] + [f"apem.chapters.ch{n:02d}" for n in range(13)],
 }
 
