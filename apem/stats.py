@@ -348,3 +348,64 @@ def pairwise_outcomes(df: pd.DataFrame, value: str = "apem", by: str = "method",
             rows.append({**keys, "a": a, "b": b, "n": n,
                          "better": frac(d > 0), "equal": frac(d == 0), "worse": frac(d < 0)})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- separation of two groups
+
+
+def _auroc(pos, neg, axis=-1):
+    """P(a random ``pos`` value > a random ``neg`` value) + ½ P(tie): Mann-Whitney's U over ``n_pos · n_neg``."""
+    u = sps.mannwhitneyu(pos, neg, axis=axis, method="asymptotic", use_continuity=False).statistic
+    return u / (np.shape(pos)[axis] * np.shape(neg)[axis])
+
+
+def auroc(pos, neg, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict:
+    """How well a score separates two groups: the area under the ROC curve, with its interval and test.
+
+    ``pos``: the scores of the group a high score should mark (e.g. APEM of correctly
+    classified images), ``neg``: the other group's; one value per image, NaN dropped.
+    ``auroc`` is the probability that a random ``pos`` image scores above a random ``neg``
+    one, ties counted as one half: 1 separates them perfectly, 0.5 is chance, below 0.5 the
+    score points the other way. It is Mann-Whitney's U statistic over ``n_pos · n_neg``
+    (computed with :func:`scipy.stats.mannwhitneyu`; scikit-learn's ``roc_auc_score`` gives
+    the same number but neither an interval nor a test). ``low``/``high``: percentile
+    bootstrap resampling each group on its own (:func:`scipy.stats.bootstrap`, images the
+    unit); ``p_greater``: the exact-where-possible one-sided Mann-Whitney p-value of
+    ``auroc > 0.5``. Returns ``{"auroc", "low", "high", "p_greater", "n_pos", "n_neg"}``; NaN
+    where a group is empty. At complete separation (``auroc`` 0 or 1) every resample gives the
+    same value, so no interval is given (NaN): the p-value carries the evidence there.
+    """
+    p, q = _clean(pos), _clean(neg)
+    out = {"auroc": np.nan, "low": np.nan, "high": np.nan, "p_greater": np.nan, "n_pos": p.size, "n_neg": q.size}
+    if p.size == 0 or q.size == 0:
+        return out
+    out["auroc"] = float(_auroc(p, q))
+    out["p_greater"] = float(sps.mannwhitneyu(p, q, alternative="greater").pvalue)
+    if p.size >= 2 and q.size >= 2 and 0.0 < out["auroc"] < 1.0:
+        ci = sps.bootstrap((p, q), _auroc, n_resamples=int(n_boot), confidence_level=level, method="percentile",
+                           vectorized=True, axis=-1, rng=np.random.default_rng(seed)).confidence_interval
+        out["low"], out["high"] = float(ci.low), float(ci.high)
+    return out
+
+
+def separation(df: pd.DataFrame, signals: dict, group: str = "group", positive: str = "correct",
+               by=("method", "stage"), level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per ``by`` group and signal: how well it tells ``positive`` images from the rest (:func:`auroc`).
+
+    ``signals``: display name -> ``(column, sign)``; ``sign`` +1 when a high value should mark a
+    ``positive`` image (APEM, ε⁺, the model's confidence), -1 when a low one should (ε⁻, the loss).
+    One row per (``by`` levels, signal) with the :func:`auroc` fields and ``censored`` (how many
+    of the rows' values censoring bounds, :func:`censored`; a censored value enters at the bound,
+    its right rank when the bound exceeds every uncensored value).
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for keys, g in (df.groupby(by, sort=False) if by else [((), df)]):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        is_pos = (g[group] == positive).to_numpy()
+        for name, (col, sign) in signals.items():
+            v = sign * g[col].to_numpy(dtype=float)
+            r = auroc(v[is_pos], v[~is_pos], level=level, n_boot=n_boot, seed=seed)
+            cens = int(censored(g, col).sum()) if col in CENSORING else 0
+            rows.append({**dict(zip(by, keys)), "signal": name, **r, "censored": cens})
+    return pd.DataFrame(rows)

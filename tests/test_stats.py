@@ -172,3 +172,37 @@ def test_the_best_method_is_the_thesis_mean_and_the_median_is_shown_beside_it():
     assert stats.BEST_BY == "mean" and stats.best_method(s) == "b"
     r = stats.ranking(s)
     assert list(r.index) == ["b", "c", "a"] and r.loc["a", "rank_median"] == 1
+
+
+# ----------------------------------------------------------------------------- AUROC (issue: APEM as a signal of reliability)
+
+
+def test_auroc_golden_values():
+    # every pos above every neg: 1; every below: 0; pos [1, 2, 3] against neg [2]: pairs 0 + 1/2 + 1 = 1.5 of 3
+    assert stats.auroc([3, 4, 5], [1, 2])["auroc"] == 1.0
+    assert np.isnan(stats.auroc([3, 4, 5], [1, 2])["low"])  # complete separation: no degenerate bootstrap interval
+    assert stats.auroc([1, 2], [3, 4, 5])["auroc"] == 0.0
+    assert stats.auroc([1, 2, 3], [2])["auroc"] == pytest.approx(0.5)
+    # a twin: the definition counted pair by pair
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 20, 17).astype(float), rng.integers(0, 20, 11).astype(float)
+    pairs = [(a > b) + 0.5 * (a == b) for a in pos for b in neg]
+    r = stats.auroc(pos, neg, seed=1)
+    assert r["auroc"] == pytest.approx(np.mean(pairs))
+    assert r["low"] <= r["auroc"] <= r["high"] and (r["n_pos"], r["n_neg"]) == (17, 11)
+    # the test of separation is Mann-Whitney's, one-sided
+    from scipy import stats as sps
+    assert r["p_greater"] == pytest.approx(sps.mannwhitneyu(pos, neg, alternative="greater").pvalue)
+    assert np.isnan(stats.auroc([], [1.0])["auroc"])
+
+
+def test_separation_signs_and_groups():
+    df = pd.DataFrame({"image_id": list("abcdef"), "method": "gradient", "stage": 3,
+                       "group": ["correct"] * 3 + ["misclassified"] * 3,
+                       "apem": [10.0, 20, 30, 1, 2, 3], "loss": [0.1, 0.2, 0.3, 2, 3, 4],
+                       "eps_minus": [1.0] * 6, "eps_plus": [11.0, 21, 31, 2, 3, 4],
+                       "censored_minus": False, "censored_plus": [True] + [False] * 5})
+    S = stats.separation(df, {"APEM": ("apem", +1), "loss": ("loss", -1), "loss, wrong sign": ("loss", +1)},
+                         n_boot=200).set_index("signal")
+    assert S.loc["APEM", "auroc"] == 1.0 and S.loc["loss", "auroc"] == 1.0 and S.loc["loss, wrong sign", "auroc"] == 0.0
+    assert S.loc["APEM", "censored"] == 1 and S.loc["loss", "censored"] == 0
