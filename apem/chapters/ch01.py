@@ -187,12 +187,12 @@ def monotonicity_text(M: pd.DataFrame, O: pd.DataFrame, linear_cap: int) -> str:
     ex = ok[ok.eps_linear.notna()]
     have = O.non_monotone.notna()
     nm_img = int(O.non_monotone[have].astype(bool).sum())
-    return (f"The comparison has {O.shape[0]} images and {len(ok)} searches with a defined direction "
-            f"({int(M.undefined.sum())} constant maps gave none); {len(ex)} of them had an answer of at most "
-            f"{linear_cap} steps, so `linear` ran on them. The prediction flipped back within 64 steps after its "
-            f"first change in **{int(ex.non_monotone.astype(bool).sum())} of {len(ex)} searches**, on "
-            f"**{nm_img} of {int(have.sum())} images**. The claims below count images, not searches: the searches of "
-            "one image share its model input and are not independent.")
+    return (f"The comparison has {_count(O.shape[0], 'image')} and {_count(len(ok), 'search')} with a defined "
+            f"direction ({_count(int(M.undefined.sum()), 'constant map')} gave none); {len(ex)} of them had an answer "
+            f"of at most {linear_cap} steps, so `linear` ran on them. The prediction flipped back within 64 steps "
+            f"after its first change in **{int(ex.non_monotone.astype(bool).sum())} of "
+            f"{_count(len(ex), 'search')}**, on **{nm_img} of {_count(int(have.sum()), 'image')}**. The claims below "
+            "count images, not searches: the searches of one image share its model input and are not independent.")
 
 
 def modes_table(M: pd.DataFrame, O: pd.DataFrame, alpha: float) -> pd.DataFrame:
@@ -223,10 +223,11 @@ def notes(M: pd.DataFrame, O: pd.DataFrame, cfg, linear_cap: int) -> dict:
     ok = M[~M.undefined.astype(bool)]
     cens = {m: int(ok[f"censored_{m}"].fillna(0).astype(bool).sum()) for m in ("thesis", "bisect")}
     return {
-        "context": (f"The comparison used the first {O.shape[0]} correctly classified images (`n_compare`); `linear`, "
+        "context": (f"The comparison used the first {_count(O.shape[0], 'correctly classified image')} "
+                    "(`n_compare`); `linear`, "
                     f"one forward pass per step, ran only where the answer is at most {linear_cap} steps "
-                    f"({int(ok.eps_linear.notna().sum())} of {len(ok)} searches), so the monotonicity and exactness "
-                    "claims speak for those searches."),
+                    f"({int(ok.eps_linear.notna().sum())} of {_count(len(ok), 'search')}), so the monotonicity and "
+                    "exactness claims speak for those searches."),
         "censored": (f"Censoring: {cens['bisect']} of {len(ok)} `bisect` and {cens['thesis']} `thesis` searches "
                      f"reached the bound ({cfg.search_bound}); they have no `linear` answer and do not enter the first "
                      "three claims."),
@@ -270,6 +271,11 @@ def _share_ci(k: int, n: int, alpha: float) -> str:
     ci = sps.binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="exact")
     return (f"{k}/{n} = {claims.fmt(k / n, 1, pct=True)} [{claims.fmt(ci.low, 1, pct=True)}, "
             f"{claims.fmt(ci.high, 1, pct=True)}]")
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in the number it needs: "1 search", "2 searches"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def _article(word: str) -> str:
