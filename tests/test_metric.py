@@ -715,3 +715,25 @@ def test_loss_slope_is_exact_for_two_classes_and_both_slopes_give_the_same_eps()
     for k in ("eps_minus", "eps_plus"):
         assert torch.equal(a[k], lin[k]) and torch.equal(b[k], lin[k])
     assert int(a["n_image_backward"]) == 2 and int(b["n_image_backward"]) == 4
+
+
+def test_perturbation_size_closed_form_and_twin():
+    # a uniform 3x2x2 map: every |d| is 1/12, so at eps 6 each value moves by 1/2: max 0.5, MSE 1/4, PSNR 10 log10 4
+    r = metric.perturbation_size(torch.ones(1, 3, 2, 2), 6)
+    assert r["max_change"].item() == pytest.approx(0.5) and r["psnr"].item() == pytest.approx(10 * np.log10(4))
+    # one non-zero value carries the whole step; a one-channel map counts its 3 copies
+    one = torch.zeros(1, 1, 2, 2)
+    one[0, 0, 1, 1] = 5.0
+    r = metric.perturbation_size(one, 9)
+    assert r["max_change"].item() == pytest.approx(3.0)  # 9 / 3 copies
+    # twin: perturb a real image along d at eps and measure x' - x where the sign of g is never 0
+    g = torch.Generator().manual_seed(0)
+    maps, grad = torch.rand(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    eps = torch.tensor([1.0, 10.0, 100.0, 0.0])
+    d, _ = metric.directions(maps, grad.double())
+    change = eps[:, None, None, None].double() * d
+    r = metric.perturbation_size(maps, eps)
+    assert torch.allclose(r["max_change"], change.abs().flatten(1).amax(1))
+    mse = change.square().flatten(1).mean(1)
+    assert torch.allclose(r["psnr"][:3], 10 * torch.log10(1 / mse[:3])) and torch.isinf(r["psnr"][3])
+    assert torch.isnan(metric.perturbation_size(torch.zeros(1, 1, 2, 2), 3)["psnr"]).all()  # no direction

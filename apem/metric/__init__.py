@@ -182,7 +182,7 @@ from apem.metric.bisect import BISECT, BisectTuning
 from apem.metric.clean import SLOPES, clean_pass, loss_gradient, prepare_images
 from apem.metric.directions import (
     REASON_CALLER, REASON_NONFINITE, REASON_ZERO_DIRECTION, REASON_ZERO_NORM, REASONS, directions,
-    map_shuffle_permutations, shuffle_permutations,
+    map_shuffle_permutations, perturbation_size, shuffle_permutations,
 )
 from apem.metric.engines import ENGINES, THESIS_PACES
 from apem.metric.evaluate import check_maps, evaluate_maps
@@ -207,6 +207,7 @@ __all__ = [
     "REASONS",
     "directions",
     "map_shuffle_permutations",
+    "perturbation_size",
     "shuffle_permutations",
     "ENGINES",
     "THESIS_PACES",

@@ -167,3 +167,30 @@ def keyed_permutations(seeds: torch.Tensor, draws: torch.Tensor, n_values: int) 
         v = _fmix32(v ^ k[:, None])
     # 32-bit keys shifted into int32 (same order): a cheaper sort than int64
     return torch.argsort((v - (1 << 31)).to(torch.int32), dim=1, stable=True)
+
+
+def perturbation_size(maps: torch.Tensor, eps) -> dict:
+    r"""How large the perturbation :math:`x' - x = \varepsilon\, d` is, per map, at step ``eps`` (no clipping).
+
+    ``maps`` (M, 1 or 3, H, W): the maps the search perturbs along (for ε⁺ the irrelevance
+    map, :math:`1 - R`); ``eps`` a number or (M,) steps. Since :math:`|d| = |R| / \lVert R
+    \rVert_1` wherever the gradient's sign is not 0, the change of each input value is
+    :math:`\varepsilon |R| / \lVert R \rVert_1`, known from the map alone:
+
+    - ``max_change``: the largest change of any input value, in units of the [0, 1] pixel range
+      (times 255: 8-bit grey levels);
+    - ``psnr``: :math:`10 \log_{10}(1 / \mathrm{MSE})` dB over the :math:`3HW` values (peak 1),
+      infinite for a zero step.
+
+    An undefined map (all zero, non-finite) gives NaN. A zero gradient sign zeroes a value of
+    ``d``, so the true change can only be smaller: both figures are then bounds (the largest
+    change an upper one, the PSNR a lower one).
+    """
+    Rn, ok, _ = normalised(maps, torch.float64, maps.device)
+    e = torch.as_tensor(eps, dtype=torch.float64, device=maps.device).expand(len(Rn))
+    flat = Rn.abs().flatten(1)
+    max_change = e * flat.amax(1)
+    mse = e.square() * flat.square().mean(1)
+    psnr = torch.where(mse > 0, 10 * torch.log10(1 / mse), torch.full_like(mse, float("inf")))
+    nan = torch.full_like(mse, float("nan"))
+    return {"max_change": torch.where(ok, max_change, nan), "psnr": torch.where(ok, psnr, nan)}
