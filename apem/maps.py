@@ -160,3 +160,22 @@ def from_storage(a: np.ndarray) -> torch.Tensor:
     """Stored maps (uint8 or float16) back to float32 maps in [0, 1]."""
     t = torch.from_numpy(np.asarray(a))
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
+
+
+def change(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r"""How much two maps of the same images differ as *perturbations*: per image, in [0, 1].
+
+    Each map is L1-normalised over its :math:`3HW` values (a one-channel map counts its three
+    copies), exactly as the search normalises it (:func:`apem.metric.directions`), and the
+    result is half the L1 distance of the two, :math:`\tfrac12 \lVert a/\lVert a\rVert_1 -
+    b/\lVert b\rVert_1 \rVert_1`: the share of the perturbation's budget that moves to other
+    input values (the total variation distance of the two maps read as distributions). 0 when
+    one map is a positive multiple of the other, 1 when they share no non-zero value. NaN where
+    either map is all zero. ``a``, ``b``: (N, 1 or 3, H, W).
+    """
+    from apem.metric.directions import normalised
+
+    na, oka, _ = normalised(a, torch.float64, a.device)
+    nb, okb, _ = normalised(b.to(a.device), torch.float64, a.device)
+    d = 0.5 * (na.abs() - nb.abs()).abs().flatten(1).sum(1)
+    return torch.where(oka & okb, d, torch.full_like(d, float("nan")))

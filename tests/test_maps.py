@@ -184,3 +184,20 @@ def test_save_image_encoding_needs_8_bits_and_a_known_name():
         maps.stage_maps(a, a, encoding="save_image", quantize=False)
     with pytest.raises(ValueError, match="unknown map encoding"):
         maps.stage_maps(a, a, encoding="png")
+
+
+def test_change_between_maps_closed_form():
+    from apem.maps import change
+
+    a = torch.zeros(3, 1, 2, 2)
+    a[:, 0, 0, 0] = 1.0
+    b = a.clone() * 7  # a positive multiple: the same perturbation
+    c = torch.zeros(3, 1, 2, 2)
+    c[:, 0, 1, 1] = 1.0  # no shared non-zero value
+    half = torch.zeros(3, 1, 2, 2)
+    half[:, 0, 0, 0], half[:, 0, 1, 1] = 1.0, 1.0  # half the budget stays, half moves
+    assert change(a, b).tolist() == [0.0] * 3 and change(a, c).tolist() == [1.0] * 3
+    assert change(a, half).tolist() == pytest.approx([0.5] * 3)
+    # a one-channel map equals its three-channel copy
+    assert change(a, a.expand(-1, 3, -1, -1)).tolist() == [0.0] * 3
+    assert torch.isnan(change(torch.zeros(1, 1, 2, 2), a[:1])).all()
