@@ -140,6 +140,23 @@ def test_bound_study_reproduces_the_table_then_searches_further(tmp_path_factory
     high = with_bound(T, B, 10**4)
     changed = (high[["eps_minus", "eps_plus"]] != T[["eps_minus", "eps_plus"]]).any(axis=1)
     assert set(high[changed].index) <= set(cens.index)
+    # a side that changed the prediction below the bound keeps its step at every higher bound
+    for side in ("minus", "plus"):
+        kept = ~B[f"censored_{side}_3"]
+        assert (B.loc[kept, f"eps_{side}_10000"] == B.loc[kept, f"eps_{side}_3"]).all()
+    # at each higher bound only the searches still censored at the one before are searched again
+    import apem.metric as metric_module
+
+    calls, real = [], metric_module.evaluate_maps
+    metric_module.evaluate_maps = lambda *a, **k: calls.append(len(a[2])) or real(*a, **k)
+    try:
+        nested = bound_study(res, bounds=(10**4, 10**5), group=None)  # None joins the groups' own studies
+    finally:
+        metric_module.evaluate_maps = real
+    still = int((B.censored_minus_10000 | B.censored_plus_10000).sum())
+    assert calls == [len(cens), len(cens)] + ([still] if still else [])  # bound 3 (all), 10^4 (all), 10^5
+    for c in ("eps_minus_10000", "eps_plus_10000", "censored_minus_10000", "censored_plus_10000"):
+        assert nested[c].tolist() == B[c].tolist()
     # cached in the store: the second call computes nothing
     import apem.studies.bounds as bounds_module
 
