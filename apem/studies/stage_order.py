@@ -14,8 +14,7 @@ and ``x`` the image, channels ``c``:
     :math:`(\sum_c C_c)\, x_k` for each colour channel ``k``: the one-channel map
     times the colour image is a three-channel map, and section 4.4 does not reduce
     it again.
-``sum_then_multiply_then_sum`` (section 4.4, kept one-channel as section 4.2 says
-the final map is)
+``sum_then_multiply_then_sum`` (section 4.4, kept one-channel as section 4.2 says the final map is)
     :math:`\sum_k (\sum_c C_c)\, x_k = (\sum_c C_c)(\sum_k x_k)`.
 
 Every order min-max scales at the end and is encoded like the configuration's
