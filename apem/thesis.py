@@ -9,6 +9,8 @@ the reference column of our tables; nothing we compute is read from here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
 CITATION = "Valle (2019), UFMG M.Sc. thesis"
@@ -100,3 +102,135 @@ TABLE_5_3 = pd.DataFrame(
 def label(method: str) -> str:
     """A method's display name."""
     return METHOD_LABELS.get(method, method)
+
+
+# ----------------------------------------------------------------------------- the thesis's statements
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One quantitative statement of the thesis's chapters 3-6, and where the book decides it.
+
+    ``key`` is what a chapter's claim names in its ``ref`` (:class:`apem.claims.Claim`); ``chapter`` is the
+    book chapter that declares that claim, or None with ``reason`` saying why no data of ours can test it.
+    ``text`` paraphrases the thesis (its section ``section``) as closely as a test can state it.
+    """
+
+    key: str
+    section: str
+    text: str
+    chapter: int | None
+    reason: str = ""
+
+    def __post_init__(self):
+        if (self.chapter is None) == (not self.reason):
+            raise ValueError(f"{self.key}: a statement has a chapter that tests it or a reason why none can")
+
+
+_NO_MASKS = ("it is about where objects are, and the images come with class labels only: no object boxes or "
+             "segmentations to test it against")
+
+#: Every quantitative statement of the thesis's chapters 3-6, in the thesis's order. The book's coverage page
+#: (:mod:`apem.book.coverage`) shows each with the verdicts of the claims that test it on this build; a test
+#: (tests/test_coverage.py) checks that each one is tested by a chapter's claim or says why it cannot be.
+STATEMENTS = (
+    Statement("3.1-gap", "3.1", "Perturbing along the relevance map flips the decision with a smaller step than "
+              "along the irrelevance map: ε⁻ < ε⁺, so APEM > 0, for every method", 3),
+    Statement("3.2-filter-keeps", "3.2, Alg. 2", "The explanation filter zeroes the least relevant values "
+              "without lowering the map's APEM", 5),
+    Statement("3.3-imperceptible", "3.3, Fig. 3.3", "The perturbation that flips the decision is hardly "
+              "noticeable: the model misclassifies with low ε", 3),
+    Statement("4.2-smoothgrad-less-noisy", "4.2.1", "SmoothGrad's averaging gives less noisy maps than the "
+              "Gradient", 2),
+    Statement("4.2-table-4.1", "4.2.2, Table 4.1", "The LRP variants have the properties of Table 4.1 "
+              "(numerical stability, consistency with linear mappings, conservation)", 2),
+    Statement("4.3-maps-similar", "4.3, Fig. 4.1", "The methods' maps present their higher values in close "
+              "regions", 2),
+    Statement("4.3-focus-differs", "4.3, Fig. 4.1", "Each method focuses on a different part of the object",
+              None, _NO_MASKS),
+    Statement("4.3-gradient-over-lrp", "4.3, Table 4.2", "The Gradient has a higher APEM than LRP-ε", 3),
+    Statement("4.3-gradient-over-smoothgrad", "4.3, Table 4.2", "The Gradient has a higher APEM than "
+              "SmoothGrad", 3),
+    Statement("4.3-lrp-over-smoothgrad", "4.3, Table 4.2", "SmoothGrad, though built on the gradient, has a "
+              "lower APEM than LRP-ε", 3),
+    Statement("4.3-eps-minus-order", "4.3, Fig. 4.3", "The methods with the better APEM also have the lower "
+              "ε⁻ (every pair of the thesis's order)", 3),
+    Statement("4.3-eps-plus-order", "4.3, Fig. 4.3", "The methods with the better APEM also have the higher "
+              "ε⁺ (every pair of the thesis's order)", 3),
+    Statement("4.3-pairwise", "4.3, Fig. 4.4", "The method with the higher APEM is also higher image by image "
+              "(every pair)", 3),
+    Statement("4.3-gradient-below-lrp-rare", "4.3", "The Gradient scoring below LRP-ε is rare", 3),
+    Statement("4.3a-small-difference", "4.3, Table 4.3a", "Where LRP-ε beats the Gradient, the APEMs differ by "
+              "at most 1", 3),
+    Statement("4.3a-eps-plus-equal", "4.3, Table 4.3a", "Where LRP-ε beats the Gradient, only ε⁻ differs: ε⁺ "
+              "is equal", 3),
+    Statement("4.3a-low-apem", "4.3, Table 4.3a", "Where LRP-ε beats the Gradient, APEM is very low", 3),
+    Statement("4.3a-small-object", "4.3, Fig. 4.5", "Those images are explained by a concise small object "
+              "centred in the image", None, _NO_MASKS),
+    Statement("4.3b-both-eps", "4.3, Table 4.3b", "Where SmoothGrad beats LRP-ε, it beats it on both ε⁻ and ε⁺",
+              3),
+    Statement("4.3b-regions", "4.3, Fig. 4.5", "There SmoothGrad marks whole regions and LRP-ε their contours",
+              None, _NO_MASKS),
+    Statement("4.4-stages-lower", "4.4, Table 4.4", "Each visualisation step lowers APEM, for every method", 4),
+    Statement("4.4-most-changed-loses-most", "4.4", "The methods the processing changes most lose the most "
+              "APEM", 4),
+    Statement("4.4-eps-follow-apem", "4.4, Fig. 4.7", "Across the stages, a higher APEM goes with a lower ε⁻ "
+              "and a higher ε⁺", 4),
+    Statement("4.4-best-wins-each-stage", "4.4, Fig. 4.7", "At every stage the method with the greatest APEM "
+              "beats the others image by image", 4),
+    Statement("4.4-gradient-every-image", "4.4", "Each simplification lowers the Gradient's APEM on every image",
+              4),
+    Statement("4.4-others-sometimes-gain", "4.4", "For SmoothGrad and LRP-ε, a simplification raises APEM in "
+              "uncommon cases", 4),
+    Statement("4.4-gains-on-low-apem", "4.4", "Those cases are images with a low APEM", 4),
+    Statement("4.5-filter-keeps", "4.5", "Filtered maps keep their APEM while they lose noise", 5),
+    Statement("4.5-filter-removes", "4.5, Fig. 4.8", "The filter removes a large part of the map", 5),
+    Statement("4.5-filter-context", "4.5, Fig. 4.8", "What the filter removes is context outside the main "
+              "object", None, _NO_MASKS),
+    Statement("4.5-every-method", "4.5, Fig. 4.9", "The filter works for every method and stage", 5),
+    Statement("5.1-missing-region", "5.1", "A map that misses a relevant region lowers ε⁺ (recall)", 0),
+    Statement("5.1-extra-region", "5.1", "A map that marks an irrelevant region raises ε⁻ (precision)", 0),
+    Statement("5.1-lrp-simplified", "5.1", "LRP-ε's maps are more simplified than SmoothGrad's", 6),
+    Statement("5.1-eps-plus-both-ways", "5.1, Fig. 5.1", "Where LRP-ε has the better ε⁻, its ε⁺ is sometimes "
+              "better and sometimes worse than SmoothGrad's", 6),
+    Statement("5.1-eps-minus-resemble", "5.1", "LRP-ε's and SmoothGrad's ε⁻ distributions resemble each other",
+              6),
+    Statement("5.2-shuffle-zero", "5.2, Fig. 5.2", "Shuffled maps score around 0, median 0, for every method "
+              "and stage", 7),
+    Statement("5.2-shuffle-equal", "5.2", "A shuffled map's ε-shuffle⁻ and ε-shuffle⁺ are equal or very close",
+              7),
+    Statement("5.2-shuffle-between", "5.2", "A shuffled map's ε lies between the map's own: ε⁻ ≤ ε-shuffle ≤ ε⁺",
+              7),
+    Statement("5.2-norm-order", "5.2, Table 5.1", "APEM_norm orders the methods as APEM does, at every stage",
+              7),
+    Statement("5.2-norm-falls", "5.2, Table 5.1", "APEM_norm falls with each visualisation stage, for every "
+              "method", 7),
+    Statement("5.3-apem-lower", "5.3, Table 5.2", "APEM is lower on misclassified images, for every method", 8),
+    Statement("5.3-eps-lower", "5.3", "ε⁻ and ε⁺ are each lower on misclassified images", 8),
+    Statement("5.3-fall-size", "5.3, Table 5.2", "APEM falls by about two thirds on misclassified images "
+              "(66-71% by the mean)", 8),
+    Statement("5.3-ranking-kept", "5.3, Table 5.2", "The methods keep their ranking on misclassified images", 8),
+    Statement("5.3-less-confident", "5.3", "The model is less certain when it predicts a wrong label", 8),
+    Statement("5.3-similar-distributions", "5.3, Fig. 5.3", "APEM's distribution on misclassified images is "
+              "similar to that on correct ones", 8),
+    Statement("5.4-correct-negative", "5.4, Table 5.3", "On correct images APEM correlates negatively with the "
+              "loss, for every method", 9),
+    Statement("5.4-all-negative", "5.4, Table 5.3", "On all images APEM correlates negatively with the loss, "
+              "for every method", 9),
+    Statement("5.4-misclassified-vanishes", "5.4, Table 5.3", "On misclassified images the correlation "
+              "virtually vanishes", 9),
+    Statement("5.4-best-strongest", "5.4", "The method with the greater APEM has the stronger correlation", 9),
+    Statement("5.4-confidence", "5.4, Table 5.3", "The model's confidence correlates negatively with the loss "
+              "(-1 on correct images)", 9),
+    Statement("6-random-zero", "6", "APEM is zero for random maps", 7),
+    Statement("6-drastic-fall", "6", "APEM drastically falls when the model misclassifies", 8),
+    Statement("6-reliable-output", "6", "APEM can tell whether a model's output is reliable", 8),
+)
+
+
+def statement(key: str) -> Statement:
+    """The thesis statement with this key (``KeyError`` with the known keys otherwise)."""
+    for s in STATEMENTS:
+        if s.key == key:
+            return s
+    raise KeyError(f"{key!r} is not a thesis statement; known: {', '.join(s.key for s in STATEMENTS)}")

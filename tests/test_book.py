@@ -119,6 +119,23 @@ def test_api_reference_is_built_with_its_source(smoke_book):
     assert 'class="math notranslate nohighlight"' in metric, "the docstrings' :math: is not typeset"
 
 
+def test_the_coverage_page_gives_every_thesis_statement_a_verdict_or_a_reason(smoke_book):
+    """The appendix table (apem-coverage): every statement a chapter tests has that chapter's verdict on this
+    build, read from the executed notebooks, and the page renders it."""
+    from apem.book import coverage
+    from apem.thesis import STATEMENTS
+
+    found = coverage.verdicts_by_statement(smoke_book / "book" / "chapters")
+    assert not coverage.missing(STATEMENTS, found), [s.key for s in coverage.missing(STATEMENTS, found)]
+    for s in STATEMENTS:
+        for r in found.get(s.key, []):
+            assert r["chapter"] == s.chapter and r["verdict"] in ("held", "not held", "inconclusive", "not applicable")
+    page = (smoke_book / "_build" / "html" / "book" / "coverage.html").read_text(errors="ignore")
+    assert "Of the thesis&#8217;s" in page or "Of the thesis's" in page or "Of the thesis’s" in page
+    assert "no verdict on this build" not in page
+    assert page.count("not testable here") == sum(s.chapter is None for s in STATEMENTS)
+
+
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -164,6 +164,10 @@ class Claim:
     is at least the bound, so its rank among uncensored values is right, and a paired
     difference of two censored values is a tie). The family also decides the claim with
     those images *left out* and shows whether the verdict survives.
+
+    ``ref``: the thesis statement(s) the claim tests, keys of :data:`apem.thesis.STATEMENTS` (a key or a
+    tuple of keys). The verdict table records them in its output's metadata, and the book's coverage page
+    (:mod:`apem.book.coverage`) reads them from the executed chapters.
     """
 
     text: str
@@ -171,6 +175,7 @@ class Claim:
     applicable: bool = True
     reason: str = ""
     censored: object = None
+    ref: object = ()
 
     # filled by Claims.decide
     evidence: Evidence | None = field(default=None, init=False, repr=False)
@@ -188,6 +193,10 @@ class Claim:
     def rule(self, alpha: float) -> str:  # pragma: no cover - abstract
         """The claim's decision rule in words (the verdict table's "Rules, declared before the data")."""
         raise NotImplementedError
+
+    def refs(self) -> tuple:
+        """The thesis statements this claim tests (keys of :data:`apem.thesis.STATEMENTS`), as a tuple."""
+        return (self.ref,) if isinstance(self.ref, str) else tuple(self.ref or ())
 
     def parts(self) -> list["Claim"]:
         """The claims Holm counts: the claim itself, or a compound's parts (:class:`~apem.claims.AllOf`)."""

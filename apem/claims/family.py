@@ -50,6 +50,9 @@ class Claims:
         if not 0 < alpha < 1 or not 0 < power < 1:
             raise ValueError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
         self.claims, self.title, self.alpha, self.power, self.context = list(claims), title, alpha, power, context
+        unknown = [r for c in self.claims for r in c.refs() if r not in _statement_keys()]
+        if unknown:
+            raise ValueError(f"unknown thesis statement(s) {unknown}: a claim's ref is a key of apem.thesis.STATEMENTS")
         self._decide()
         self.censoring = sensitivity and any(p.censored_images() for c in self.claims for p in c.parts())
         for c in self.claims:
@@ -319,14 +322,30 @@ class Claims:
             out.append(self.context)
         return " ".join(out)
 
-    def _repr_markdown_(self) -> str:
-        return self.markdown() + "\n\n" + self.discussion()
+    def metadata(self) -> dict:
+        """What the output records beside the table: the family's title and each claim's thesis statements
+        (:attr:`Claim.ref`), text, source and verdict, under the key ``"apem_claims"``. The coverage page
+        (:mod:`apem.book.coverage`) reads it from the executed chapters."""
+        return {"apem_claims": {"title": self.title, "claims": [
+            {"refs": list(c.refs()), "text": c.text, "source": c.source, "verdict": c.verdict,
+             "reason": c.evidence.reason if c.verdict == NOT_APPLICABLE else ""}
+            for c in self.claims]}}
+
+    def _repr_markdown_(self):
+        # (data, metadata): IPython's formatters store the metadata beside the Markdown in the notebook
+        return self.markdown() + "\n\n" + self.discussion(), self.metadata()
 
     def show(self, **discussion) -> None:
         """Display the verdict table, the rules and the discussion (keyword arguments go to :meth:`discussion`)."""
         from IPython.display import Markdown, display
 
-        display(Markdown(self.markdown() + "\n\n" + self.discussion(**discussion)))
+        display(Markdown(self.markdown() + "\n\n" + self.discussion(**discussion)), metadata=self.metadata())
+
+
+def _statement_keys() -> set:
+    from apem.thesis import STATEMENTS
+
+    return {s.key for s in STATEMENTS}
 
 
 def _sensitivity_cell(c: Claim) -> str:
