@@ -248,7 +248,8 @@ def test_norm_claims_held_on_a_clear_order_and_ties():
     assert len(words) == 1 and isinstance(words[0], cl.NoneNonzero) and words[0].source == cl.THESIS
     # the thesis's words as written: never held; every shuffled APEM exactly 0 cannot refute them
     assert words[0].verdict == cl.INCONCLUSIVE and len(words[0].parts()) == 9  # 3 methods x 3 stages
-    v = {c.text[:30]: c.verdict for c in fam.claims if c is not words[0]}
+    # (the stages' APEM_norm does not fall here: its claims are tested in test_chapter_claims_04_07.py)
+    v = {c.text[:30]: c.verdict for c in fam.claims if c is not words[0] and "falls with each" not in c.text}
     assert all(x == cl.HELD for x in v.values()), fam.frame()[["claim", "verdict", "estimate"]]
     assert fam.claims[-1].source == cl.OURS and fam.claims[-2].source == cl.OURS
     # "APEM_norm > 0" is ours (the thesis tests none of Table 5.1's means against 0); the order is the thesis's

@@ -25,7 +25,8 @@ than the map it came from (absolute values compared per image), and most shuffle
 ε-shuffle⁺), which makes the median 0. Both are labelled ours, as is "APEM_norm > 0" (the thesis
 reports Table 5.1's means and states no test of them against 0).
 
-* censoring of the derived values: :func:`with_sides`, :func:`determined`, :func:`shuffled_flags`;
+* censoring of the derived values: :func:`with_sides`, :func:`determined`, :func:`shuffled_flags`; of the
+  four epsilons: :func:`epsilon_censoring`;
 * tables: :func:`shuffled_view`, :func:`table_5_1`;
 * figures: :func:`shuffled_histograms` (Figure 5.2), :func:`norm_boxes`;
 * prose: :func:`comparability`, :func:`setting`, :func:`notes`;
@@ -115,6 +116,25 @@ def determined(table: pd.DataFrame, value: str) -> pd.Series:
     """Per row: is ``value`` known to lie on one side at least (not censored both ways, not NaN)?"""
     t = with_sides(table, value)
     return (~(t.censored_plus & t.censored_minus) & t.apem.notna()).set_axis(table.index)
+
+
+#: the four epsilons of a map and its shuffled maps, each with the flag that says its search reached the bound
+EPSILONS = {"eps_minus": "censored_minus", "eps_plus": "censored_plus",
+            "eps_shuffle_minus": "censored_shuffle_minus", "eps_shuffle_plus": "censored_shuffle_plus"}
+
+
+def epsilon_censoring(table: pd.DataFrame, by: str = "method") -> dict[str, claims.PerGroup]:
+    """Per epsilon of :data:`EPSILONS`: whether each image's value is censored (a lower bound), per level of ``by``.
+
+    ``{column: {method: bool Series by image}}``, as :func:`apem.claims.censored_of` gives for ε⁻ and ε⁺,
+    here also for the shuffled searches' ε-shuffle⁻ and ε-shuffle⁺ (a NaN epsilon is not censored). For a
+    claim's ``censored=``.
+    """
+    out = {}
+    for col, flag in EPSILONS.items():
+        f = table[flag].astype(bool) & table[col].notna()
+        out[col] = claims.per_group(table.assign(_censored=f), "_censored", by=by, how="any")
+    return out
 
 
 def shuffled_flags(C: pd.DataFrame) -> pd.DataFrame:
