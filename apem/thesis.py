@@ -187,7 +187,8 @@ STATEMENTS = (
     Statement("4.5-filter-removes", "4.5, Fig. 4.8", "The filter removes a large part of the map", 5),
     Statement("4.5-filter-context", "4.5, Fig. 4.8", "What the filter removes is context outside the main "
               "object", None, _NO_MASKS),
-    Statement("4.5-every-method", "4.5, Fig. 4.9", "The filter works for every method and stage", 5),
+    Statement("4.5-every-method", "4.5, Fig. 4.9", "The filter works for every method and stage (tested per "
+              "method, each image's stages pooled)", 5),
     Statement("5.1-missing-region", "5.1", "A map that misses a relevant region lowers ε⁺ (recall)", 0),
     Statement("5.1-extra-region", "5.1", "A map that marks an irrelevant region raises ε⁻ (precision)", 0),
     Statement("5.1-lrp-simplified", "5.1", "LRP-ε's maps are more simplified than SmoothGrad's", 6),
@@ -199,7 +200,8 @@ STATEMENTS = (
               "and stage", 7),
     Statement("5.2-shuffle-equal", "5.2", "A shuffled map's ε-shuffle⁻ and ε-shuffle⁺ are equal or very close",
               7),
-    Statement("5.2-shuffle-between", "5.2", "A shuffled map's ε lies between the map's own: ε⁻ ≤ ε-shuffle ≤ ε⁺",
+    Statement("5.2-shuffle-between", "5.2", "A shuffled map's ε lies between the map's own: ε⁻ ≤ ε-shuffle⁻ and "
+              "ε-shuffle⁺ ≤ ε⁺",
               7),
     Statement("5.2-norm-order", "5.2, Table 5.1", "APEM_norm orders the methods as APEM does, at every stage",
               7),
