@@ -10,6 +10,10 @@ them; this module holds what it calls. Two questions:
 * for every pair of methods, how often does ε⁻ alone pick another winner than
   APEM does (:func:`flips`, :func:`flip_table`)?
 
+and the section's two side remarks: LRP-ε's maps are "more simplified" than SmoothGrad's
+(:func:`top_share`, :func:`concentration`: how much of a map's mass its largest values hold),
+and the two methods' ε⁻ distributions "resemble" each other (a per-image paired difference).
+
 Both are shares of images: exact (Clopper-Pearson) intervals and exact binomial
 tests, never a bootstrap (a bootstrap of 0/n is the degenerate [0, 0]).
 
@@ -32,6 +36,9 @@ from apem.figures import charts
 
 #: "common": a share of images above this, by default (the chapter parameter ``common_share``; ours)
 COMMON = 0.10
+
+#: "simplified": the share of a map's mass held by its largest ``TOP`` of values (ours, declared before the data)
+TOP = 0.10
 
 
 # ----------------------------------------------------------------------------- orders under censoring
@@ -121,6 +128,76 @@ def flip_table(C: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
                      f"{claims.fmt(1 - alpha, 0, pct=True)} exact interval":
                          f"[{claims.fmt(lo, 0, pct=True)}, {claims.fmt(hi, 0, pct=True)}]" if n else "–"})
     return pd.DataFrame(rows).set_index("pair")
+
+
+# ----------------------------------------------------------------------------- "more simplified" maps
+
+
+def top_share(maps, share: float = TOP) -> np.ndarray:
+    """Per map: the share of its L1 mass held by its ``k = ceil(share * size)`` largest absolute values.
+
+    ``maps``: an array or tensor of maps, the first axis the maps (each map's other axes are flattened).
+    A map that keeps one region and zeroes the rest puts all its mass in few values: 1 when at most ``k``
+    values are nonzero; a constant map gives ``k / size`` (``share`` when it divides evenly); NaN for an
+    all-zero map (no mass). Scale-free (a map times a constant has the same share), so the methods' maps
+    are compared however each is scaled, and indifferent to where the values lie (unlike total
+    variation, chapter 2's measure of speckle). Ties at the ``k``-th value do not matter: the sum of the
+    ``k`` largest values is the same whichever of the tied ones are taken.
+    """
+    a = np.abs(np.asarray(maps, dtype=float)).reshape(len(maps), -1)
+    k = int(np.ceil(share * a.shape[1]))
+    if not 0 < share <= 1 or k < 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    top = -np.partition(-a, k - 1, axis=1)[:, :k]  # the k largest values of each map
+    total = a.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, top.sum(axis=1) / total, np.nan)
+
+
+def concentration(res, ids: list, methods: list, stage: int, share: float = TOP) -> pd.DataFrame:
+    """:func:`top_share` of each stored map (``res.map``, the chapter's ``stage``): one row per image of ``ids``,
+    one column per method of ``methods``."""
+    out = {}
+    for m in methods:
+        out[m] = top_share(np.stack([res.map(i, m, stage).numpy() for i in ids]), share) if ids else []
+    return pd.DataFrame(out, index=pd.Index(ids, name="image_id"))
+
+
+def concentration_table(conc: pd.DataFrame, share: float = TOP) -> pd.DataFrame:
+    """Per method: images, the median, quartiles and range of :func:`top_share` (formatted as percentages)."""
+    rows = []
+    for m in conc:
+        v = conc[m].dropna()
+        q = v.quantile([0.0, 0.25, 0.5, 0.75, 1.0]).to_numpy() if len(v) else [np.nan] * 5
+        rows.append({"method": thesis.label(m), "images": int(v.size),
+                     f"median share of the mass in the top {claims.fmt(share, 0, pct=True)}": claims.fmt(q[2], 1, pct=True),
+                     "quartiles": f"{claims.fmt(q[1], 1, pct=True)} – {claims.fmt(q[3], 1, pct=True)}",
+                     "range": f"{claims.fmt(q[0], 1, pct=True)} – {claims.fmt(q[4], 1, pct=True)}"})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def eps_minus_difference(C: pd.DataFrame, a: str, b: str) -> pd.Series:
+    """Per image: ε⁻(a) − ε⁻(b) (one value per image, NaN where either is missing); a censored ε⁻ enters at its bound,
+    so two censored values give a tie (0)."""
+    v = claims.per_group(C, "eps_minus")
+    if isinstance(v[a], claims.Missing) or isinstance(v[b], claims.Missing):
+        return pd.Series(dtype=float)
+    return (v[a] - v[b]).dropna()
+
+
+def eps_minus_table(C: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """ε⁻ of ``a``, of ``b`` and their per-image difference (:func:`eps_minus_difference`): images, censored, median,
+    quartiles (formatted)."""
+    v, cens = claims.per_group(C, "eps_minus"), claims.censored_of(C, "eps_minus")
+    rows = []
+    for name, x, c in ((f"ε⁻ {thesis.label(a)}", v[a], cens[a]), (f"ε⁻ {thesis.label(b)}", v[b], cens[b]),
+                       (f"ε⁻({thesis.label(a)}) − ε⁻({thesis.label(b)})", eps_minus_difference(C, a, b),
+                        cens[a] | cens[b])):
+        x = x.dropna()
+        q = x.quantile([0.25, 0.5, 0.75]).to_numpy() if len(x) else [np.nan] * 3
+        rows.append({"": name, "images": int(x.size), "censored": int(c.reindex(x.index).fillna(False).sum()),
+                     "median": claims.fmt(q[1], 1), "quartiles": f"{claims.fmt(q[0], 1)} – {claims.fmt(q[2], 1)}"})
+    return pd.DataFrame(rows).set_index("")
 
 
 # ----------------------------------------------------------------------------- figure and prose

@@ -15,6 +15,8 @@ claims (Spearman correlations, :class:`apem.claims.Correlation` and
 * :func:`balanced_mix` and :func:`mix_table`: Table 5.3's "all images" depends on
   the mix of correct and misclassified images (the thesis's is 1:1, 5,000 of each);
   the correlation at a 1:1 mix, on a seeded subsample of the larger group;
+* :func:`same_order_pairs`: the pairs of images two variables do not order oppositely (the
+  confidence and the loss on the correct images, where ρ = −1 is a fact to check);
 * :func:`exercise_values`: the numbers the exercises' solutions quote.
 """
 
@@ -216,6 +218,25 @@ def mix_table(R: pd.DataFrame, R_mix: pd.DataFrame, digits: int = 3) -> pd.DataF
     }, index=pd.Index([thesis.label(m) for m in rows], name="method"))
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
+
+
+# ----------------------------------------------------------------------------- confidence and loss
+
+
+def same_order_pairs(x: pd.Series, y: pd.Series) -> tuple[int, int]:
+    """``(violations, pairs)``: of the pairs of items where both ``x`` and ``y`` are present, how many ``x`` and ``y``
+    do *not* order strictly oppositely (the same order, or a tie in either).
+
+    No violation means Kendall's τ = −1 and so Spearman's ρ = −1 exactly: the ranks of ``y`` are those of ``x``
+    reversed. On a correctly classified image the label is the prediction, so the loss (the cross-entropy
+    against the label, :func:`apem.selection.classify_pool`) is −log of the top probability, the confidence: a
+    strictly decreasing function of it, whose only possible violations are ties of float32 rounding.
+    """
+    both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
+    a, b = both.x.to_numpy(float), both.y.to_numpy(float)
+    i, j = np.triu_indices(a.size, k=1)
+    opposite = np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) < 0
+    return int((~opposite).sum()), int(i.size)
 
 
 # ----------------------------------------------------------------------------- exercises

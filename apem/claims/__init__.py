@@ -64,11 +64,11 @@ from apem.claims.base import (
 )
 from apem.claims.family import Claims, holm
 from apem.claims.kinds import AllOf, Correlation, Invariant, Location, Paired, Proportion, TwoGroups
-from apem.claims.zero import Descriptive, NoneNonzero, Vanishes, ZeroMedian
+from apem.claims.zero import Descriptive, NoneNonzero, SameShape, Vanishes, ZeroMedian
 
 __all__ = [
     "ALPHA", "BADGE", "HELD", "INCONCLUSIVE", "MAX_N", "NOT_APPLICABLE", "NOT_HELD", "OURS", "POWER", "THESIS",
     "VERDICTS", "AllOf", "Claim", "Claims", "Correlation", "Descriptive", "Evidence", "Invariant", "Location",
-    "NoneNonzero", "Paired", "Proportion", "TwoGroups", "Vanishes", "ZeroMedian", "fmt", "fmt_n", "fmt_p", "holm", "per_image",
+    "NoneNonzero", "Paired", "Proportion", "SameShape", "TwoGroups", "Vanishes", "ZeroMedian", "fmt", "fmt_n", "fmt_p", "holm", "per_image",
     "Missing", "PerGroup", "censored_of", "per_group",
 ]
