@@ -194,7 +194,8 @@ STATEMENTS = (
     Statement("5.1-lrp-simplified", "5.1", "LRP-ε's maps are more simplified than SmoothGrad's", 6),
     Statement("5.1-eps-plus-both-ways", "5.1, Fig. 5.1", "Where LRP-ε has the better ε⁻, its ε⁺ is sometimes "
               "better and sometimes worse than SmoothGrad's", 6),
-    Statement("5.1-eps-minus-resemble", "5.1", "LRP-ε's and SmoothGrad's ε⁻ distributions resemble each other",
+    Statement("5.1-eps-minus-resemble", "5.1", "LRP-ε's and SmoothGrad's ε⁻ distributions resemble each other "
+              "(tested on the median of the per-image difference)",
               6),
     Statement("5.2-shuffle-zero", "5.2, Fig. 5.2", "Shuffled maps score around 0, median 0, for every method "
               "and stage", 7),
@@ -210,7 +211,7 @@ STATEMENTS = (
     Statement("5.3-apem-lower", "5.3, Table 5.2", "APEM is lower on misclassified images, for every method", 8),
     Statement("5.3-eps-lower", "5.3", "ε⁻ and ε⁺ are each lower on misclassified images", 8),
     Statement("5.3-fall-size", "5.3, Table 5.2", "APEM falls by about two thirds on misclassified images "
-              "(66-71% by the mean)", 8),
+              "(66-72% by the mean in Table 5.2)", 8),
     Statement("5.3-ranking-kept", "5.3, Table 5.2", "The methods keep their ranking on misclassified images", 8),
     Statement("5.3-less-confident", "5.3", "The model is less certain when it predicts a wrong label", 8),
     Statement("5.3-similar-distributions", "5.3, Fig. 5.3", "APEM's distribution on misclassified images is "
