@@ -10,6 +10,9 @@ and declares its claims; this module only lays those numbers out:
   :func:`agreement`, :func:`net_table`: tables (the weights as exact fractions, 1/64, 1/128, ...);
 * :func:`gallery_note`, :func:`net_note`, :func:`censoring_note`: prose generated from the numbers;
 * :func:`margin_figure`: the margin along the step for both models, with the steps the thesis's search tested;
+* :func:`regions_toy`, :data:`REGION_MAPS`, :func:`region_eps`, :func:`less`, :func:`region_claim`,
+  :func:`region_table`, :func:`region_note`: the
+  thesis's section 5.1 (a map that misses a relevant region, or marks an irrelevant one) on a model built for it;
 * :func:`exercise_values`: the numbers the exercises' solutions quote (glued as ``ch00-...``).
 """
 
@@ -23,9 +26,10 @@ import pandas as pd
 
 from apem import metric
 from apem.by_hand import (
-    BATCH, BLOCK, PIXELS, SIDES, Toy, clip_drop, closed_forms, dip_for_window, dip_net,
+    BATCH, BLOCK, IMAGE, PIXELS, SIDES, SIGNS, Toy, clip_drop, closed_forms, dip_for_window, dip_net,
     direction_by_hand, disagreements, first_flip, linear_margin, maps_tensor, net_margin,
 )
+from apem import claims
 from apem.claims import fmt
 from apem.metric.clean import loss_gradient
 
@@ -275,6 +279,136 @@ def margin_figure(toy_: Toy, R, spec, net_margin_, net_trace: list, net_exact: i
         ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- missing and extra regions (section 5.1)
+
+#: the three maps of section 5.1 on the regions model, one value per pixel: pixels 1 and 2 are the two relevant
+#: regions, pixels 3 and 4 the background
+REGION_MAPS = {
+    "correct: both relevant regions": (1.0, 1.0, 0.0, 0.0),
+    "misses a region (pixel 2)": (1.0, 0.0, 0.0, 0.0),
+    "marks an extra region (pixel 3)": (1.0, 1.0, 1.0, 0.0),
+}
+#: the step the page's closed form uses as "no bound": far beyond any search's
+NO_BOUND = 10**12
+
+
+def regions_toy(regions, weight_scale: float = 1.0, margin: float = 10.0) -> Toy:
+    """The linear classifier of :func:`apem.by_hand.toy` with the per-pixel sensitivities ``regions`` (in 1/256).
+
+    Same image, signs and clean margin; :math:`|w_t - w_o|` of pixel ``p`` (each of its three channels) is
+    ``weight_scale * regions[p] / 256``. A ``ValueError`` (one line) unless ``regions`` is 4 values >= 0, not all 0.
+    """
+    r = [float(v) for v in regions]
+    if len(r) != PIXELS or any(not (v >= 0) for v in r) or not any(r):
+        raise ValueError(f"regions must be {PIXELS} sensitivities >= 0 (in 1/256, one per pixel), not all 0; got {r}")
+    if not weight_scale > 0:
+        raise ValueError(f"weight_scale must be > 0, got {weight_scale}")
+    dw = tuple(float(weight_scale) * SIGNS[c][i] * r[i] / 256 for c in range(3) for i in range(PIXELS))
+    return Toy(dw, tuple(float(v) for row in IMAGE for v in row), float(margin))
+
+
+def less(a, b, or_equal: bool = False) -> bool | None:
+    """``a < b`` (``a <= b`` with ``or_equal``) for exact values that may be infinite (a map whose search never
+    changes the prediction) or None (an undefined one). None when no comparison orders them: either is
+    undefined, or both are infinite and the comparison is strict."""
+    if a is None or b is None:
+        return None
+    if a == math.inf and b == math.inf:
+        return True if or_equal else None
+    return a <= b if or_equal else a < b
+
+
+def region_claim(text: str, checks: dict, searches: pd.Series, ref, source: str = claims.THESIS) -> claims.Invariant:
+    """Section 5.1's claim on two of the maps: exact comparisons of their closed forms, and apem's search on them.
+
+    ``checks``: ``{what: True / False / None}`` (:func:`less` of two exact values); ``searches``: per search
+    of the two maps, whether apem's search differs from the closed form (:func:`apem.by_hand.disagreements`).
+    Held when every comparison holds and every search agrees; not applicable when a comparison is None (no
+    comparison orders the values), whatever the others.
+    """
+    undecided = [k for k, v in checks.items() if v is None]
+    return claims.Invariant(
+        text, violations=sum(v is False for v in checks.values()) + int(searches.sum()),
+        n=len(checks) + len(searches), what="checks", source=source, ref=ref, applicable=not undecided,
+        reason=f"{'; '.join(undecided)}: no comparison orders an undefined value, or two infinite ones",
+        basis=f"exact values, no statistics: {'; '.join(checks)} (the closed forms), and apem's {len(searches)} "
+              "searches of the two maps equal to the closed form")
+
+
+def region_eps(h: dict, what: str):
+    """A map's exact ``"minus"`` or ``"plus"`` step, or its ``"apem"`` (ε⁺ − ε⁻), from the page's closed form
+    ``h`` (``{"minus": {"root", "step"} or None, "plus": ...}``): None when undefined, inf when it never changes
+    (an infinite ε⁺ makes APEM infinite; an infinite ε⁻ leaves it undefined)."""
+    if what != "apem":
+        return None if h[what] is None else h[what]["step"]
+    lo, hi = region_eps(h, "minus"), region_eps(h, "plus")
+    if lo is None or hi is None or lo == math.inf:
+        return None
+    return math.inf if hi == math.inf else hi - lo
+
+
+def _eps_exact(h: dict | None) -> str:
+    if h is None:
+        return "undefined"
+    if h["step"] == math.inf:
+        return "∞ (never changes)"
+    return f"{h['step']:,}"
+
+
+def _root(h: dict | None) -> str:
+    if h is None or h["root"] is None:
+        return "–"
+    return exact(h["root"], 2)
+
+
+def region_table(names, maps, hand: dict, found: pd.DataFrame, spec) -> pd.DataFrame:
+    """Section 5.1's three maps: the closed form (ε* as an exact fraction, the step past it, APEM) beside apem's search.
+
+    ``hand[name]``: ``{"minus": {"root", "step"}, "plus": ...}``, the page's exact steps without a bound
+    (``root`` None with clipping); ``found``: :func:`apem.by_hand.searched` on ``maps`` (one row per map).
+    """
+    bound, rows = int(spec.bound), []
+    for i, name in enumerate(names):
+        h, f = hand[name], found.iloc[i]
+        row = {"map": name, "R": "(" + ", ".join(f"{v:g}" for v in maps[i]) + ")"}
+        for label, side in (("ε⁻", "minus"), ("ε⁺", "plus")):
+            row[f"{label}: ε*"] = _root(h[side])
+            row[f"{label} closed form"] = _eps_exact(h[side])
+            row[f"{label} apem ({spec.mode})"] = fmt_eps(int(f[f"eps_{side}"]), bool(f[f"censored_{side}"]),
+                                                        bool(f[f"undefined_{side}"]), bound)
+        row["APEM closed form"] = _apem_text(region_eps(h, "apem"))
+        cens = bool(f.censored_minus or f.censored_plus)
+        row[f"APEM apem ({spec.mode})"] = f"{int(f.eps_plus) - int(f.eps_minus):+,}" + (" (a bound)" if cens else "")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("map")
+
+
+def region_note(names, hand: dict) -> str:
+    """What the three maps' closed forms show, from their numbers (``names`` in :data:`REGION_MAPS`' order:
+    the correct map, the one that misses a region, the one that marks an extra one)."""
+    c, m, x = (hand[n] for n in names)
+    a_c, a_m, a_x = (region_eps(h, "apem") for h in (c, m, x))
+
+    def cmp(a, b):  # how a compares with b, in words
+        if a is None or b is None:
+            return "not comparable with"
+        return "equal to" if a == b else "below" if a < b else "above"
+
+    return (
+        f"**Missing a region**: ε⁻ is {_eps_exact(m['minus'])}, {cmp(region_eps(m, 'minus'), region_eps(c, 'minus'))} the "
+        f"correct map's {_eps_exact(c['minus'])} (the whole budget goes to the one region it marks), but ε⁺ is "
+        f"{_eps_exact(m['plus'])}, {cmp(region_eps(m, 'plus'), region_eps(c, 'plus'))} the correct map's "
+        f"{_eps_exact(c['plus'])}: its irrelevance map covers the missed region. APEM {_apem_text(a_m)} against "
+        f"{_apem_text(a_c)}. **Marking an extra region**: ε⁻ is {_eps_exact(x['minus'])}, "
+        f"{cmp(region_eps(x, 'minus'), region_eps(c, 'minus'))} the correct map's (part of the budget goes to a pixel the "
+        f"model barely reads), ε⁺ {_eps_exact(x['plus'])}, {cmp(region_eps(x, 'plus'), region_eps(c, 'plus'))} the correct "
+        f"map's (its irrelevance map still holds no relevant region), and APEM {_apem_text(a_x)}.")
+
+
+def _apem_text(a) -> str:
+    return "undefined" if a is None else "∞" if a == math.inf else f"{a:+,}"
 
 
 # ----------------------------------------------------------------------------- exercises' numbers
