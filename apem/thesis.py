@@ -161,14 +161,14 @@ STATEMENTS = (
               "(every pair)", 3),
     Statement("4.3-gradient-below-lrp-rare", "4.3", "The Gradient scoring below LRP-ε is rare", 3),
     Statement("4.3a-small-difference", "4.3, Table 4.3a", "Where LRP-ε beats the Gradient, the APEMs differ by "
-              "at most 1", 3),
+              "at most 1 (on most such images: the thesis shows three)", 3),
     Statement("4.3a-eps-plus-equal", "4.3, Table 4.3a", "Where LRP-ε beats the Gradient, only ε⁻ differs: ε⁺ "
-              "is equal", 3),
+              "is equal (on most such images)", 3),
     Statement("4.3a-low-apem", "4.3, Table 4.3a", "Where LRP-ε beats the Gradient, APEM is very low", 3),
     Statement("4.3a-small-object", "4.3, Fig. 4.5", "Those images are explained by a concise small object "
               "centred in the image", None, _NO_MASKS),
-    Statement("4.3b-both-eps", "4.3, Table 4.3b", "Where SmoothGrad beats LRP-ε, it beats it on both ε⁻ and ε⁺",
-              3),
+    Statement("4.3b-both-eps", "4.3, Table 4.3b", "Where SmoothGrad beats LRP-ε, it beats it on both ε⁻ and ε⁺ "
+              "(on most such images)", 3),
     Statement("4.3b-regions", "4.3, Fig. 4.5", "There SmoothGrad marks whole regions and LRP-ε their contours",
               None, _NO_MASKS),
     Statement("4.4-stages-lower", "4.4, Table 4.4", "Each visualisation step lowers APEM, for every method", 4),
@@ -190,7 +190,8 @@ STATEMENTS = (
     Statement("4.5-every-method", "4.5, Fig. 4.9", "The filter works for every method and stage (tested per "
               "method, each image's stages pooled)", 5),
     Statement("5.1-missing-region", "5.1", "A map that misses a relevant region lowers ε⁺ (recall)", 0),
-    Statement("5.1-extra-region", "5.1", "A map that marks an irrelevant region raises ε⁻ (precision)", 0),
+    Statement("5.1-extra-region", "5.1", "A map that marks an irrelevant region raises ε⁻ while ε⁺ is "
+              "not lowered, so its APEM is lower (precision)", 0),
     Statement("5.1-lrp-simplified", "5.1", "LRP-ε's maps are more simplified than SmoothGrad's", 6),
     Statement("5.1-eps-plus-both-ways", "5.1, Fig. 5.1", "Where LRP-ε has the better ε⁻, its ε⁺ is sometimes "
               "better and sometimes worse than SmoothGrad's", 6),
