@@ -43,7 +43,7 @@ PAGES = {
     "thesis": ["apem.thesis"],
     "figures": ["apem.figures.plots", "apem.figures.charts"],
     "book": ["apem.book", "apem.book.params", "apem.book.display", "apem.book.noise", "apem.book.exercises",
-             "apem.book.runtimes", "apem.book.apidoc"],
+             "apem.book.runtimes", "apem.book.coverage", "apem.book.apidoc"],
     "chapters": ["apem.chapters"] + [f"apem.chapters.ch{n:02d}" for n in range(13)],
 }
 
