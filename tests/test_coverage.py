@@ -111,5 +111,5 @@ def test_the_table_reads_each_chapters_first_verdict_and_marks_the_untestable(tm
     assert "✅ held; ❌ not held" in md
     assert f"not testable here: {thesis.statement('4.3-focus-differs').reason}" in md
     assert "*no verdict on this build" in md
-    assert "Of the thesis's 3 statements, 1 are decided by 2 claims" in md and "held 1, not held 1" in md
-    assert "1 cannot be tested on our data" in md and "1 have no verdict on this build" in md
+    assert "Of the thesis's 3 statements, 1 is tested by 2 claims of the chapters" in md
+    assert "(held 1, not held 1); 1 cannot be tested on our data" in md and "1 has no verdict on this build" in md

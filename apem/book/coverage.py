@@ -77,6 +77,11 @@ def missing(statements, found: dict) -> list:
     return [s for s in statements if s.chapter is not None and not found.get(s.key)]
 
 
+def _are(n: int, verb: str = "are") -> str:
+    """The verb agreeing with a count: "is"/"are", "has"/"have"; "cannot" either way."""
+    return {"are": "is", "have": "has"}.get(verb, verb) if n == 1 else verb
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -106,10 +111,11 @@ def coverage_markdown(statements, found: dict) -> str:
         lines.append(f"| {i} | {_cell(s.text)} | {s.section} | {chapter} | {claim} | {verdict} |")
     n_claims = sum(tally.values())
     tested = len(statements) - untestable - without
-    summary = (f"*Of the thesis's {len(statements)} statements, {tested} are decided by {n_claims} claims of the "
-               f"chapters on this build ({', '.join(f'{k} {v}' for k, v in tally.items() if v) or 'none'}), "
-               f"{untestable} cannot be tested on our data (the reason is in the table)"
-               + (f", and {without} have no verdict on this build" if without else "") + ".*")
+    summary = (f"*Of the thesis's {len(statements)} statements, {tested} {_are(tested)} tested by {n_claims} "
+               f"claim{'s' if n_claims != 1 else ''} of the chapters, with these verdicts on this build "
+               f"({', '.join(f'{k} {v}' for k, v in tally.items() if v) or 'none'}); {untestable} "
+               f"{_are(untestable, 'cannot')} be tested on our data (the reason is in the table)"
+               + (f", and {without} {_are(without, 'have')} no verdict on this build" if without else "") + ".*")
     return "\n".join([summary, "", *lines])
 
 
@@ -117,28 +123,10 @@ def coverage_markdown(statements, found: dict) -> str:
 
 
 def setup(app):
-    """Register the ``apem-coverage`` directive (a Sphinx extension)."""
-    from docutils.statemachine import StringList
-    from sphinx.util.docutils import SphinxDirective
+    """Register the ``apem-coverage`` directive (a Sphinx extension): the thesis's statements and their verdicts."""
+    from apem.book.runtimes import add_notebook_directive
+    from apem.thesis import STATEMENTS
 
-    class CoverageDirective(SphinxDirective):
-        """``apem-coverage``: the thesis's statements and their verdicts, from ``book/chapters/*.ipynb``."""
-
-        has_content = False
-
-        def run(self):
-            from docutils import nodes
-
-            from apem.thesis import STATEMENTS
-
-            folder = Path(self.env.srcdir) / "book" / "chapters"
-            for p in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
-                self.env.note_dependency(str(p))
-            container = nodes.container()
-            text = coverage_markdown(STATEMENTS, verdicts_by_statement(folder))
-            self.state.nested_parse(StringList(text.splitlines(), source="apem-coverage"), self.content_offset,
-                                    container)
-            return container.children
-
-    app.add_directive("apem-coverage", CoverageDirective)
+    add_notebook_directive(app, "apem-coverage",
+                           lambda folder: coverage_markdown(STATEMENTS, verdicts_by_statement(folder)))
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -92,26 +92,30 @@ def runtime_markdown(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------- the Sphinx directive
 
 
-def setup(app):
-    """Register the ``apem-runtimes`` directive (a Sphinx extension)."""
+def add_notebook_directive(app, name: str, markdown) -> None:
+    """Register a directive ``name`` whose content is ``markdown(folder)``: Markdown made from the executed
+    chapters in ``book/chapters/`` under the source folder, which it declares as dependencies (the page is
+    re-read whenever a chapter was executed again). The coverage page's directive is made the same way."""
+    from docutils import nodes
     from docutils.statemachine import StringList
     from sphinx.util.docutils import SphinxDirective
 
-    class RuntimesDirective(SphinxDirective):
-        """``apem-runtimes``: the chapters' execution times, from ``book/chapters/*.ipynb`` under the source folder."""
-
+    class NotebookDirective(SphinxDirective):
         has_content = False
 
         def run(self):
-            from docutils import nodes
-
             folder = Path(self.env.srcdir) / "book" / "chapters"
             for p in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
                 self.env.note_dependency(str(p))
             container = nodes.container()
-            self.state.nested_parse(StringList(runtime_markdown(chapter_runtimes(folder)).splitlines(),
-                                               source="apem-runtimes"), self.content_offset, container)
+            self.state.nested_parse(StringList(markdown(folder).splitlines(), source=name), self.content_offset,
+                                    container)
             return container.children
 
-    app.add_directive("apem-runtimes", RuntimesDirective)
+    app.add_directive(name, NotebookDirective)
+
+
+def setup(app):
+    """Register the ``apem-runtimes`` directive (a Sphinx extension): the chapters' execution times."""
+    add_notebook_directive(app, "apem-runtimes", lambda folder: runtime_markdown(chapter_runtimes(folder)))
     return {"parallel_read_safe": True, "parallel_write_safe": True}
