@@ -212,7 +212,7 @@ STATEMENTS = (
     Statement("5.3-apem-lower", "5.3, Table 5.2", "APEM is lower on misclassified images, for every method", 8),
     Statement("5.3-eps-lower", "5.3", "ε⁻ and ε⁺ are each lower on misclassified images", 8),
     Statement("5.3-fall-size", "5.3, Table 5.2", "APEM falls by about two thirds on misclassified images "
-              "(66-72% by the mean in Table 5.2)", 8),
+              "(66-71% by the mean in Table 5.2)", 8),
     Statement("5.3-ranking-kept", "5.3, Table 5.2", "The methods keep their ranking on misclassified images", 8),
     Statement("5.3-less-confident", "5.3", "The model is less certain when it predicts a wrong label", 8),
     Statement("5.3-similar-distributions", "5.3, Fig. 5.3", "APEM's distribution on misclassified images is "

@@ -113,3 +113,9 @@ def test_the_table_reads_each_chapters_first_verdict_and_marks_the_untestable(tm
     assert "*no verdict on this build" in md
     assert "Of the thesis's 3 statements, 1 is tested by 2 claims of the chapters" in md
     assert "(held 1, not held 1); 1 cannot be tested on our data" in md and "1 has no verdict on this build" in md
+    # a claim naming two statements is one claim in the count
+    two = [thesis.statement("5.2-shuffle-zero"), thesis.statement("6-random-zero")]
+    row = {"chapter": 7, "stem": "07_random", "family": "A family", "text": "Shuffled maps score 0", "source": "thesis",
+           "verdict": "inconclusive", "reason": ""}
+    md = coverage.coverage_markdown(two, {"5.2-shuffle-zero": [row], "6-random-zero": [row]})
+    assert "2 are tested by 1 claim of the chapters, with these verdicts on this build (inconclusive 1)" in md

@@ -90,7 +90,7 @@ def coverage_markdown(statements, found: dict) -> str:
     """The coverage table (Markdown) and a count of the verdicts, from the registry and :func:`verdicts_by_statement`."""
     lines = ["| # | thesis statement | section | chapter | claim on this build | verdict |",
              "| ---: | --- | --- | --- | --- | --- |"]
-    tally = {v: 0 for v in _BADGE}
+    claimed: dict[tuple, str] = {}
     untestable = without = 0
     for i, s in enumerate(statements, 1):
         rows = found.get(s.key, [])
@@ -103,13 +103,14 @@ def coverage_markdown(statements, found: dict) -> str:
             lines.append(f"| {i} | {_cell(s.text)} | {s.section} | {s.chapter} | *no verdict on this build: "
                          f"chapter {s.chapter} was not executed, or declares no claim on it* | – |")
             continue
-        for v in (r["verdict"] for r in rows):
-            tally[v] = tally.get(v, 0) + 1
+        for r in rows:  # a claim that tests several statements counts once
+            claimed[(r["chapter"], r["family"], r["text"])] = r["verdict"]
         chapter = ", ".join(dict.fromkeys(f"[{r['chapter']}](chapters/{r['stem']})" for r in rows))
         claim = "; ".join(_cell(r["text"]) + (f" ({_cell(r['reason'])})" if r["reason"] else "") for r in rows)
         verdict = "; ".join(_BADGE.get(r["verdict"], r["verdict"]) for r in rows)
         lines.append(f"| {i} | {_cell(s.text)} | {s.section} | {chapter} | {claim} | {verdict} |")
-    n_claims = sum(tally.values())
+    tally = {v: sum(verdict == v for verdict in claimed.values()) for v in _BADGE}
+    n_claims = len(claimed)
     tested = len(statements) - untestable - without
     summary = (f"*Of the thesis's {len(statements)} statements, {tested} {_are(tested)} tested by {n_claims} "
                f"claim{'s' if n_claims != 1 else ''} of the chapters, with these verdicts on this build "
