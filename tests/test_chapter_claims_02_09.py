@@ -228,6 +228,10 @@ def test_fall_table_and_sentence_say_whether_the_thesis_range_is_met():
     assert v.loc["Gradient", "thesis (median)"] == "69%"
     F2 = ch08.fall_table(*(lambda d: (d[d.correct], d[~d.correct]))(_groups(n_c=10, n_m=10, ratio=0.9)[0]), seed=0, n_boot=500)
     assert "0 of 3 lie in the thesis's range" in ch08.fall_sentence(F2)
+    F3 = ch08.fall_table(*(lambda d: (d[d.correct], d[~d.correct]))(_groups(n_c=10, n_m=10, ratio=1.5)[0]), seed=0, n_boot=500)
+    text = ch08.fall_sentence(F3)  # misclassified 1.5 times the correct: a rise by 50%, never "a fall by -50%"
+    assert "APEM falls by nothing for any method (and rises: Gradient's by 50%, LRP-ε's by 50%, SmoothGrad's by 50%)" in text
+    assert "-50%" not in text
 
 
 def test_separation_table_and_best_signal_on_known_groups():

@@ -200,9 +200,11 @@ def fall_sentence(F: pd.DataFrame) -> str:
         covered = [m for m in F.index if np.isfinite(F.loc[m, f"{stat}_lo"]) and np.isfinite(F.loc[m, f"thesis_{stat}"])
                    and F.loc[m, f"{stat}_lo"] <= F.loc[m, f"thesis_{stat}"] <= F.loc[m, f"{stat}_hi"]]
         with_ci = int(np.isfinite(F[f"{stat}_lo"]).sum())
-        falls = ", ".join(f"{thesis.label(m)} {claims.fmt(v, 0, pct=True)}" for m, v in ours.items())
+        falls = ", ".join(f"{thesis.label(m)} {claims.fmt(v, 0, pct=True)}" for m, v in ours.items() if v >= 0)
+        rises = ", ".join(f"{thesis.label(m)}'s by {claims.fmt(-v, 0, pct=True)}" for m, v in ours.items() if v < 0)
         undefined = len(F) - len(ours)
-        text = (f"By the {name} APEM falls by {falls}"
+        text = (f"By the {name} APEM falls by {falls or 'nothing for any method'}"
+                + (f" (and rises: {rises})" if rises else "")
                 + (f" ({undefined} method{'s' if undefined != 1 else ''} with no fall: the correct images' {name} "
                    "is not positive)" if undefined else "")
                 + f"; {len(inside)} of {len(ours)} lie in the thesis's range ({claims.fmt(lo, 0, pct=True)} to "
