@@ -56,7 +56,7 @@ class Config:
     map_encoding: str = "round"
     # the metric
     search_mode: str = "bisect"  # thesis | linear | bisect
-    search_bound: int = 10001
+    search_bound: int = 10001  # steps 1 .. bound - 1 are tested; at most 2**24 (apem.metric.spec.MAX_BOUND)
     clip: bool = False
     shuffles: int = 10
     shuffle_mode: str = "fixed"  # fixed | per_step
@@ -115,12 +115,18 @@ class Config:
         bad = [s for s in self.stages if s not in (1, 2, 3)]
         if bad or not self.stages:
             raise ConfigError(f"stages must be a non-empty subset of 1, 2, 3; got {list(self.stages)}")
+        twice = sorted({s for s in self.stages if self.stages.count(s) > 1})
+        if twice:  # each stage would be computed and tabled once per mention: every row twice
+            raise ConfigError(f"stages lists stage(s) {twice} more than once: {list(self.stages)}; "
+                              f"name each stage once (e.g. {sorted(set(self.stages))})")
         for k in ("n_correct", "n_misclassified"):
             if getattr(self, k) != ALL and getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0 or {ALL}, got {getattr(self, k)}")
         for k in ("shuffles", "filter_images", "filter_fast_k", "seed"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be <= 2**63 - 1 ({MAX_SEED}), got {self.seed}")
         for k in ("search_bound", "chunk_size"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -166,7 +172,13 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"configuration file {path} does not exist")
         try:
-            d = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a text YAML file (byte {e.start} is not UTF-8)") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+        try:
+            d = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
         if not isinstance(d, dict):
@@ -251,6 +263,10 @@ class Config:
 
 #: the value of ``n_correct`` / ``n_misclassified`` that draws every image of the group
 ALL = "all"
+#: the largest ``seed``: a signed 64-bit integer, like every seed apem derives from it (63 bits,
+#: :func:`apem.seeds.seed_of`); the run also seeds torch with it, and ``torch.manual_seed`` fails
+#: beyond 2**64 - 1 with a message that names no field
+MAX_SEED = 2**63 - 1
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -309,8 +325,14 @@ def check_device(device: str) -> None:
 
 
 def _validate_methods(methods: dict) -> None:
-    """Unknown method names or parameters fail here, at load, naming them."""
+    """Unknown method names or parameters and bad parameter values fail here, at load, naming them.
+
+    The values go through the checkers the method classes declare
+    (:func:`apem.explain.base.check_params`), so ``smoothgrad: {n: 0}`` fails
+    before the pool is classified, with the message building the method would give.
+    """
     from apem import explain
+    from apem.explain.base import check_params
 
     for name, params in methods.items():
         if name not in explain.METHODS:
@@ -319,6 +341,10 @@ def _validate_methods(methods: dict) -> None:
         unknown = sorted(set(params) - set(defaults))
         if unknown:
             raise ConfigError(f"method {name!r}: unknown parameter(s) {unknown}; it takes {sorted(defaults)}")
+        try:
+            check_params(name, params)
+        except ValueError as e:  # "method 'smoothgrad', parameter 'n': expected a positive integer, got 0"
+            raise ConfigError(str(e)) from None
 
 
 def load_config(params: str | Path | Config = "default", **overrides) -> Config:

@@ -72,14 +72,27 @@ class NumericEnv:
 
 
 def resolve_threads(threads: int | None, recorded: "NumericEnv | None" = None) -> int:
-    """The thread count to pin: explicit, else ``$APEM_THREADS``, else the store's, else the default."""
+    """The thread count to pin, the first of:
+
+    1. ``threads``, the explicit count (``--threads N``, ``run(threads=N)``);
+    2. the store's recorded count (``recorded``, when it was computed on the CPU), so that
+       resuming a store keeps its numeric environment whatever the shell exports;
+    3. ``$APEM_THREADS``;
+    4. :data:`DEFAULT_THREADS`.
+
+    The order ``apem run --help`` and the README give. A non-integer ``$APEM_THREADS`` or a
+    count below 1 raises :class:`EnvironmentMismatch` (``$APEM_THREADS`` is read, and
+    checked, only when neither of the first two decides).
+    """
+    if threads is None and recorded is not None and recorded.device_type == "cpu":
+        threads = recorded.threads
     if threads is None and os.environ.get("APEM_THREADS"):
         try:
             threads = int(os.environ["APEM_THREADS"])
         except ValueError:
             raise EnvironmentMismatch(f"APEM_THREADS={os.environ['APEM_THREADS']!r} is not a whole number") from None
     if threads is None:
-        threads = recorded.threads if recorded is not None and recorded.device_type == "cpu" else DEFAULT_THREADS
+        threads = DEFAULT_THREADS
     if threads < 1:
         raise EnvironmentMismatch(f"thread count must be >= 1, got {threads}")
     return int(threads)
@@ -138,7 +151,9 @@ def check_compatible(stored: NumericEnv, now: NumericEnv, where: str) -> None:
                      for k in sorted(set(stored.key()) | set(now.key())) if stored.key().get(k) != now.key().get(k))
     how = []
     if stored.device_type == now.device_type == "cpu" and stored.threads != now.threads:
-        how.append(f"resume with {stored.threads} thread(s) (--threads {stored.threads} or APEM_THREADS={stored.threads})")
+        # without --threads the store's recorded count is used (resolve_threads), whatever $APEM_THREADS says
+        how.append(f"resume with {stored.threads} thread(s) (--threads {stored.threads}, or no --threads: "
+                   f"a store's recorded count comes first)")
     elif stored.device_type != now.device_type:
         how.append(f"resume on a machine with {stored.device_type}")
     how.append("or start a new store (--results DIR, or another `name:`)")

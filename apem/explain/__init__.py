@@ -46,7 +46,7 @@ leaves hooks, canonizers or changed ``requires_grad`` flags on the model.
 """
 
 from apem.explain.base import (
-    METHODS, OBJECTIVES, AttributionError, Method, attribute, get_method, last_conv_name, method_params,
+    METHODS, OBJECTIVES, AttributionError, Method, attribute, check_params, get_method, last_conv_name, method_params,
     predict_targets, register,
 )
 from apem.explain.gradient import Gradient, SmoothGrad, smoothgrad_noise
@@ -61,6 +61,7 @@ __all__ = [
     "AttributionError",
     "Method",
     "attribute",
+    "check_params",
     "get_method",
     "last_conv_name",
     "method_params",

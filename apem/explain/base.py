@@ -2,11 +2,13 @@
 
 Every method is a :class:`Method` subclass registered with :func:`register`
 under its ``name``; :data:`METHODS` maps names to classes, :func:`get_method`
-builds a configured one and :func:`method_params` lists its parameters.
+builds a configured one, :func:`method_params` lists its parameters and
+:func:`check_params` validates their values without building anything else.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable
 
@@ -123,9 +125,15 @@ def nonneg_int(v):
 
 
 def nonneg_float(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v) or v < 0:
+    f = None
+    if not isinstance(v, bool) and isinstance(v, (int, float, np.floating, np.integer)):
+        try:  # float(), not np.isfinite: an int beyond int64 (sigma: 2**70) is a number, 10**400 is too large
+            f = float(v)
+        except OverflowError:
+            f = None
+    if f is None or not math.isfinite(f) or f < 0:
         raise ValueError(f"expected a finite number >= 0, got {v!r}")
-    return float(v)
+    return f
 
 
 def boolean(v):
@@ -136,6 +144,15 @@ def boolean(v):
 
 def optional_int(v):
     return None if v is None else nonneg_int(v)
+
+
+def optional_keys(v):
+    """None, or a sequence of integers >= 0 (one per image: SmoothGrad's ``noise_keys``)."""
+    if v is None:
+        return None
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
+        raise ValueError(f"expected a list of non-negative integers (one per image) or null, got {v!r}")
+    return tuple(nonneg_int(k) for k in v)
 
 
 def optional_str(v):
@@ -271,6 +288,19 @@ def method_class(name: str) -> type[Method]:
 def method_params(name: str) -> dict:
     """The parameters of method ``name`` with their defaults (ValueError for an unknown name)."""
     return method_class(name).defaults()
+
+
+def check_params(name: str, params: dict) -> dict:
+    """Validate ``params`` for method ``name`` as building it would, without a model: the checked values.
+
+    Every parameter goes through the checker its class declares in ``spec``
+    (and a subclass's cross-parameter checks, such as LRP's alpha - beta = 1);
+    ValueError names the method, the parameter and the value. Building a
+    :class:`Method` does no work beyond this, so the configuration can call it
+    at load time (:func:`apem.config.Config.validate`), long before any image
+    is classified.
+    """
+    return dict(method_class(name)(**dict(params or {})).params)
 
 
 def get_method(name: str, **params) -> Method:

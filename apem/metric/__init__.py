@@ -191,7 +191,7 @@ from apem.metric.margin import MarginInfo, changed, margin
 from apem.metric.monotonicity import monotonicity_check
 from apem.metric.score import NORM_REASONS, apem, apem_norm, apem_norm_terms, apem_terms, defined_rows, table_summary
 from apem.metric.search import SearchResult, as_index, search, trace
-from apem.metric.spec import SEARCH_MODES, SHUFFLE_MODES, THESIS_BOUND, SearchSpec
+from apem.metric.spec import MAX_BOUND, SEARCH_MODES, SHUFFLE_MODES, THESIS_BOUND, SearchSpec
 
 __all__ = [
     "BISECT",
@@ -230,6 +230,7 @@ __all__ = [
     "SEARCH_MODES",
     "SHUFFLE_MODES",
     "THESIS_BOUND",
+    "MAX_BOUND",
     "SearchResult",
     "SearchSpec",
     "as_index",

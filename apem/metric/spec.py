@@ -17,6 +17,15 @@ from apem.metric.engines import ENGINES
 SEARCH_MODES = tuple(ENGINES)
 SHUFFLE_MODES = ("fixed", "per_step")
 THESIS_BOUND = 10001
+#: The largest ``bound`` a search can represent. A step ``e`` reaches the model as the float32 image
+#: ``x + e * d`` (:class:`apem.metric.forward.Forward` casts the torch.long steps to the direction's
+#: dtype, float32), and float32 holds every integer only up to 2**24 = 16,777,216: beyond it
+#: 2**24 + 1 rounds to 2**24, so two steps would test the same image and the integer search would
+#: lose its meaning. The other arithmetic has more room (steps are torch.long, up to 2**63 - 1; the
+#: bisect engine's estimates are float64, exact to 2**53), so float32 sets the limit: with
+#: ``bound <= 2**24`` every tested step ``1 .. bound - 1`` and the censored value ``bound`` itself
+#: are exact. (The thesis's 10001 is far below; a bound like 10**30 would overflow torch.long.)
+MAX_BOUND = 2**24
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,7 @@ class SearchSpec:
 
     ``mode``: an engine of :data:`apem.metric.engines.ENGINES` (``thesis``,
     ``linear``, ``bisect``); ``bound``: steps ``1 .. bound - 1`` are tested
-    (the thesis: 10001); ``clip``: clamp perturbed images to [0, 1];
+    (the thesis: 10001; at most :data:`MAX_BOUND`, 2**24); ``clip``: clamp perturbed images to [0, 1];
     ``batch_size``: perturbed images per model call (None: the device's
     default, :data:`apem.metric.forward.AUTO_BATCH`); ``block``: steps per
     item per pass of ``linear``; ``shuffles``/``shuffle_mode``: the shuffled
@@ -48,6 +57,9 @@ class SearchSpec:
             raise ValueError(f"unknown search mode {self.mode!r}; choose one of {SEARCH_MODES}")
         if int(self.bound) < 2:
             raise ValueError(f"bound must be >= 2 (steps 1 .. bound-1 are tested), got {self.bound}")
+        if int(self.bound) > MAX_BOUND:
+            raise ValueError(f"bound must be <= {MAX_BOUND} (2**24: larger steps are not exact in the float32 "
+                             f"perturbed image), got {self.bound}")
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1 (or None for the device's default), got {self.batch_size}")
         if int(self.block) < 1 or int(self.shuffles) < 0:
