@@ -10,7 +10,7 @@ export APEM_DATA ?= $(SAMPLES)
 endif
 PARAMS ?= default
 
-.PHONY: book test smoke-book clean
+.PHONY: book test test-fast smoke-book clean
 
 ## book: execute every chapter on the offline default parameters and build the HTML (_build/html)
 book: $(STAMP)
@@ -19,6 +19,10 @@ book: $(STAMP)
 ## test: run the test suite
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## test-fast: the tests that need no images, no model weights and no chapter execution (the edit loop)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q --fast
 
 ## smoke-book: the book on the tiny CI parameters
 smoke-book: $(STAMP)

@@ -81,12 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no time estimate and no progress bar (both go to stderr)")
     p.add_argument("--estimate-only", "--dry-run", action="store_true", dest="estimate_only",
                    help="print how long the run would take on this machine (what is still missing), compute nothing")
+    p.add_argument("--json", action="store_true",
+                   help="with --estimate-only: one JSON object on stdout (images_selected, images_to_compute, "
+                        "maps_to_compute, searches_to_compute, ..., seconds, store_bytes), nothing else")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("table", help="print the summary table of a configuration (computing it if needed)")
     p.add_argument("config")
     add_run_args(p)
     p.set_defaults(func=cmd_table, no_progress=False)
+
+    p = sub.add_parser("store", help="what the results store holds and weighs; `store gc` removes cells no "
+                                     "configuration reads")
+    p.add_argument("action", nargs="?", choices=["gc"], help="gc: remove the cells no configuration folder reads")
+    p.add_argument("--dry-run", action="store_true", help="with gc: list what would be removed, remove nothing")
+    p.add_argument("--results", default=None, metavar="DIR", help="results store root (default: $APEM_RESULTS or results/)")
+    p.set_defaults(func=cmd_store)
 
     from apem.book import register as register_book
 
@@ -142,15 +152,47 @@ def cmd_run(args) -> int:
     from apem.run import Results, run
 
     cfg = _config(args)
+    if args.json and not args.estimate_only:
+        raise SystemExit("apem: --json goes with --estimate-only")
     if args.estimate_only:
         from apem.cost import estimate_only
 
-        print(estimate_only(cfg, root=args.results, threads=args.threads).report())
+        est = estimate_only(cfg, root=args.results, threads=args.threads)
+        if args.json:
+            import json
+
+            print(json.dumps(est.as_json()))
+        else:
+            print(est.report())
         return 0
     t0 = time.perf_counter()
     store = run(cfg, progress=not args.no_progress, root=args.results, threads=args.threads, ray=args.ray)
     _print_summary(cfg, Results(cfg, store))
-    print(f"\ncomputed {len(store.computed)} chunk(s) in this run; wall time {time.perf_counter() - t0:.1f} s")
+    done = f"computed {len(store.computed)} chunk(s) in this run"
+    if store.plan is not None:
+        p = store.plan.summary()
+        done += (f" ({p['images_to_compute']} of {p['images_selected']} images; maps {p['maps_to_compute']} computed, "
+                 f"{p['maps_reused']} reused; searches {p['searches_to_compute']} computed, {p['searches_reused']} reused; "
+                 f"shuffled searches {p['shuffled_searches_to_compute']} computed, "
+                 f"{p['shuffled_searches_reused']} reused)")
+    print(f"\n{done}; wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_store(args) -> int:
+    from apem.runner import housekeeping
+    from apem.runner.cells import human_size
+    from apem.store import RESULTS_DIR
+
+    root = args.results or RESULTS_DIR
+    if args.action != "gc":
+        print(housekeeping.report(root))
+        return 0
+    gone, size = housekeeping.collect(root, dry_run=args.dry_run)
+    for b in gone:
+        print(b)
+    print(f"{'would remove' if args.dry_run else 'removed'} {len(gone)} batch(es) of cells, {human_size(size)}",
+          file=sys.stderr)
     return 0
 
 
@@ -165,10 +207,10 @@ def cmd_table(args) -> int:
 def user_errors() -> tuple:
     """The exceptions that mean bad input or a bad store, reported as one line (a bug keeps its traceback)."""
     from apem.book import BookError
-    from apem.chunks import ChunkFailure
+    from apem.runner.chunks import ChunkFailure
     from apem.config import ConfigError
     from apem.data import DataError
-    from apem.distributed import ClusterError
+    from apem.runner.distributed import ClusterError
     from apem.models import WeightsError
     from apem.numerics import EnvironmentMismatch
     from apem.store import StoreError
@@ -191,3 +233,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("apem: interrupted; what was finished is stored, run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"apem: error: cannot write{where}: {e.strerror} (a read-only results folder or a full disk); "
+              "what was finished is stored: free space or choose another folder with --results, then run again",
+              file=sys.stderr)
+        return 2

@@ -159,47 +159,70 @@ def planned_images(cfg, n_pool: int, preds=None) -> tuple[int, bool]:
 class Work:
     """What a run of a configuration still has to compute."""
 
-    images: int  # selected images whose chunk is missing or damaged
+    images: int  # selected images with a missing cell
     chunks: int
     selected: int  # selected images in all (an upper bound when not exact)
     classify: int = 0  # pool images to classify (0 when the predictions are cached)
     filter_images: int = 0  # images the filter runs on (0 when its files are there and no chunk is redone)
     exact: bool = True
+    # cells to compute, (kind, method) -> count, from the plan (None: every cell of every selected image)
+    cells: dict | None = None
+    plan: dict | None = None  # apem.runner.plan.Plan.summary(): what is computed and what is reused
 
     @property
     def empty(self) -> bool:
         return not (self.images or self.classify or self.filter_images)
 
 
-def remaining_work(cfg, store, n_pool: int, predictions=None, predictions_cached: bool = False) -> Work:
+def remaining_work(cfg, store, images, env, predictions=None) -> Work:
     """What :func:`apem.run.run` would compute for ``cfg`` in ``store`` (read only: nothing is removed or written).
 
-    ``n_pool``: images in the pool; ``predictions``: the pool's cached predictions (DataFrame) if
-    there are any (``predictions_cached`` says the cache file exists, so classifying costs nothing).
+    ``images``: the pool; ``predictions``: the pool's cached predictions (DataFrame) if there are
+    any. With the selection known (stored, or drawn from the cached predictions) the count is
+    exact, cell by cell (:func:`apem.runner.plan.plan`); otherwise every selected image counts.
     """
-    from apem.run import _chunk_starts
+    from apem.runner.cells import Cells
+    from apem.runner.plan import plan
+    from apem.runner.selection import select_images
 
-    sel = None
-    if store.exists() and store.has("images.parquet"):
-        import pandas as pd
-
-        sel = pd.read_parquet(store.dir / "images.parquet", columns=["image_id"])
-    if sel is not None:
-        n_sel, exact = len(sel), True
-        starts = _chunk_starts(cfg, n_sel)
-        missing = [i for i, s in enumerate(starts) if store.chunk_problem(i) is not None]
-        images = sum(min(cfg.chunk_size, n_sel - starts[i]) for i in missing)
-        classify = 0
-    else:
-        n_sel, exact = planned_images(cfg, n_pool, predictions)
-        missing = _chunk_starts(cfg, n_sel)
-        images = n_sel
-        classify = 0 if predictions_cached else n_pool
+    sel = store.read_frame("images.parquet") if store.exists() and store.has("images.parquet") else None
+    classify = 0
+    if sel is None or "image_key" not in sel:
+        sel = None
+        if predictions is not None:
+            sel = select_images(cfg, predictions, images)
+        else:
+            classify = len(images)
+    if sel is None:  # the selection is not known until the pool is classified: every cell of every selected image
+        n_sel, exact = planned_images(cfg, len(images), None)
+        n = n_sel * len(cfg.methods) * len(cfg.stages)
+        summary = {"images_selected": n_sel, "images_to_compute": n_sel, "maps_to_compute": n, "maps_reused": 0,
+                   "searches_to_compute": n, "searches_reused": 0, "shuffled_searches_to_compute": n if cfg.shuffles else 0,
+                   "shuffled_searches_reused": 0}
+        return Work(images=n_sel, chunks=len(range(0, n_sel, cfg.chunk_size)), selected=n_sel, classify=classify,
+                    filter_images=cfg.filter_images, exact=exact, plan=summary)
+    pl = plan(cfg, _ReadOnlyCells(store.root), sel, env, read_maps=False)
+    cells: dict = {}
+    for ch in pl.chunks:
+        for kind in ("maps", "search", "shuffle"):
+            for name, stages in getattr(ch.work, kind).items():
+                cells[(kind, name)] = cells.get((kind, name), 0) + ch.size * len(stages)
     filt = 0
-    if cfg.filter_images and (missing or not (store.has("filter.parquet") and store.has("filter_maps.npz"))):
+    if cfg.filter_images and (pl.chunks or not (store.has("filter.parquet") and store.has("filter_maps.npz"))):
         filt = cfg.filter_images  # the runner redoes the filter whenever it computed a chunk
-    return Work(images=images, chunks=len(missing), selected=n_sel, classify=classify, filter_images=filt,
-                exact=exact)
+    return Work(images=pl.images_to_compute, chunks=len(pl.chunks), selected=len(sel), classify=classify,
+                filter_images=filt, exact=True, cells=cells, plan=pl.summary())
+
+
+class _ReadOnlyCells:
+    """:class:`apem.runner.cells.Cells` that reports a damaged batch as missing and removes nothing."""
+
+    def __new__(cls, root):
+        from apem.runner.cells import Cells
+
+        c = Cells(root)
+        c.discard = lambda d: None
+        return c
 
 
 # ----------------------------------------------------------------------------- the machine's second
@@ -226,7 +249,7 @@ def calibrate(lm, images, cfg, n_decode: int = 8, min_seconds: float = 0.3, max_
     import torch
 
     from apem.data import load_tensors
-    from apem.metric.forward import _wants_channels_last, resolve_batch_size
+    from apem.metric.forward import wants_channels_last, resolve_batch_size
 
     k = max(1, min(int(n_decode), len(images)))
     try:
@@ -239,7 +262,7 @@ def calibrate(lm, images, cfg, n_decode: int = 8, min_seconds: float = 0.3, max_
     dev = lm.device
     b = resolve_batch_size(cfg.search_batch_size, dev)
     x = x.to(dev).repeat((b + len(x) - 1) // len(x), 1, 1, 1)[:b]
-    if _wants_channels_last(lm.model):
+    if wants_channels_last(lm.model):
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times: list[float] = []
@@ -282,11 +305,31 @@ class Estimate:
     def total_fe(self) -> float:
         return sum(self.fe.values())
 
+    def as_json(self) -> dict:
+        """``apem run --estimate-only --json``: what is selected, computed and reused, the seconds, the store's size."""
+        from apem.runner.cells import Cells
+
+        w = self.work
+        out = {"name": self.name, "images_selected": w.selected, "exact": w.exact,
+               "images_to_compute": w.images, "chunks_to_compute": w.chunks}
+        out.update({k: v for k, v in (w.plan or {}).items() if k not in out})
+        out.update(classify_images=w.classify, filter_images=w.filter_images, seconds=round(self.seconds, 1))
+        store = getattr(self, "store", None)
+        if store is not None:
+            out["cells_bytes"] = Cells(store.root).size()
+        return out
+
     def report(self) -> str:
         """The lines :func:`announce` prints."""
         w, cal = self.work, self.calibration
+        reuse = ""
+        if w.plan is not None:
+            pl = w.plan
+            reuse = (f"  reused from the cells: {pl['maps_reused']:,} maps, {pl['searches_reused']:,} searches, "
+                     f"{pl['shuffled_searches_reused']:,} shuffled searches; to compute: {pl['maps_to_compute']:,}, "
+                     f"{pl['searches_to_compute']:,}, {pl['shuffled_searches_to_compute']:,}")
         if w.empty:
-            return f"apem: {self.name}: nothing left to compute"
+            return f"apem: {self.name}: nothing left to compute" + ("\n" + reuse if reuse else "")
         what = []
         if w.images:
             n = f"{w.images:,}" if w.exact else f"at most {w.images:,}"
@@ -301,6 +344,8 @@ class Estimate:
                  f"  1 FE (one clean forward pass of one image) = {1000 * cal.fe_seconds:.2f} ms ({cal.model}, "
                  f"batch {cal.batch}, {cal.device}, {cal.threads} thread(s)); decoding {1000 * cal.decode_seconds:.1f}"
                  " ms per image; cost model: apem/cost.py"]
+        if reuse:
+            lines.append(reuse)
         if cal.load is not None and cal.load >= 0.5 * (os.cpu_count() or 1):
             lines.append(f"  (load average {cal.load:.1f} on {os.cpu_count()} cores while timing: other work slows "
                          "the forward passes, so the estimate is high while it runs)")
@@ -326,13 +371,23 @@ def estimate(cfg, n_images: int, device=None, *, classify: int = 0, filter_image
         work = Work(images=n, chunks=len(range(0, n, cfg.chunk_size)), selected=n, classify=int(classify),
                     filter_images=cfg.filter_images if filter_images is None else int(filter_images))
     if calibration is None:
-        from apem.run import _load
+        from apem.runner.selection import load_inputs
 
-        lm, images = _load(cfg if device is None else cfg.replace(device=str(device)))
+        lm, images = load_inputs(cfg if device is None else cfg.replace(device=str(device)))
         calibration = calibrate(lm, images, cfg)
     per = fe_per_image(cfg)
     fe = {"classify pool": work.classify * _c("classify")}
     fe.update({k: work.images * v for k, v in per.items()})
+    if work.cells is not None:  # cell by cell: only what is missing
+        c = work.cells
+        maps_of = {name: c.get(("maps", name), 0) for name in cfg.methods}
+        fe["methods"] = sum(method_fe(name, p) * maps_of[name] / len(cfg.stages) for name, p in cfg.methods.items())
+        fe["stage maps"] = sum(maps_of.values()) * _c("stage maps")
+        fe["search: maps"] = sum(c.get(("search", n), 0) for n in cfg.methods) * 2 * _c(f"search {cfg.search_mode}")
+        if cfg.shuffles:
+            per_forward = 1.0 + (_c("shuffles per_step draw") if cfg.shuffle_mode == "per_step" else 0.0)
+            fe["search: shuffles"] = (sum(c.get(("shuffle", n), 0) for n in cfg.methods) * 2 * cfg.shuffles
+                                      * _c(f"shuffles {cfg.search_mode}") * per_forward)
     fe["filter"] = work.filter_images * filter_fe_per_image(cfg)
     decode = work.classify + work.images + work.filter_images  # the pool once, each chunk's and the filter's again
     return Estimate(cfg.name, work, calibration, fe, decode)
@@ -349,22 +404,21 @@ def fmt_duration(seconds: float) -> str:
 # ----------------------------------------------------------------------------- where the runner calls it
 
 
-def run_work(cfg, store, lm, images) -> Work:
+def run_work(cfg, store, lm, images, env) -> Work:
     """:func:`remaining_work` with the pool's cached predictions looked up for ``lm``."""
     import pandas as pd
 
-    from apem.run import prediction_cache
+    from apem.runner.selection import prediction_cache
     from apem.store import verified
 
     path = prediction_cache(cfg, lm, store.root)
-    cached = verified(path)
-    preds = pd.read_parquet(path, columns=["correct"]) if cached else None
-    return remaining_work(cfg, store, len(images), preds, cached)
+    preds = pd.read_parquet(path) if verified(path) else None
+    return remaining_work(cfg, store, images, env, preds)
 
 
-def announce(cfg, store, lm, images, stream=None) -> Estimate | None:
+def announce(cfg, store, lm, images, env, stream=None) -> Estimate | None:
     """Print the estimate of what is left to stderr (the runner calls it before its first chunk); None if nothing is."""
-    work = run_work(cfg, store, lm, images)
+    work = run_work(cfg, store, lm, images, env)
     if work.empty:
         return None
     est = estimate(cfg, work.images, calibration=calibrate(lm, images, cfg), work=work)
@@ -381,15 +435,18 @@ def estimate_only(cfg, root=None, threads: int | None = None) -> Estimate:
     from apem import numerics
     from apem.alloc import tune_malloc
     from apem.models import resolve_device
-    from apem.run import _load
+    from apem.runner.selection import load_inputs
     from apem.store import Store
 
     store = Store(cfg, root)
     recorded = store.environment() if store.exists() else None
     with numerics.pinned(numerics.resolve_threads(threads, recorded)):
+        env = numerics.NumericEnv.current(resolve_device(cfg.device))
         if recorded is not None:
-            numerics.check_compatible(recorded, numerics.NumericEnv.current(resolve_device(cfg.device)), str(store.dir))
-        lm, images = _load(cfg)
+            numerics.check_compatible(recorded, env, str(store.dir))
+        lm, images = load_inputs(cfg)
         tune_malloc()  # as the runner: the forwards are timed at the speed they will run
-        work = run_work(cfg, store, lm, images)
-        return estimate(cfg, work.images, calibration=calibrate(lm, images, cfg), work=work)
+        work = run_work(cfg, store, lm, images, env)
+        est = estimate(cfg, work.images, calibration=calibrate(lm, images, cfg), work=work)
+        est.store = store
+        return est

@@ -158,7 +158,8 @@ def to_storage(m: torch.Tensor, quantized: bool) -> np.ndarray:
 
 def from_storage(a: np.ndarray) -> torch.Tensor:
     """Stored maps (uint8 or float16) back to float32 maps in [0, 1]."""
-    t = torch.from_numpy(np.asarray(a))
+    a = np.asarray(a)
+    t = torch.from_numpy(a if a.flags.writeable else a.copy())  # arrays that came through Ray are read-only
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 
 

@@ -1,27 +1,32 @@
-"""The experiment runner: images -> maps -> epsilons, once per configuration.
+"""The experiment runner: images -> maps -> epsilons, each number computed once.
 
-``results(cfg)`` is the call every chapter makes: it runs what is missing
+``results(cfg)`` is the call every chapter makes: it computes what is missing
 (resuming a killed run chunk by chunk) or reuses what the store holds, and
 returns a :class:`Results` with the tidy table, the selected images, and the
-cached maps.
+stored maps.
 
-Pipeline for one configuration:
+A configuration is a view of the cells (:mod:`apem.runner.cells`): every image's maps,
+epsilons and shuffled epsilons are stored once under what they depend on
+(:mod:`apem.runner.keys`), so another configuration that needs the same numbers (more
+images, fewer stages, another search over the same maps) reads them instead of
+computing them again. Pipeline for one configuration:
 
 1. classify the image pool once (cached per model/preset/data, shared by
-   every configuration that uses them);
-2. draw ``n_correct`` correctly classified and ``n_misclassified``
-   misclassified images at random (seeded; ``all`` takes every image of the
-   group), with ground truth, prediction, confidence (top softmax
-   probability) and cross-entropy loss against the ground truth;
-3. per chunk of ``chunk_size`` images: loss gradient at the prediction, every
-   method's attribution, every stage's map, and eps-minus / eps-plus (and the
-   shuffled baseline) for all of the chunk's maps in one batched search;
-   the chunk is written atomically;
-4. the chunks' rows are gathered into ``results.parquet``.
+   every configuration that uses them) and draw ``n_correct`` correctly classified and
+   ``n_misclassified`` misclassified images (a seeded order: :mod:`apem.runner.selection`);
+2. look up the cells the selection needs and group the images that miss the same
+   cells into chunks (:mod:`apem.runner.plan`);
+3. per chunk: loss gradient at the prediction, the missing methods' attributions and
+   stage maps, the missing searches (eps-minus / eps-plus, the shuffled baseline) in one
+   batched search each (:mod:`apem.runner.compute`); each chunk's cells are written
+   atomically as they arrive (:mod:`apem.runner.chunks`; on a Ray cluster,
+   :mod:`apem.runner.distributed`);
+4. the table is assembled from the cells into the configuration's folder
+   (``results.parquet``), and the filter (thesis Algorithm 2) runs if asked for.
 
-Steps 1-2 live in :mod:`apem.selection`; step 3's loop (what is missing, who computes
-it, storing each chunk) in :mod:`apem.chunks`, shared by the serial run and the run
-on a Ray cluster (:mod:`apem.distributed`, ``ray=``).
+The runner's modules import top-down: this module, then :mod:`apem.runner.distributed`,
+:mod:`apem.runner.plan`, :mod:`apem.runner.chunks`, :mod:`apem.runner.compute`,
+:mod:`apem.runner.cells`, :mod:`apem.runner.keys`, :mod:`apem.runner.selection`.
 """
 
 from __future__ import annotations
@@ -36,213 +41,75 @@ import numpy as np
 import pandas as pd
 import torch
 
-from apem import chunks
 from apem.config import Config, load_config
 from apem.maps import from_storage, to_storage
 from apem.profile import step
-from apem.seeds import seed_of
-from apem.selection import classify_pool, prediction_cache, select_images  # noqa: F401 (apem.run's names too)
+from apem.runner import chunks
+from apem.runner.cells import Cells
+from apem.runner.compute import check_targets
+from apem.runner.keys import cell_keys
+from apem.runner.plan import assemble, indexes, plan
+from apem.runner.selection import classify_pool, load_inputs, select_images
 from apem.store import Store, StoreError
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _load(cfg: Config):
-    from apem.data import load_image_set
-    from apem.models import load_model
-
-    lm = load_model(cfg.model, cfg.preset, None if cfg.weights == "none" else cfg.weights, cfg.device)
-    images = load_image_set(cfg.data, cfg.ground_truth)
-    if cfg.pool:
-        images = images.subset(range(min(cfg.pool, len(images))))
-    return lm, images
-
-
-# ----------------------------------------------------------------------------- one chunk
-
-
-class TargetMismatch(RuntimeError):
-    """The model's prediction in the gradient pass is not the stored target."""
-
-
-def check_targets(logits: torch.Tensor, target: torch.Tensor, image_ids) -> None:
-    """Fail loudly when the gradient pass predicts another class than the stored prediction.
-
-    The search measures how far the perturbation must go to change the prediction
-    *from the target*; if the clean image already predicts something else, every
-    step "changes" it, both epsilons come out 1 and APEM 0 -- a silent, wrong row.
-    A mismatch means the prediction cache was computed under other numerics (device,
-    threads, batch size) on an image whose top two logits nearly tie.
-    """
-    pred = logits.argmax(1)
-    bad = (pred != target).nonzero().flatten().tolist()
-    if bad:
-        ids = list(image_ids)
-        where = ", ".join(f"{ids[i]} (stored {int(target[i])}, now {int(pred[i])})" for i in bad[:5])
-        raise TargetMismatch(
-            f"the model's prediction in the gradient pass differs from the stored target on {len(bad)} image(s): "
-            f"{where}. The prediction cache was computed under other numerics; delete results/_predictions "
-            "or run with the same device and --threads.")
-
-
-def _method_call(name: str, params: dict, cfg: Config, chunk: int, lm=None):
-    from apem import explain
-
-    defaults = explain.method_params(name)
-    p = dict(params)
-    if "seed" in defaults and "seed" not in p:
-        p["seed"] = seed_of(cfg.seed, name, "chunk", chunk)
-    if "batch_size" in defaults and "batch_size" not in p:
-        p["batch_size"] = cfg.method_batch(lm.device, lm.model) if lm is not None else cfg.method_batch("cpu")
-    if name == "gradcam" and p.get("layer") in (None, "") and lm is not None:
-        p["layer"] = lm.gradcam_layer  # the model's last convolutional feature map, after its activation
-    return explain.get_method(name, **p)
-
-
-#: The gradient method with its default objective ("loss") is the loss gradient the chunk has
-#: just computed (same function, images and targets: bit-identical, tested); reuse it instead of a
-#: second forward and backward pass. False recomputes it (``benchmarks/bench_pipeline.py --compare``).
-SHARE_LOSS_GRADIENT = True
-
-
-def _shared_loss_gradient(method, grad: torch.Tensor):
-    """``grad`` when ``method`` is the plain loss gradient at the chunk's targets, else None."""
-    from apem.explain.base import check_finite
-
-    if method.name != "gradient" or method.params.get("objective") != "loss":
-        return None
-    check_finite(method.name, grad)
-    return grad
-
-
-def compute_chunk(cfg: Config, lm, x: torch.Tensor, sel: pd.DataFrame, chunk: int):
-    """Maps and epsilons for one chunk of images: (rows DataFrame, maps arrays)."""
-    from apem import maps
-    from apem import metric
-    from apem.metric.clean import loss_gradient
-
-    dev = lm.device
-    x = x.to(dev)
-    if lm.device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
-    target = torch.tensor(sel.pred.to_numpy().copy(), device=dev).long()
-    with step("loss gradient", len(x)):
-        grad, logits, _ = loss_gradient(lm.model, x, target)
-    check_targets(logits, target, sel.image_id)
-    # the clean logits of that pass give bisect its per-image margins: no second clean forward
-    info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
-    n = len(sel)
-    blocks, keys = [], []
-    for name, params in cfg.methods.items():
-        with step(f"method {name}", len(x)):
-            method = _method_call(name, params, cfg, chunk, lm)
-            A = _shared_loss_gradient(method, grad) if SHARE_LOSS_GRADIENT else None
-            if A is None:
-                A = method(lm.model, x, target)
-        with step("stage maps", len(x)):
-            stage = maps.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=cfg.map_encoding)
-        for s in cfg.stages:
-            blocks.append(stage[s].expand(-1, 3, -1, -1) if stage[s].shape[1] == 1 else stage[s])
-            keys.append((name, s, stage[s].detach().cpu()))
-    maps_all = torch.cat(blocks)  # (n * methods * stages, 3, H, W), block-major
-    image_index = torch.arange(n, device=dev).repeat(len(blocks))
-    seeds = torch.tensor(
-        [seed_of(cfg.seed, iid, name, s) for name, s, _ in keys for iid in sel.image_id], dtype=torch.long
-    )
-    out = metric.evaluate_maps(
-        lm.model, x, maps_all, target, spec=cfg.search(), image_index=image_index, grad=grad, seeds=seeds,
-        margin_info=info,
-    )
-    per_item = {k: v for k, v in out.items() if v.dim() == 1 and len(v) == len(maps_all)}
-    rows = []
-    arrays: dict[str, np.ndarray] = {}
-    facts = sel.drop(columns=["set_position"]).to_dict("records")
-    for b, (name, s, m) in enumerate(keys):
-        arr_name = f"{name}__s{s}"
-        arrays[arr_name] = to_storage(m, cfg.quantize)
-        for j in range(n):
-            k = b * n + j
-            r = dict(facts[j])
-            r.update(method=name, stage=s, chunk=chunk, map_array=arr_name, map_row=j)
-            for key, v in per_item.items():
-                r[key] = v[k].item()
-            rows.append(r)
-    df = pd.DataFrame(rows)
-    return _finish_rows(df, cfg), arrays
-
-
-def _finish_rows(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """APEM per row (NaN when an epsilon is undefined) and a readable reason."""
-    from apem.metric import REASONS, apem_norm_terms, apem_terms
-
-    undefined = df.undefined_minus | df.undefined_plus
-    df["apem"] = apem_terms(df.eps_plus, df.eps_minus, undefined)
-    reasons = np.full(len(df), "", dtype=object)
-    cens = (df.censored_minus | df.censored_plus).to_numpy() & ~undefined.to_numpy()
-    reasons[cens] = f"censored: no change up to step {cfg.search_bound - 1}"
-    for col, what in (("reason_plus", "irrelevance"), ("reason_minus", "relevance")):
-        codes = df[col].to_numpy()
-        for i in np.flatnonzero(codes):
-            reasons[i] = f"{what} map undefined: {REASONS[codes[i]]}"
-    df["reason"] = reasons
-    if "eps_shuffle_minus" in df:
-        df["apem_shuffle"] = apem_terms(df.eps_shuffle_plus, df.eps_shuffle_minus, undefined)
-        df["apem_norm_term"] = apem_norm_terms(df.eps_plus, df.eps_minus, df.eps_shuffle_plus, df.eps_shuffle_minus,
-                                               undefined)
-    return df
-
-
-# ----------------------------------------------------------------------------- the run
 
 
 class _Interrupt(RuntimeError):
     """Raised by tests to stop a run after k chunks."""
 
 
-def _chunk_starts(cfg: Config, n_images: int) -> list[int]:
-    return chunks.starts(cfg.chunk_size, n_images)
+def _needs_work(store: Store, cfg: Config, env) -> bool:
+    """True unless the configuration's table, images and filter are present and intact and its maps are there.
 
-
-def _needs_work(store: Store, cfg: Config) -> bool:
-    """True unless every file the configuration needs is present and matches its checksum."""
+    The maps are checked (every batch of cells they live in, against its manifest): a chapter reads them.
+    """
     if not store.exists() or not store.has("images.parquet") or not store.has("results.parquet"):
         return True
-    n_images = len(pd.read_parquet(store.dir / "images.parquet", columns=["image_id"]))
-    if any(store.chunk_problem(c) is not None for c in range(len(_chunk_starts(cfg, n_images)))):
+    if store.environment() is None:  # its table cannot say under which environment it was assembled: again
         return True
-    return bool(cfg.filter_images) and not (store.has("filter.parquet") and store.has("filter_maps.npz"))
+    if cfg.filter_images and not (store.has("filter.parquet") and store.has("filter_maps.npz")):
+        return True
+    sel = pd.read_parquet(store.dir / "images.parquet")
+    if "image_key" not in sel:
+        return True
+    cells = Cells(store.root)
+    for (kind, name), (_, have) in indexes(cfg, cells, env).items():
+        if kind == "maps" and any((k, s) not in have for k in sel.image_key for s in cfg.stages):
+            return True
+    return False
 
 
 def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, threads: int | None = None,
         wait: bool = True, fail_after_chunks: int | None = None, ray: str | None = None,
         workers: int | None = None) -> Store:
-    """Compute whatever the store of ``cfg`` lacks or holds damaged; return the store.
+    """Compute whatever the cells of ``cfg`` lack or hold damaged, assemble its table; return its store.
 
     ``threads``: torch's CPU thread count for the run (None: the store's recorded count,
     else ``$APEM_THREADS``, else :data:`apem.numerics.DEFAULT_THREADS`). The numeric
-    environment is pinned for the run and recorded; resuming under another one raises
-    :class:`apem.numerics.EnvironmentMismatch`. One run writes a store at a time
-    (``wait``: wait for the other one, else raise :class:`apem.store.StoreError`).
-    ``ray``: compute the chunks on a Ray cluster (``"local"``, ``"auto"``, ``HOST:PORT`` or
-    ``ray://HOST:PORT``; :mod:`apem.distributed`) with at most ``workers`` workers; the same
-    store, the same numbers. ``store.computed`` lists the chunks this call computed,
-    ``store.chunk_workers`` who computed each.
+    environment is pinned for the run and is part of every cell's key; resuming a
+    configuration under another one raises :class:`apem.numerics.EnvironmentMismatch`.
+    One run writes a configuration's folder at a time (``wait``: wait for the other one,
+    else raise :class:`apem.store.StoreError`). ``ray``: compute the chunks on a Ray cluster
+    (``"local"``, ``"auto"``, ``HOST:PORT`` or ``ray://HOST:PORT``;
+    :mod:`apem.runner.distributed`) with at most ``workers`` workers; the same cells, the
+    same numbers. ``store.computed`` lists the chunks this call computed,
+    ``store.chunk_workers`` who computed each, ``store.plan`` what it read and computed.
     """
-    from apem import distributed, numerics
+    from apem import numerics
     from apem.models import resolve_device
+    from apem.runner import distributed
 
     ray = distributed.check_address(ray)  # a malformed address fails before anything is loaded
     store = Store(cfg, root)  # resolves the data folder: a bad one fails here, before anything is created
-    store.computed, store.chunk_workers = [], {}
+    store.computed, store.chunk_workers, store.plan = [], {}, None
     recorded = store.environment() if store.exists() else None
     with numerics.pinned(numerics.resolve_threads(threads, recorded)):
         env = numerics.NumericEnv.current(resolve_device(cfg.device))
         if recorded is not None:
             numerics.check_compatible(recorded, env, str(store.dir))
-        if not _needs_work(store, cfg):
+        if not _needs_work(store, cfg, env):
             return store
         with distributed.connected(ray) if ray else contextlib.nullcontext():
-            lm, images = _load(cfg)  # bad weights or images fail here, before anything is created
+            lm, images = load_inputs(cfg)  # bad weights or images fail here, before anything is created
             with store.lock(wait=wait):
                 try:
                     store.open()
@@ -258,42 +125,52 @@ def run(cfg: Config, *, progress: bool = True, root: str | Path | None = None, t
     return store
 
 
+def selection(cfg: Config, store: Store, lm, images, progress: bool = True) -> pd.DataFrame:
+    """The configuration's images (``images.parquet``), drawn once: the pool is classified if it is not cached."""
+    sel = store.read_frame("images.parquet")
+    if sel is None or "image_key" not in sel:
+        preds = classify_pool(cfg, lm, images, store.root, progress)
+        sel = select_images(cfg, preds, images)
+        store.write_frame("images.parquet", sel)
+    return sel
+
+
 def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_after_chunks: int | None,
              ray: str | None = None, workers: int | None = None) -> None:
-    """The locked part of :func:`run`: missing or damaged chunks, the table, the filter."""
+    """The locked part of :func:`run`: the missing cells, the table, the filter."""
     from apem.alloc import tune_malloc
 
     tune_malloc()  # small-batch CPU forwards run up to ~1.8x faster with buffers kept on the heap (apem.alloc)
-    sel = store.read_frame("images.parquet")
     if progress:  # what is left, timed on this machine, to stderr before anything is computed (apem.cost)
         from apem.cost import announce
 
-        announce(cfg, store, lm, images)
+        announce(cfg, store, lm, images, env)
     torch.manual_seed(cfg.seed)
-    if sel is None:
-        preds = classify_pool(cfg, lm, images, store.root, progress)
-        sel = select_images(cfg, preds)
-        store.write_frame("images.parquet", sel)
-    n_chunks = len(_chunk_starts(cfg, len(sel)))
-    todo = chunks.missing(cfg, store, sel)
+    sel = selection(cfg, store, lm, images, progress)
+    cells = Cells(store.root)
+    cells.sweep()
+    pl = store.plan = plan(cfg, cells, sel, env)
+    todo = pl.chunks
     if todo:
+        parts = cell_keys(cfg, env)
+        record = env.record()
+
+        def write(done):
+            for b in done.batches:
+                cells.write(b.kind, parts[(b.kind, b.method)], b.rows, record, b.arrays)
+
         if ray:
-            from apem import distributed
+            from apem.runner import distributed
 
             source = distributed.compute(cfg, store, images, lm.transform, todo, env, workers, progress)
         else:
             source = chunks.serial(cfg, lm, images, todo)
-        chunks.store_all(store, env, len(sel), todo, source, desc=f"APEM {cfg.name}", progress=progress,
+        chunks.store_all(store, write, len(sel), todo, source, desc=f"APEM {cfg.name}", progress=progress,
                          fail_after_chunks=fail_after_chunks, interrupt=_Interrupt)
-    if todo or store.trusted("results.parquet") is None:
-        for c in range(n_chunks):
-            if store.chunk_environment(c).key() != env.key():
-                raise StoreError(f"chunk {store.chunk_path(c)} was computed under {store.chunk_environment(c).describe()},"
-                                 f" not {env.describe()}: remove it or use a new store")
-        table = pd.concat([store.read_rows(c) for c in range(n_chunks)], ignore_index=True)
+    old = store.read_frame("results.parquet")
+    table = assemble(cfg, cells, sel, env)
+    if old is None or not old.equals(table):
         store.write_frame("results.parquet", table)
-    else:
-        table = store.read_frame("results.parquet")
     if cfg.filter_images and (todo or store.trusted("filter_maps.npz") is None or store.trusted("filter.parquet") is None):
         with step("filter", cfg.filter_images, absorb=True):
             run_filter(cfg, lm, images, store, table, progress)
@@ -317,7 +194,7 @@ def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progr
     rows, arrays = [], {}
     for name in cfg.methods:
         for s in cfg.stages:
-            m = torch.stack([res.map(iid, name, s) for iid in pick.image_id]).to(lm.device)
+            m = res.maps(pick.image_id, name, s).to(lm.device)
             t0 = time.perf_counter()
             fr = filtering.explanation_filter(
                 lm.model, x, m, target, spec=cfg.search(), grad=grad, fast_k=cfg.filter_fast_k, margin_info=info,
@@ -359,7 +236,12 @@ class Results:
 
     @cached_property
     def _loaded(self):
-        return _load(self.cfg)
+        return load_inputs(self.cfg)
+
+    @cached_property
+    def cells(self) -> Cells:
+        """The cell store the table's maps live in."""
+        return Cells(self.store.root)
 
     @property
     def model(self):
@@ -374,23 +256,39 @@ class Results:
         pos = self.images.set_index("image_id").loc[list(image_ids), "set_position"].to_numpy()
         return load_tensors(images.subset(pos), lm.transform)[1]
 
-    _map_cache: dict = None
-
-    def _chunk_maps(self, chunk: int) -> dict:
-        if self._map_cache is None:
-            self._map_cache = {}
-        if chunk not in self._map_cache:
-            self._map_cache[chunk] = self.store.read_maps(chunk)
-        return self._map_cache[chunk]
-
     def map(self, image_id: str, method: str, stage: int) -> torch.Tensor:
-        """A cached stage map (C, H, W) in [0, 1]."""
-        t = self.table
-        r = t[(t.image_id == image_id) & (t.method == method) & (t.stage == stage)]
-        if r.empty:
+        """A stored stage map (C, H, W) in [0, 1]."""
+        return self.maps([image_id], method, stage)[0]
+
+    @cached_property
+    def _map_index(self) -> dict:
+        """``method -> {(image_key, stage): Entry}``: where the configuration's maps live in the cells."""
+        from apem.numerics import NumericEnv
+
+        env = self.store.environment()
+        if env is None:
+            raise StoreError(f"{self.store.dir} records no numeric environment (environment.json missing or damaged): "
+                             "run `apem run` on this configuration again")
+        return {name: have for (kind, name), (_, have) in indexes(self.cfg, self.cells, env, verify=False).items()
+                if kind == "maps"}
+
+    def map_location(self, image_id: str, method: str, stage: int):
+        """Where a map lives: an :class:`apem.runner.cells.Entry` (its batch folder under ``cells/``, its row)."""
+        keys = self.images.set_index("image_id").image_key
+        have = self._map_index.get(method)
+        entry = None if have is None or image_id not in keys.index else have.get((keys[image_id], int(stage)))
+        if entry is None:
             raise KeyError(f"no map for image {image_id!r}, method {method!r}, stage {stage}")
-        r = r.iloc[0]
-        return from_storage(self._chunk_maps(int(r.chunk))[r.map_array][int(r.map_row)])
+        return entry
+
+    def maps(self, image_ids, method: str, stage: int) -> torch.Tensor:
+        """The stored stage maps (N, C, H, W) in [0, 1] of ``image_ids``, in that order (each batch read once)."""
+        out = []
+        for iid in image_ids:
+            entry = self.map_location(iid, method, stage)
+            row = int(self.cells.rows(entry.batch).row.iat[entry.row])
+            out.append(from_storage(self.cells.maps(entry.batch)[f"s{int(stage)}"][row]))
+        return torch.stack(out)
 
     def filtered_map(self, image_id: str, method: str, stage: int) -> torch.Tensor:
         ft = self.filter_table

@@ -13,8 +13,10 @@ Where it is used (each draw names what it is for):
 - shuffled baseline of a map: ``seed_of(cfg.seed, image_id, method, stage)``
   per map (:mod:`apem.run`), then ``seed_of(that, 0)`` for the relevance map
   and ``seed_of(that, 1)`` for the irrelevance map (:mod:`apem.metric.directions`);
-- SmoothGrad noise of image ``i``: ``seed_of(seed, offset + i)`` (:mod:`apem.explain.gradient`),
-  the method's seed per chunk being ``seed_of(cfg.seed, method, "chunk", chunk)``;
+- SmoothGrad noise of an image: ``seed_of(seed, key)`` (:mod:`apem.explain.gradient`), where the
+  runner gives the method the seed ``seed_of(cfg.seed, method)`` and each image the noise key
+  ``seed_of(image_id)`` (:func:`apem.runner.compute.method_for`): an image's noise is its own in
+  any chunk, order or configuration, which lets the results store reuse its maps;
 - sanity checks: a layer's re-initialisation ``seed_of(seed, layer name)`` (:mod:`apem.randomisation`).
 """
 

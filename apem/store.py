@@ -1,32 +1,38 @@
-"""The results store: a folder per configuration, written in atomic, checksummed chunks.
+"""The results store: the cells every configuration shares, and a folder per configuration.
 
-Layout of ``results/<name>-<digest>/``::
+Layout of ``results/``::
 
-    config.yaml            the configuration and its resolved data (checked on open)
-    environment.json       the numeric environment the numbers were computed under
-    lock                   held (flock) by the one run writing here; holds its pid
-    images.parquet         the selected images and the model's answers on them
-    chunks/00000/          one finished chunk: rows.parquet, maps.npz, manifest.json
-    results.parquet        all chunks' rows, one per (image, method, stage)
-    extra/<name>.parquet   further tables computed once from the same configuration
+    cells/<kind>/<key>/<batch>/  every image's maps, epsilons and shuffled epsilons, stored once
+                                 under what they depend on (:mod:`apem.runner.cells`)
+    _predictions/                the image pool's classification, per model, preset and data
+    _digests.json                the image files' SHA-256 (a cache, by path, size and time)
+    <name>-<digest>/             one configuration, a view of the cells:
+        config.yaml              the configuration and its resolved data (checked on open)
+        environment.json         the numeric environment its numbers are computed under
+        lock                     held (flock) by the one run writing here; holds its pid
+        images.parquet           the selected images (with their cell identity) and the model's answers
+        results.parquet          its table, assembled from the cells: one row per (image, method, stage)
+        filter.parquet, filter_maps.npz   the explanation filter's results (when asked for)
+        extra/<name>.parquet     further tables computed once from the same configuration
 
-Every table and array outside the chunks has a ``<file>.sha256`` beside it.
+Every table and array of a configuration's folder has a ``<file>.sha256`` beside it;
+every batch of cells a manifest with its files' SHA-256.
 
 Safety rules:
 
-* Nothing is trusted unread: a chunk's files are checked against the SHA-256s in
-  its manifest, and every other file against its ``.sha256``, before use. A
-  damaged file is reported by name (a warning), removed and recomputed; a map
-  that cannot be read raises :class:`StoreError` naming the chunk and file.
-* A chunk is written into a temporary folder of its own process
-  (``.tmp-<pid>-<random>``), each file fsynced, the manifest (checksums and
-  numeric environment) last, then renamed into place: a chunk folder either is
-  complete or does not exist, and a second writer of the same chunk never
-  deletes a good one. Temporary files of live processes are never swept.
-* One run writes a store at a time: :meth:`Store.lock` takes an exclusive
-  ``flock`` on ``lock``, which the kernel releases when its process dies, so a
-  lock left by a killed run is taken over at once; a second run waits, then
-  finds the work done.
+* Nothing is trusted unread: a batch of cells is checked against its manifest (and
+  the manifest against the key it sits under), every other file against its
+  ``.sha256``, before use. A damaged file is reported by name (a warning), removed
+  and recomputed; a map that cannot be read raises :class:`StoreError` naming the file.
+* A batch of cells is written into a temporary folder of its own process
+  (``.tmp-<pid>-<random>``), each file fsynced, the manifest last, then renamed into
+  place: it is complete or does not exist, and never changes after. Temporary files
+  of live processes are never swept.
+* One run writes a configuration's folder at a time: :meth:`Store.lock` takes an
+  exclusive ``flock`` on ``lock``, which the kernel releases when its process dies,
+  so a lock left by a killed run is taken over at once; a second run waits, then
+  finds the work done. Two configurations computing the same cells at once write
+  two batches with the same numbers; readers take the first.
 * A folder whose ``config.yaml`` differs from the configuration asking for it is
   never mixed in: opening it raises :class:`StoreError`.
 """
@@ -55,7 +61,6 @@ from apem.config import REPO, Config
 from apem.numerics import NumericEnv
 
 RESULTS_DIR = Path(os.environ.get("APEM_RESULTS", REPO / "results"))
-CHUNK_FILES = ("rows.parquet", "maps.npz")
 
 
 class StoreError(RuntimeError):
@@ -79,18 +84,18 @@ def sha256_file(path: Path) -> str:
     return _verified[key]
 
 
-def _tmp_name(name: str = "") -> str:
+def tmp_name(name: str = "") -> str:
     return f".tmp-{os.getpid()}-{uuid.uuid4().hex}{'-' + name if name else ''}"
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def fsync_write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -100,9 +105,13 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write-then-rename so a reader never sees half a file."""
-    tmp = path.with_name(_tmp_name(path.name))
-    _fsync_write(tmp, data)
-    os.replace(tmp, path)
+    tmp = path.with_name(tmp_name(path.name))
+    try:
+        fsync_write(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an interruption leaves nothing behind
+        raise
 
 
 def parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -133,7 +142,7 @@ def verified(path: Path) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -143,7 +152,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _tmp_owner(name: str) -> int | None:
+def tmp_owner(name: str) -> int | None:
     parts = name.split("-")
     return int(parts[1]) if len(parts) > 2 and parts[0] == ".tmp" and parts[1].isdigit() else None
 
@@ -152,13 +161,12 @@ def _tmp_owner(name: str) -> int | None:
 
 
 class Store:
-    """The on-disk results of one configuration."""
+    """The folder of one configuration (its cells live in :class:`apem.runner.cells.Cells` beside it)."""
 
     def __init__(self, cfg: Config, root: str | Path | None = None):
         self.cfg = cfg
         self.root = Path(root) if root is not None else RESULTS_DIR
         self.dir = self.root / f"{cfg.name}-{cfg.digest()}"
-        self.chunks_dir = self.dir / "chunks"
 
     def __repr__(self) -> str:
         return f"Store({self.dir})"
@@ -169,7 +177,7 @@ class Store:
 
     def open(self) -> "Store":
         """Create the folder or check that it belongs to this configuration."""
-        self.chunks_dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         cfg_file = self.dir / "config.yaml"
         mine = self.cfg.identity_yaml()
         if cfg_file.exists():
@@ -180,18 +188,46 @@ class Store:
                     "Remove the folder or change the configuration's name."
                 )
         else:
+            note = self.data_changed()
+            if note:
+                print(f"apem: {note}", file=sys.stderr, flush=True)
             atomic_write_bytes(cfg_file, mine.encode())
         self.sweep()
         return self
 
+    def data_changed(self) -> str | None:
+        """What changed in the images since a folder of this configuration was computed on others, or None.
+
+        A configuration whose every field is the same but whose images differ (a file rewritten,
+        added or removed) gets a new folder; this says so, naming the older folder, instead of
+        starting over in silence. Only the cells of images whose bytes changed are computed again.
+        """
+        import yaml
+
+        mine = self.cfg.identity()
+        data = mine.pop("resolved_data")
+        for other in sorted(self.root.glob(f"{self.cfg.name}-*/config.yaml")):
+            try:
+                theirs = yaml.safe_load(other.read_text())
+                old = theirs.pop("resolved_data")
+            except Exception:  # noqa: BLE001 - an unreadable folder says nothing
+                continue
+            if theirs == mine and old != data:
+                what = [f"{k} {old.get(k)!r} -> {data.get(k)!r}" for k in ("folder", "images", "ground_truth")
+                        if old.get(k) != data.get(k)] or ["the same file names, other bytes"]
+                return (f"the images of {self.cfg.name} changed since {other.parent.name} was computed "
+                        f"({'; '.join(what)}; fingerprint {old.get('fingerprint')} -> {data.get('fingerprint')}): "
+                        f"a new folder {self.dir.name}; the cells of unchanged images are reused")
+        return None
+
     def sweep(self) -> None:
         """Remove temporary files left by processes that no longer run (never a live one's)."""
-        for d in (self.dir, self.chunks_dir, self.dir / "extra"):
+        for d in (self.dir, self.dir / "extra"):
             if not d.is_dir():
                 continue
             for tmp in d.glob(".tmp-*"):
-                owner = _tmp_owner(tmp.name)
-                if owner is not None and (owner == os.getpid() or _pid_alive(owner)):
+                owner = tmp_owner(tmp.name)
+                if owner is not None and (owner == os.getpid() or pid_alive(owner)):
                     continue
                 shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
@@ -199,10 +235,8 @@ class Store:
         """True when the folder holds no result yet (only its configuration, lock, environment)."""
         if not self.dir.exists():
             return True
-        keep = {"config.yaml", "lock", "environment.json", "environment.json.sha256", "chunks"}
-        if any(p.name not in keep and not p.name.startswith(".tmp-") for p in self.dir.iterdir()):
-            return False
-        return not self.chunks_dir.exists() or not any(p.name[0] != "." for p in self.chunks_dir.iterdir())
+        keep = {"config.yaml", "lock", "environment.json", "environment.json.sha256"}
+        return not any(p.name not in keep and not p.name.startswith(".tmp-") for p in self.dir.iterdir())
 
     def remove_if_empty(self) -> None:
         """Undo :meth:`open` for a run that failed before computing anything."""
@@ -261,106 +295,6 @@ class Store:
 
     def set_environment(self, env: NumericEnv) -> None:
         write_checked(self.dir / "environment.json", json.dumps(env.record(), indent=1).encode())
-
-    # ------------------------------------------------------------------ chunks
-    def chunk_path(self, i: int) -> Path:
-        return self.chunks_dir / f"{i:05d}"
-
-    def chunk_ids(self) -> list[int]:
-        if not self.chunks_dir.exists():
-            return []
-        return sorted(int(p.name) for p in self.chunks_dir.iterdir() if p.name.isdigit())
-
-    def write_chunk(self, i: int, rows: pd.DataFrame, maps: dict[str, np.ndarray], env: NumericEnv) -> None:
-        tmp = self.chunks_dir / _tmp_name()
-        tmp.mkdir()
-        files = {"rows.parquet": parquet_bytes(rows), "maps.npz": npz_bytes(maps)}
-        for name, blob in files.items():
-            _fsync_write(tmp / name, blob)
-        manifest = {"files": {name: hashlib.sha256(blob).hexdigest() for name, blob in files.items()},
-                    "environment": env.record()}
-        _fsync_write(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
-        final = self.chunk_path(i)
-        for _ in range(10):
-            try:
-                os.rename(tmp, final)  # atomic; fails when `final` exists and is not empty
-                break
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-            if self.chunk_ok(i, quiet=True):  # another writer's complete chunk: keep it
-                shutil.rmtree(tmp, ignore_errors=True)
-                break
-            self._discard(final)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise StoreError(f"could not put chunk {final} in place: another process keeps replacing it")
-        _fsync_dir(self.chunks_dir)
-
-    def _discard(self, d: Path) -> None:
-        """Move ``d`` aside, then delete it: nobody ever reads a half-deleted chunk."""
-        trash = d.with_name(_tmp_name("discard"))
-        try:
-            os.rename(d, trash)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
-
-    def chunk_manifest(self, i: int) -> dict:
-        return json.loads((self.chunk_path(i) / "manifest.json").read_text())
-
-    def chunk_problem(self, i: int) -> str | None:
-        """Why chunk ``i`` cannot be trusted, or None when it is complete and intact."""
-        d = self.chunk_path(i)
-        if not d.exists():
-            return "missing"
-        try:
-            manifest = self.chunk_manifest(i)
-            files = manifest["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return "its manifest.json is missing or unreadable"
-        if set(files) != set(CHUNK_FILES):
-            return f"its manifest lists {sorted(files)}, not {list(CHUNK_FILES)}"
-        for name, digest in files.items():
-            try:
-                if sha256_file(d / name) != digest:
-                    return f"{name} does not match its checksum (damaged or truncated)"
-            except OSError as e:
-                return f"{name} cannot be read ({e.strerror or e})"
-        return None
-
-    def chunk_ok(self, i: int, quiet: bool = False) -> bool:
-        """True when chunk ``i`` is complete and intact; a damaged chunk is reported by name and removed."""
-        problem = self.chunk_problem(i)
-        if problem is None:
-            return True
-        if problem != "missing":
-            if not quiet:
-                warnings.warn(f"results chunk {self.chunk_path(i)} is corrupt: {problem}; recomputing it", stacklevel=2)
-            self._discard(self.chunk_path(i))
-        return False
-
-    def chunk_environment(self, i: int) -> NumericEnv:
-        return NumericEnv.from_record(self.chunk_manifest(i)["environment"])
-
-    def _checked_chunk_file(self, i: int, name: str) -> Path:
-        path = self.chunk_path(i) / name
-        problem = self.chunk_problem(i)
-        if problem is not None:
-            raise StoreError(f"cannot read {path} (chunk {i} of {self.dir.name}): {problem}. "
-                             "Run `apem run` on this configuration to recompute it.")
-        return path
-
-    def read_rows(self, i: int) -> pd.DataFrame:
-        return pd.read_parquet(self._checked_chunk_file(i, "rows.parquet"))
-
-    def read_maps(self, i: int) -> dict[str, np.ndarray]:
-        path = self._checked_chunk_file(i, "maps.npz")
-        try:
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
-        except Exception as e:  # checksummed, so only a disk fault gets here
-            raise StoreError(f"cannot read {path} (chunk {i}): {type(e).__name__}: {e}") from e
 
     # ------------------------------------------------------------------ tables
     def write_frame(self, name: str, df: pd.DataFrame) -> Path:

@@ -23,7 +23,7 @@ failure or overrun does not lose the others; a global ``--deadline`` in seconds 
    stage 1-3 maps: forwards per map (eps-minus + eps-plus), maps per second, agreement; then
    ``bisect`` with cuDNN TF32 on (PyTorch's default, i.e. what the runner gets) vs off; and the
    host synchronisations per search (``torch.cuda.set_sync_debug_mode``), by source line.
-3. ``stages``: ``apem.run.compute_chunk``'s steps replicated with ``torch.cuda.synchronize()``
+3. ``stages``: ``apem.runner.compute.compute_chunk``'s steps replicated with ``torch.cuda.synchronize()``
    between them (loss gradient, each method, stage maps, search on the maps, search with the
    shuffles, the filter), per image, for EfficientNet-Lite0 under ``params/default.yaml`` and
    VGG-16 (random weights) under ``params/paper.yaml``; a micro-benchmark of the per-step
@@ -624,9 +624,9 @@ def _cfg_obj(d):
 
 def _method(name, params, cfg, chunk, lm):
     try:
-        from apem.run import _method_call
+        from apem.runner.compute import method_for
 
-        return _method_call(name, params, cfg, chunk, lm)
+        return method_for(cfg.replace(methods={**cfg.methods, name: params}), name, [f"image{i}" for i in range(cfg.chunk_size)], lm)
     except ImportError:  # the runner being edited: the same defaults, replicated
         from apem import explain
 
@@ -640,7 +640,7 @@ def _method(name, params, cfg, chunk, lm):
 
 
 def chunk_stages(label: str, name: str, cfg, n_images: int, correct_only: bool, filter_maps: int):
-    """apem.run.compute_chunk's steps on one chunk of ``n_images`` images, each one timed (synchronised)."""
+    """apem.runner.compute.compute_chunk's steps on one chunk of ``n_images`` images, each one timed (synchronised)."""
     from apem import maps
 
     lm = model(name)

@@ -57,13 +57,13 @@ def forward_seconds(cfg, threads: int, n: int = 16, rounds: int = 3) -> tuple[fl
     """Seconds of one clean forward pass of one image at the search's batch size (median of rounds)."""
     from apem.data import load_tensors
     from apem.metric import resolve_batch_size
-    from apem.run import _load
+    from apem.runner.selection import load_inputs
 
     from apem.alloc import tune_malloc
 
     tune_malloc()  # as the runner does
     torch.set_num_threads(threads)
-    lm, images = _load(cfg)
+    lm, images = load_inputs(cfg)
     _, x, _ = load_tensors(images.subset(range(min(n, len(images)))), lm.transform)
     x = x.to(lm.device)
     if lm.device.type == "cpu":
@@ -226,7 +226,7 @@ def print_report(prof: dict, t_fwd: float, batch: int, preset_name: str, threads
     return dict(per_image=rows, preset=P, total_seconds=total, t_forward=t_fwd, batch=batch)
 
 
-#: The cuts, each measured against the pipeline before it: (label, configuration overrides, apem.run switches).
+#: The cuts, each measured against the pipeline before it: (label, configuration overrides, apem.runner.compute switches).
 VARIANTS = [
     ("before: methods and pool in batches of 32, the gradient method recomputed",
      dict(batch_size=32), dict(SHARE_LOSS_GRADIENT=False)),
@@ -237,7 +237,7 @@ VARIANTS = [
 
 def compare(params: str, over: dict, threads: int, rounds: int, t_fwd: float) -> dict:
     """Every variant on a fresh store, in alternating rounds (ABC ABC): the fastest round of each step."""
-    from apem import run
+    from apem.runner import compute as run
 
     best: dict[str, dict[str, float]] = {label: {} for label, _, _ in VARIANTS}
     n_sel = over["n_correct"] + over["n_misclassified"]

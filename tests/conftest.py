@@ -78,3 +78,30 @@ def smoke_results(tmp_path_factory, sample_dir):
     root = tmp_path_factory.mktemp("smoke-results")
     run(load_config("smoke"), progress=False, root=root)
     return root
+
+
+# ----------------------------------------------------------------------------- make test-fast
+
+#: fixtures that read the ImageNet samples, load a model or execute chapters: `--fast` leaves their tests out
+SLOW_FIXTURES = {"sample_dir", "few_samples", "smoke_results", "effnet"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fast", action="store_true",
+                     help="only the tests that need no images, no model weights and no chapter execution "
+                          "(`make test-fast`, the edit loop)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: reads images, loads a model or executes chapters (left out by --fast)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--fast"):
+        return
+    keep, drop = [], []
+    for item in items:
+        slow = SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow")
+        (drop if slow else keep).append(item)
+    items[:] = keep
+    config.hook.pytest_deselected(items=drop)

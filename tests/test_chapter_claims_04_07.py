@@ -210,27 +210,30 @@ def test_chapter_4_most_changed_loses_most_per_image_tau():
     assert c.verdict == cl.NOT_APPLICABLE and c.evidence.reason == "the maps' change was not measured"
 
 
-class _Store:
+class _Res:
+    """Results with maps in memory: ``map(image, method, stage)`` as :meth:`apem.run.Results.map`."""
+
     def __init__(self, arrays):
         self.arrays, self.reads = arrays, []
 
-    def read_maps(self, chunk):
-        self.reads.append(chunk)
-        return self.arrays[chunk]
+    def map(self, iid, method, stage):
+        import torch
+
+        self.reads.append((iid, method, stage))
+        return torch.from_numpy(self.arrays[(iid, stage)]).float() / 255
 
 
-def test_map_changes_reads_each_chunk_once_and_measures_the_moved_budget():
+def test_map_changes_measures_the_moved_budget():
     h = w = 4
-    ones = np.full((2, 3, h, w), 255, np.uint8)  # stage 1: two images, three channels, uniform
-    half = np.zeros((2, 1, h, w), np.uint8)
-    half[0, :, :2] = 255  # image a: half of the pixels -> half of the budget moves
-    half[1] = 128  # image b: uniform again, a multiple of stage 1 -> nothing moves
-    store = _Store({0: {"gradient__s1": ones, "gradient__s3": half}})
+    ones = np.full((3, h, w), 255, np.uint8)  # stage 1: three channels, uniform
+    half_a = np.zeros((1, h, w), np.uint8)
+    half_a[:, :2] = 255  # image a: half of the pixels -> half of the budget moves
+    half_b = np.full((1, h, w), 128, np.uint8)  # image b: uniform again, a multiple of stage 1 -> nothing moves
+    res = _Res({("a", 1): ones, ("b", 1): ones, ("a", 3): half_a, ("b", 3): half_b})
     C = pd.DataFrame({"image_id": ["a", "b", "a", "b"], "method": "gradient", "stage": [1, 1, 3, 3], "chunk": 0,
                       "map_array": ["gradient__s1"] * 2 + ["gradient__s3"] * 2, "map_row": [0, 1, 0, 1]})
-    res = type("Res", (), {"store": store})()
     X = ch04.map_changes(res, C, 1, 3)
-    assert store.reads == [0]
+    assert sorted(res.reads) == [("a", "gradient", 1), ("a", "gradient", 3), ("b", "gradient", 1), ("b", "gradient", 3)]
     assert X.set_index("image_id").change.to_dict() == pytest.approx({"a": 0.5, "b": 0.0})
 
 

@@ -94,12 +94,17 @@ def full_tiny(tmp_path_factory, sample_dir):
 def test_full_on_every_image_resumes_to_the_same_table_and_estimates_what_is_left(full_tiny, tmp_path, capfd):
     cfg, ref = full_tiny
     assert ref.image_id.nunique() == 6 and set(ref.group) == {"correct", "misclassified"}  # the whole pool
+    from apem.numerics import NumericEnv
+    from apem.runner.selection import load_inputs
+
+    _, images = load_inputs(cfg)
+    env = NumericEnv.current("cpu")
     per = sum(cost.fe_per_image(cfg).values())
-    fresh = cost.remaining_work(cfg, Store(cfg, tmp_path / "none"), 6)
+    fresh = cost.remaining_work(cfg, Store(cfg, tmp_path / "none"), images, env)
     assert (fresh.images, fresh.chunks, fresh.selected, fresh.classify, fresh.filter_images) == (6, 3, 6, 6, 0)
     assert not (tmp_path / "none").exists()  # read only
     filtered = cfg.replace(filter_images=1)
-    assert cost.remaining_work(filtered, Store(filtered, tmp_path / "none"), 6).filter_images == 1
+    assert cost.remaining_work(filtered, Store(filtered, tmp_path / "none"), images, env).filter_images == 1
 
     with pytest.raises(_Interrupt):
         run(cfg, progress=True, root=tmp_path, fail_after_chunks=1)
@@ -109,7 +114,8 @@ def test_full_on_every_image_resumes_to_the_same_table_and_estimates_what_is_lef
     assert "6 of 6 selected images in 3 chunk(s), classifying the pool of 6\n" in err
 
     store = Store(cfg, tmp_path)
-    left = cost.remaining_work(cfg, store, 6, predictions_cached=True)
+    env = store.environment()
+    left = cost.remaining_work(cfg, store, images, env)
     assert (left.images, left.chunks, left.selected, left.classify, left.filter_images) == (4, 2, 6, 0, 0)
     e0, e1 = (cost.estimate(cfg, 0, calibration=CAL, work=w) for w in (fresh, left))
     assert e0.total_fe - e1.total_fe == pytest.approx(2 * per + 6 * v("classify"), rel=1e-12)
@@ -123,7 +129,7 @@ def test_full_on_every_image_resumes_to_the_same_table_and_estimates_what_is_lef
     assert re.search(r"APEM full-tiny: +33%\|.*\| 2/6 \[", err)
     assert re.search(r" 4/6 \[\d\d:\d\d<\d\d:\d\d, ", err)
     pd.testing.assert_frame_equal(Results(cfg, store).table, ref, check_exact=True)
-    assert cost.remaining_work(cfg, store, 6, predictions_cached=True).empty
+    assert cost.remaining_work(cfg, store, images, env).empty
     run(cfg, progress=True, root=tmp_path)  # nothing left: no estimate, no bar
     assert "estimate" not in capfd.readouterr().err
 

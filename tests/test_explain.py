@@ -491,7 +491,7 @@ def test_attribution_error_is_a_value_error():
 def test_registry_names_and_defaults():
     assert set(explain.THESIS_METHODS) <= set(explain.METHODS)
     assert explain.method_params("smoothgrad") == {
-        "n": 100, "sigma": 0.2, "noise_target": "sample", "batch_size": 32, "seed": 0, "offset": 0, "objective": "loss",
+        "n": 100, "sigma": 0.2, "noise_target": "sample", "batch_size": 32, "seed": 0, "offset": 0, "noise_keys": None, "objective": "loss",
     }
     assert explain.method_params("lrp_epsilon") == {"epsilon": 1.0, "objective": "loss"}
     assert explain.method_params("gradient") == {"objective": "loss"}
@@ -553,17 +553,17 @@ def test_smoothgrad_logit_objective_averages_the_class_score_gradient():
 
 def test_a_configuration_passes_the_objective_to_gradient_and_smoothgrad(tmp_path):
     from apem.config import Config
-    from apem.run import _method_call
+    from apem.runner.compute import method_for
 
     f = tmp_path / "c.yaml"
     f.write_text("methods:\n  gradient: {objective: logit}\n  smoothgrad: {objective: logit, n: 2}\n")
     cfg = Config.from_yaml(f)
     assert cfg.methods == {"gradient": {"objective": "logit"}, "smoothgrad": {"objective": "logit", "n": 2}}
     for name in ("gradient", "smoothgrad"):
-        assert _method_call(name, cfg.methods[name], cfg, 0).params["objective"] == "logit"
+        assert method_for(cfg, name, ["a.JPEG"]).params["objective"] == "logit"
     model, x, W = linear_classifier()
     t = torch.tensor([1, 1, 0, 2])
-    got = _method_call("gradient", cfg.methods["gradient"], cfg, 0)(model, x, t)
+    got = method_for(cfg, "gradient", ["a", "b", "c", "d"])(model, x, t)
     assert torch.equal(got, W[t].reshape(x.shape))
     assert Config().methods.get("gradient", {}).get("objective", "loss") == "loss"
 

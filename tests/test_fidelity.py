@@ -115,11 +115,12 @@ def test_save_image_encoding_stores_floor_truncated_levels(tiny_round, tiny_save
         target = torch.tensor(part.pred.to_numpy().copy()).long()
         from apem.explain import get_method
 
-        A = get_method("gradient")(lm.model, x, target)
-        maps = stage_maps(A, x, res.cfg.stages, encoding="save_image")
-    j = part.image_id.tolist().index(iid)
+        j = part.image_id.tolist().index(iid)
+        # the runner computes an image's maps alone (apem.runner.compute.image_by_image)
+        A = get_method("gradient")(lm.model, x[j : j + 1], target[j : j + 1])
+        maps = stage_maps(A, x[j : j + 1], res.cfg.stages, encoding="save_image")
     for s in res.cfg.stages:
-        assert torch.equal(maps[s][j], res.map(iid, "gradient", s))
+        assert torch.equal(maps[s][0], res.map(iid, "gradient", s))
 
 
 def test_encoding_shift_reproduces_both_encodings_runs(tiny_round, tiny_save_image, monkeypatch):
@@ -249,8 +250,12 @@ def test_every_study_runs_with_tf32_off(tf32_on, monkeypatch):
         seen.append((study.split("-")[0], numerics.tf32_flags()))
         return pd.DataFrame()
 
-    for mod in (encoding, faithfulness, sanity, search_modes):
+    def fake_rows(res, study, compute, ids, **params):
+        return fake_cached(res, study, compute, **params)
+
+    for mod in (faithfulness, sanity, search_modes):
         monkeypatch.setattr(mod, "cached_study", fake_cached)
+    monkeypatch.setattr(encoding, "cached_rows", fake_rows)
     res = SimpleNamespace(
         cfg=SimpleNamespace(stages=(3,), methods={"gradient": {}}, quantize=True),
         table=pd.DataFrame({"image_id": ["a"], "method": ["gradient"], "stage": [3]}),

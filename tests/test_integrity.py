@@ -24,7 +24,15 @@ from apem.config import Config
 from apem.data import DataError
 from apem.numerics import EnvironmentMismatch
 from apem.run import Results, _Interrupt, run
+from apem.runner.cells import Cells
 from apem.store import Store, StoreError
+
+
+def _manifests(root) -> list[dict]:
+    import json
+
+    cells = Cells(root)
+    return [json.loads((cells.dir / b / "manifest.json").read_text()) for b in cells.batches()]
 
 TINY = dict(name="tiny", n_correct=3, n_misclassified=1, methods={"gradient": {}}, stages=(2, 3), shuffles=1,
             chunk_size=1, batch_size=8, filter_images=0)
@@ -116,17 +124,17 @@ def test_a_folder_of_other_images_never_reuses_results(reference, folders, tmp_p
 def test_a_truncated_map_file_is_detected_and_recomputed(reference, tmp_path):
     cfg, ref = reference
     store = run(cfg, progress=False, root=tmp_path)
-    f = store.chunk_path(1) / "maps.npz"
-    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    # a reader is told which chunk and file
     res = Results(cfg, store)
-    row = res.table[res.table.chunk == 1].iloc[0]
-    with pytest.raises(StoreError, match=r"chunk 1.*maps\.npz|maps\.npz.*chunk 1"):
-        res.map(row.image_id, row.method, row.stage)
-    # results.parquet exists, yet the run checks every chunk, names the damaged one and recomputes it
-    with pytest.warns(UserWarning, match=r"00001.*corrupt"):
+    row = res.table.iloc[-1]
+    f = Cells(tmp_path).dir / res.map_location(row.image_id, row.method, row.stage).batch / "maps.npz"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    # a reader is told which batch and file
+    with pytest.raises(StoreError, match=r"maps\.npz.*checksum"):
+        Results(cfg, store).map(row.image_id, row.method, row.stage)
+    # results.parquet exists, yet the run checks the maps it points to, names the damaged batch and recomputes it
+    with pytest.warns(UserWarning, match=r"maps\.npz does not match its checksum"):
         store = run(cfg, progress=False, root=tmp_path)
-    assert store.computed == [1]
+    assert len(store.computed) == 1 and store.plan.summary()["maps_to_compute"] == len(cfg.stages)
     res = Results(cfg, store)
     _same(res.table, ref)
     assert res.map(row.image_id, row.method, row.stage).shape[0] == 1
@@ -145,20 +153,21 @@ def test_a_damaged_table_is_recomputed_not_trusted(reference, tmp_path):
     _same(Results(cfg, store).table, ref)
 
 
-def test_two_writers_of_one_chunk_never_fail_and_leave_a_complete_chunk(tmp_path, reference):
+def test_two_writers_of_the_same_cells_never_fail_and_leave_complete_batches(tmp_path, reference):
     cfg, _ = reference
-    store = Store(cfg, tmp_path).open()
     from apem.numerics import NumericEnv
 
     env = NumericEnv.current("cpu")
-    rows = pd.DataFrame({"x": np.arange(50)})
-    maps = {"m": np.zeros((2, 1, 8, 8), np.uint8)}
+    cells = Cells(tmp_path)
+    parts = {"kind": "maps", "environment": env.key(), "test": 1}
+    rows = pd.DataFrame({"image_key": ["a@1", "b@2"], "image_id": ["a", "b"], "stage": [3, 3], "row": [0, 1]})
+    maps = {"s3": np.zeros((2, 1, 8, 8), np.uint8)}
     errors = []
 
     def writer():
         try:
-            for _ in range(100):
-                store.write_chunk(0, rows, maps, env)
+            for _ in range(30):
+                cells.write("maps", parts, rows, env.record(), maps)
         except Exception as e:  # noqa: BLE001 - collected and asserted below
             errors.append(e)
 
@@ -168,23 +177,32 @@ def test_two_writers_of_one_chunk_never_fail_and_leave_a_complete_chunk(tmp_path
     for t in threads:
         t.join()
     assert not errors, errors[:3]
-    assert store.chunk_ok(0)
-    assert not [p for p in store.chunks_dir.iterdir() if p.name.startswith(".tmp-")]
+    reader = Cells(tmp_path)
+    assert set(reader.index("maps", parts)) == {("a@1", 3), ("b@2", 3)}
+    assert len(reader.batches()) == 90
+    assert all(reader.problem(b, "maps", b.split("/")[1], parts) is None for b in reader.batches())
+    key_dir = reader.dir / reader.batches()[0].rsplit("/", 1)[0]
+    assert not [p for p in key_dir.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_temporary_files_of_live_processes_are_not_swept(tmp_path, reference):
     cfg, _ = reference
     store = Store(cfg, tmp_path).open()
+    key_dir = Cells(tmp_path).dir / "maps" / "0123456789abcdef"
+    key_dir.mkdir(parents=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        mine = store.chunks_dir / f".tmp-{live.pid}-abc"
+        mine = key_dir / f".tmp-{live.pid}-abc"
         mine.mkdir()
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
-        theirs = store.chunks_dir / f".tmp-{dead.pid}-abc"
+        theirs = key_dir / f".tmp-{dead.pid}-abc"
         theirs.mkdir()
+        view = store.dir / f".tmp-{dead.pid}-abc"
+        view.mkdir()
         Store(cfg, tmp_path).open()
-        assert mine.exists() and not theirs.exists()
+        Cells(tmp_path).sweep()
+        assert mine.exists() and not theirs.exists() and not view.exists()
     finally:
         live.kill()
         live.wait()
@@ -211,8 +229,8 @@ def test_two_concurrent_runs_do_the_work_once(reference, tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     computed = sorted(int(o[0].split("computed")[1]) for o in outs)
-    n_chunks = len(Store(cfg, root).chunk_ids())
-    assert computed == [0, n_chunks], outs  # one of them did everything, the other waited and reused it
+    n_images = len(Results(cfg, Store(cfg, root)).images)
+    assert computed == [0, n_images], outs  # chunk_size 1: a chunk per image  # one of them did everything, the other waited and reused it
     assert "waiting" in outs[0][1] + outs[1][1]
     _same(Results(cfg, Store(cfg, root)).table, ref)
 
@@ -238,7 +256,7 @@ def test_killed_at_random_moments_then_resumed_gives_the_same_table(reference, t
                                 stderr=subprocess.DEVNULL)
         # wait until the run is past its imports and model load (a chunk folder appears or it ends), then a bit more
         deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not store.chunk_ids():
+        while time.time() < deadline and proc.poll() is None and not Cells(root).batches():
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is None:
@@ -260,16 +278,20 @@ def test_resuming_under_another_thread_count_is_refused_with_a_way_out(reference
         run(cfg, progress=False, root=tmp_path, threads=2)
     store = run(cfg, progress=False, root=tmp_path)  # no thread count given: the store's is used
     assert store.environment().threads == 1
-    assert {store.chunk_environment(c).threads for c in store.chunk_ids()} == {1}
+    assert {m["environment"]["threads"] for m in _manifests(tmp_path)} == {1}
 
 
-def test_every_chunk_records_its_numeric_environment(reference, tmp_path):
+def test_every_cell_batch_records_its_numeric_environment(reference, tmp_path):
     cfg, _ = reference
-    store = run(cfg, progress=False, root=tmp_path)
+    run(cfg, progress=False, root=tmp_path)
     import torch
 
-    for c in store.chunk_ids():
-        env = store.chunk_environment(c)
+    from apem.numerics import NumericEnv
+
+    manifests = _manifests(tmp_path)
+    assert manifests
+    for m in manifests:
+        env = NumericEnv.from_record(m["environment"])
         assert env.torch == torch.__version__.split("+")[0] and env.device_type == "cpu" and env.threads == 2
         assert env.tf32_matmul is False and env.dtype == "float32"
 

@@ -1,11 +1,13 @@
-"""The runner on a Ray cluster (apem.distributed): the serial run's table, bit for bit, through faults.
+"""The runner on a Ray cluster (apem.runner.distributed): the serial run's table, bit for bit, through faults.
 
 One local Ray (2 CPUs) for the whole module; every run pins one thread, so the serial
 reference and each Ray worker compute in the same numeric environment. The smoke
 parameters, cut to 4 images in 4 chunks of one (two methods, one stage, one shuffle).
 """
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
-from apem import distributed  # noqa: E402
-from apem.chunks import ChunkFailure  # noqa: E402
+from apem.runner import distributed  # noqa: E402
+from apem.runner.chunks import ChunkFailure  # noqa: E402
 from apem.config import load_config  # noqa: E402
 from apem.run import Results, _Interrupt, run  # noqa: E402
+from apem.runner.cells import Cells  # noqa: E402
 from apem.store import Store  # noqa: E402
 
 SMALL = dict(pool=16, n_correct=3, n_misclassified=1, chunk_size=1, filter_images=0, stages=[3], shuffles=1,
@@ -54,30 +58,46 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(sample_dir, root):
-    """The serial run: its table and every chunk's stored maps."""
+    """The serial run: its table and every stored map."""
     store = run(small("ref"), progress=False, root=root, threads=1)
-    return Results(store.cfg, store).table, {c: store.read_maps(c) for c in range(N_CHUNKS)}
+    return Results(store.cfg, store).table, _maps(Results(store.cfg, store))
+
+
+def _maps(res) -> dict:
+    return {(m, s): res.maps(res.images.image_id, m, s) for m in res.cfg.methods for s in res.cfg.stages}
+
+
+@pytest.fixture
+def fresh(root, tmp_path):
+    """A store root with no cell (the same cells would be reused, not computed): only the pool's predictions."""
+    new = tmp_path / "fresh"
+    shutil.copytree(root / "_predictions", new / "_predictions")
+    return new
+
+
+def stored_images(root) -> set:
+    """The images whose maps the cells of ``root`` hold."""
+    cells = Cells(root)
+    return {k for b in cells.batches() if b.startswith("maps/")
+            for k in json.loads((cells.dir / b / "manifest.json").read_text())["images"]}
 
 
 def same_as_reference(store, reference):
     table, maps = reference
-    pd.testing.assert_frame_equal(Results(store.cfg, store).table, table, check_exact=True)
-    assert store.chunk_ids() == list(range(N_CHUNKS))
-    for c in range(N_CHUNKS):
-        got = store.read_maps(c)
-        assert got.keys() == maps[c].keys()
-        for k in got:
-            assert got[k].dtype == maps[c][k].dtype and np.array_equal(got[k], maps[c][k]), (c, k)
+    res = Results(store.cfg, store)
+    pd.testing.assert_frame_equal(res.table, table, check_exact=True)
+    for k, m in _maps(res).items():
+        assert torch.equal(m, maps[k]), k
 
 
-def test_a_ray_run_equals_the_serial_run_bit_for_bit(cluster, reference, root):
-    store = run(small("eq"), progress=False, root=root, threads=1, ray="local", workers=2)
+def test_a_ray_run_equals_the_serial_run_bit_for_bit(cluster, reference, fresh):
+    store = run(small("eq"), progress=False, root=fresh, threads=1, ray="local", workers=2)
     assert sorted(store.computed) == list(range(N_CHUNKS))
     assert all("pid" in w for w in store.chunk_workers.values())
     same_as_reference(store, reference)
 
 
-def test_a_worker_killed_mid_chunk_has_its_chunk_redone_elsewhere(cluster, reference, root, tmp_path, monkeypatch):
+def test_a_worker_killed_mid_chunk_has_its_chunk_redone_elsewhere(cluster, reference, fresh, tmp_path, monkeypatch):
     hold = tmp_path / "hold"
     monkeypatch.setattr(distributed, "TEST_HOOKS", {"hold_first_chunk": str(hold)})
     killed = []
@@ -95,7 +115,7 @@ def test_a_worker_killed_mid_chunk_has_its_chunk_redone_elsewhere(cluster, refer
     t = threading.Thread(target=kill_the_held_worker)
     t.start()
     try:
-        store = run(small("killed"), progress=False, root=root, threads=1, ray="local", workers=2)
+        store = run(small("killed"), progress=False, root=fresh, threads=1, ray="local", workers=2)
     finally:
         hold.touch()
         t.join()
@@ -105,44 +125,54 @@ def test_a_worker_killed_mid_chunk_has_its_chunk_redone_elsewhere(cluster, refer
     same_as_reference(store, reference)
 
 
-def test_a_ray_run_resumes_a_serial_run(cluster, reference, root):
+def test_a_ray_run_resumes_a_serial_run(cluster, reference, fresh):
     cfg = small("resume")
     with pytest.raises(_Interrupt):
-        run(cfg, progress=False, root=root, threads=1, fail_after_chunks=2)
-    store = run(cfg, progress=False, root=root, threads=1, ray="local")
-    assert sorted(store.computed) == [2, 3]  # the serial run's chunks were not recomputed
+        run(cfg, progress=False, root=fresh, threads=1, fail_after_chunks=2)
+    store = run(cfg, progress=False, root=fresh, threads=1, ray="local")
+    assert store.plan.images_to_compute == 2  # the serial run's chunks were not recomputed
     same_as_reference(store, reference)
     # the other way round (a serial run finishing a Ray run): the failing chunk's test below
 
 
-def test_a_driver_killed_with_kill_9_resumes_without_recomputing(cluster, reference, root, tmp_path):
+def test_a_ray_run_of_more_images_reuses_the_serial_cells_and_equals_a_fresh_store(cluster, reference, fresh):
+    """A configuration change on Ray: more images than a serial run computed; only the new ones are computed."""
+    run(load_config("smoke", name="fewer", **dict(SMALL, n_correct=1)), progress=False, root=fresh, threads=1)
+    store = run(small("more"), progress=False, root=fresh, threads=1, ray="local")
+    assert store.plan.images_to_compute == 2 and store.plan.summary()["maps_reused"] == 2 * len(SMALL["methods"])
+    same_as_reference(store, reference)
+
+
+def test_a_driver_killed_with_kill_9_resumes_without_recomputing(cluster, reference, fresh, tmp_path):
     cfg = small("driver")
     cfg_file = tmp_path / "driver.yaml"
     cfg_file.write_text(cfg.to_yaml())
     script = textwrap.dedent(f"""
         from apem.config import Config
         from apem.run import run
-        run(Config.from_yaml({str(cfg_file)!r}), progress=False, root={str(root)!r}, threads=1, ray={cluster!r})
+        run(Config.from_yaml({str(cfg_file)!r}), progress=False, root={str(fresh)!r}, threads=1, ray={cluster!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
-    store = Store(cfg, root)
+    store = Store(cfg, fresh)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not store.chunk_ids():
+    while time.time() < deadline and proc.poll() is None and not stored_images(fresh):
         time.sleep(0.05)
     assert proc.poll() is None, "the driver ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    stored = store.chunk_ids()
+    stored = stored_images(fresh)
     assert 0 < len(stored) < N_CHUNKS and store.read_frame("results.parquet") is None
-    stamps = {c: (store.chunk_path(c) / "manifest.json").stat().st_mtime_ns for c in stored}
-    resumed = run(cfg, progress=False, root=root, threads=1, ray="local")
-    assert sorted(resumed.computed) == sorted(set(range(N_CHUNKS)) - set(stored))
-    assert {c: (store.chunk_path(c) / "manifest.json").stat().st_mtime_ns for c in stored} == stamps
+    cells = Cells(fresh)
+    stamps = {b: (cells.dir / b / "manifest.json").stat().st_mtime_ns for b in cells.batches()}
+    resumed = run(cfg, progress=False, root=fresh, threads=1, ray="local")
+    # an image whose chunk was cut short keeps the cells it wrote and computes the rest
+    assert resumed.plan.summary()["maps_reused"] > 0
+    assert {b: (cells.dir / b / "manifest.json").stat().st_mtime_ns for b in stamps} == stamps
     same_as_reference(resumed, reference)
 
 
 @pytest.mark.timeout(400)
-def test_a_chunk_failing_every_time_is_named_the_run_ends_and_a_serial_run_finishes_it(cluster, reference, root,
+def test_a_chunk_failing_every_time_is_named_the_run_ends_and_a_serial_run_finishes_it(cluster, reference, fresh,
                                                                                         monkeypatch):
     """Chunk 1 fails on every worker; chunk 2's image cannot be read (on the driver, which decodes)."""
     from apem.data import DataError
@@ -158,26 +188,28 @@ def test_a_chunk_failing_every_time_is_named_the_run_ends_and_a_serial_run_finis
 
     monkeypatch.setattr(distributed, "decode", decode)
     with pytest.raises(ChunkFailure) as err:
-        run(cfg, progress=False, root=root, threads=1, ray="local")
-    store = Store(cfg, root)
-    ids = store.read_frame("images.parquet").image_id
+        run(cfg, progress=False, root=fresh, threads=1, ray="local")
+    store = Store(cfg, fresh)
+    sel = store.read_frame("images.parquet")
+    ids = sel.image_id
     message = str(err.value)
     assert message.startswith("2 chunk(s) failed and were given up") and "\n" not in message
-    assert f"chunk 1 ({store.chunk_path(1)}), images {ids[1]}: RuntimeError: chunk 1 fails on purpose" in message
-    assert f"chunk 2 ({store.chunk_path(2)}), images {ids[2]}: DataError: cannot read image {ids[2]}.JPEG" in message
-    assert store.chunk_ids() == [0, 3] and store.read_frame("results.parquet") is None  # no partial table
+    assert f"chunk 1, images {ids[1]}: RuntimeError: chunk 1 fails on purpose" in message
+    assert f"chunk 2, images {ids[2]}: DataError: cannot read image {ids[2]}.JPEG" in message
+    assert stored_images(fresh) == {sel.image_key[0], sel.image_key[3]}
+    assert store.read_frame("results.parquet") is None  # no partial table
     monkeypatch.undo()
-    store = run(cfg, progress=False, root=root, threads=1)  # serial: resumes what the Ray run stored
-    assert sorted(store.computed) == [1, 2]
+    store = run(cfg, progress=False, root=fresh, threads=1)  # serial: resumes what the Ray run stored
+    assert store.plan.images_to_compute == 2
     same_as_reference(store, reference)
 
 
 @pytest.mark.timeout(300)
-def test_a_worker_in_another_numeric_environment_is_refused(cluster, reference, root, monkeypatch):
+def test_a_worker_in_another_numeric_environment_is_refused(cluster, reference, fresh, monkeypatch):
     monkeypatch.setattr(distributed, "TEST_HOOKS", {"threads_offset": 1})  # workers would compute with 2 threads
     with pytest.raises(distributed.ClusterError, match=r"refused: it computes under .*threads 2 \(store: 1\)"):
-        run(small("refused"), progress=False, root=root, threads=1, ray="local")
-    assert Store(small("refused"), root).chunk_ids() == []
+        run(small("refused"), progress=False, root=fresh, threads=1, ray="local")
+    assert stored_images(fresh) == set()
 
 
 # ----------------------------------------------------------------------------- no cluster needed

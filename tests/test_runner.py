@@ -107,13 +107,16 @@ def test_a_store_of_another_configuration_is_never_mixed_in(tmp_path):
         Store(tiny(), tmp_path).open()
 
 
-def test_half_written_chunk_folders_are_never_read(tmp_path):
-    s = Store(tiny(), tmp_path).open()
-    tmp = s.chunks_dir / ".tmp-abc"
-    tmp.mkdir()
+def test_half_written_cell_folders_are_never_read(tmp_path):
+    from apem.runner.cells import Cells
+
+    cells = Cells(tmp_path)
+    key_dir = cells.dir / "search" / "0123456789abcdef"
+    tmp = key_dir / ".tmp-abc"
+    tmp.mkdir(parents=True)
     (tmp / "rows.parquet").write_bytes(b"partial")
-    assert not s.chunk_ok(0)
-    Store(tiny(), tmp_path).open()
+    assert cells.batches() == [] and cells.index("search", {"x": 1}) == {}
+    cells.sweep()
     assert not tmp.exists()
 
 
@@ -152,9 +155,10 @@ def test_interrupted_run_resumes_to_the_same_table(reference, tmp_path):
     with pytest.raises(_Interrupt):
         run(cfg, progress=False, root=tmp_path, fail_after_chunks=2)
     store = Store(cfg, tmp_path)
-    assert sorted(p.name for p in store.chunks_dir.iterdir()) == ["00000", "00001"]
     assert store.read_frame("results.parquet") is None
-    run(cfg, progress=False, root=tmp_path)
+    store = run(cfg, progress=False, root=tmp_path)
+    n = len(Results(cfg, store).images)
+    assert store.plan.images_to_compute == n - 2  # chunk_size 1: the two stored chunks' images are reused
     _same(Results(cfg, store).table, ref)
 
 
@@ -162,14 +166,14 @@ def test_the_gradient_method_reuses_the_loss_gradient_bit_for_bit(reference, tmp
     """Sharing the chunk's loss gradient with the gradient method changes no map and no epsilon."""
     import torch
 
-    import apem.run
+    from apem.runner import compute
 
     cfg, ref = reference
-    assert apem.run.SHARE_LOSS_GRADIENT  # the reference table was computed with the shared pass
-    monkeypatch.setattr(apem.run, "SHARE_LOSS_GRADIENT", False)
+    assert compute.SHARE_LOSS_GRADIENT  # the reference table was computed with the shared pass
+    monkeypatch.setattr(compute, "SHARE_LOSS_GRADIENT", False)
     recomputed = Results(cfg, run(cfg, progress=False, root=tmp_path / "recomputed"))
     _same(recomputed.table, ref)
-    monkeypatch.setattr(apem.run, "SHARE_LOSS_GRADIENT", True)
+    monkeypatch.setattr(compute, "SHARE_LOSS_GRADIENT", True)
     shared = Results(cfg, run(cfg, progress=False, root=tmp_path / "shared"))
     for iid in ref.image_id.unique():
         for s in cfg.stages:
@@ -178,19 +182,24 @@ def test_the_gradient_method_reuses_the_loss_gradient_bit_for_bit(reference, tmp
 
 def test_corrupt_chunk_is_detected_and_recomputed(reference, tmp_path):
     cfg, ref = reference
+    from apem.runner.cells import Cells
+
     store = run(cfg, progress=False, root=tmp_path)
     (store.dir / "results.parquet").unlink()
-    f = store.chunk_path(1) / "rows.parquet"
+    f = Cells(tmp_path).dir / [b for b in Cells(tmp_path).batches() if b.startswith("search/")][1] / "rows.parquet"
     blob = bytearray(f.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     f.write_bytes(bytes(blob))
-    with pytest.warns(UserWarning, match="corrupt"):
-        run(cfg, progress=False, root=tmp_path)
+    with pytest.warns(UserWarning, match="rows.parquet does not match its checksum"):
+        store = run(cfg, progress=False, root=tmp_path)
+    assert store.plan.summary()["searches_to_compute"] == len(cfg.stages)
     _same(Results(cfg, store).table, ref)
 
 
 def test_killed_subprocess_resumes_to_the_same_table(reference, tmp_path):
     """kill -9 in the middle of a run, then run again: same table as an uninterrupted run."""
+    from apem.runner.cells import Cells
+
     cfg, ref = reference
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(cfg.to_yaml())
@@ -203,7 +212,7 @@ def test_killed_subprocess_resumes_to_the_same_table(reference, tmp_path):
     store = Store(cfg, tmp_path / "store")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if store.chunks_dir.exists() and any(p.name[0] != "." for p in store.chunks_dir.iterdir()):
+        if Cells(tmp_path / "store").batches():
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -258,7 +267,7 @@ def _preds(n_right: int, n_wrong: int) -> pd.DataFrame:
 
 
 def test_all_selects_every_image_of_its_group_and_the_draw_of_that_count():
-    from apem.run import select_images
+    from apem.runner.selection import select_images
 
     preds = _preds(7, 3)
     sel = select_images(tiny(n_correct="all", n_misclassified="all", filter_images=0), preds)

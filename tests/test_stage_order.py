@@ -77,7 +77,7 @@ def test_stage_order_shift_searches_the_other_orders_beside_the_table(tiny, monk
     # the searched maps are the other order's: search one again by hand
     from apem import metric
     from apem.metric.clean import loss_gradient
-    from apem.run import _method_call
+    from apem.runner.compute import attributions, image_by_image
     from apem.seeds import seed_of
 
     cfg, lm = res.cfg, res.model
@@ -85,9 +85,9 @@ def test_stage_order_shift_searches_the_other_orders_beside_the_table(tiny, monk
     with res.store.pinned():
         x = res.image_tensors(part.image_id).contiguous(memory_format=torch.channels_last)
         target = torch.tensor(part.pred.to_numpy().copy()).long()
-        A = _method_call("gradient", {}, cfg, 0, lm)(lm.model, x, target)
-        m = stage_order.stage3_map(A, x, "sum_then_multiply")
-        grad, logits, _ = loss_gradient(lm.model, x, target)
+        A = attributions(cfg, lm, "gradient", x, target, part.image_id)
+        m = image_by_image(lambda aj, xj: stage_order.stage3_map(aj, xj, "sum_then_multiply"), A, x)
+        grad, logits = image_by_image(lambda xj, tj: loss_gradient(lm.model, xj, tj)[:2], x, target)
         j = 0
         iid = part.image_id.iloc[j]
         r = metric.evaluate_maps(lm.model, x, m[j:j + 1], target, spec=cfg.search().replace(shuffles=0),

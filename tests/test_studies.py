@@ -56,8 +56,10 @@ def test_faithfulness_scores_costs_and_cache(tiny_res, monkeypatch):
     assert np.allclose(ap.score.to_numpy(), [T.loc[(r.image_id, r.method), "apem"] for r in ap.itertuples()],
                        equal_nan=True)
     assert (ap.eps_minus_rerun == ap.eps_minus_table).all() and (ap.eps_plus_rerun == ap.eps_plus_table).all()
-    # the counted forwards: the table's perturbed passes plus the shared clean pass, per map
-    assert np.allclose(ap.forwards_map, ap.groupby("image_id").n_forward_table.transform("mean") + 1 / 2)
+    # the counted forwards: the table's perturbed passes plus the shared clean pass, per map, and the copies
+    # that fill a search's last batch of a pass to the search's batch size (apem.metric.forward.Forward)
+    asked = ap.groupby("image_id").n_forward_table.transform("mean") + 1 / 2
+    assert (ap.forwards_map >= asked - 1e-9).all() and (ap.forwards_map > asked).any()
     cost = studies.cost_table(df)
     assert cost.loc["PixelFlipping", "forwards_map"] >= 6  # 6 steps of 224*224/2 channel values
     assert (cost.fwd_equiv_map > 0).all()

@@ -335,7 +335,7 @@ def build(params: str = "default", chapter_keys=None, overrides: dict | None = N
         env["APEM_THREADS"] = str(threads)
     if results_root is not None:
         env["APEM_RESULTS"] = str(Path(results_root).resolve())
-    # the heavy work, once, in the terminal (on a Ray cluster with `ray`: apem.distributed)
+    # the heavy work, once, in the terminal (on a Ray cluster with `ray`: apem.runner.distributed)
     todo = [find_chapter(k) for k in chapter_keys] if chapter_keys else chapters()
     if any(needs_results(nb) for nb in todo):
         run(cfg, progress=progress, root=results_root, threads=threads, ray=ray)

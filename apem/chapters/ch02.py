@@ -40,16 +40,15 @@ OBJECTIVES = {"loss": "the cross-entropy loss at the model's prediction (the the
 def recomputed_maps(res, ids: list, methods, stage: int, objective: str) -> dict[str, torch.Tensor]:
     """``{method: (N, C, H, W) stage maps}`` of ``ids`` recomputed with ``objective`` ("loss" or "logit").
 
-    Every other parameter is the run's: the method's parameters from the configuration,
-    the seed and batch size the runner gave the image's chunk, the image's position in its
-    chunk as SmoothGrad's noise ``offset`` (so each noisy copy is the stored map's), the
-    model's prediction as the target, and the configuration's stage encoding. With
-    ``objective="loss"`` the maps are the stored ones (up to the last bits of SmoothGrad's
-    sums, which depend on the batch shape). Computed once, in the store's numeric
-    environment, and kept in the configuration's store (``extra/objective_maps-<digest>.npz``).
+    Every other parameter is the run's (:func:`apem.runner.compute.attributions`): the
+    method's parameters from the configuration, its seed and SmoothGrad's noise keyed by the
+    image (so each noisy copy is the stored map's), the model's prediction as the target, and
+    the configuration's stage encoding. With ``objective="loss"`` the maps are the stored
+    ones, bit for bit. Computed once, in the store's numeric environment, and kept in the
+    configuration's store (``extra/objective_maps-<digest>.npz``).
     """
     from apem.maps import from_storage, stage_map, to_storage
-    from apem.run import _method_call
+    from apem.runner.compute import attributions
     from apem.studies.common import study_name
 
     cfg, T, methods = res.cfg, res.table, list(methods)
@@ -64,12 +63,10 @@ def recomputed_maps(res, ids: list, methods, stage: int, objective: str) -> dict
         for iid in ids:
             x = res.image_tensors([iid]).to(lm.device)
             y = torch.tensor([int(where.loc[iid, "pred"])], device=lm.device)
-            chunk, row = int(where.loc[iid, "chunk"]), int(where.loc[iid, "map_row"])
             for m in methods:
-                p = {**cfg.methods[m], "objective": objective}
-                if m == "smoothgrad":
-                    p["offset"] = row  # the noise index the run used: offset + position in its batch
-                A = _method_call(m, p, cfg, chunk, lm)(lm.model, x, y)
+                # the run's own attributions (image by image, the noise keyed by the image), another objective
+                other = cfg.replace(methods={**cfg.methods, m: {**cfg.methods[m], "objective": objective}})
+                A = attributions(other, lm, m, x, y, [iid])
                 out[m].append(stage_map(A, x, stage, quantize=cfg.quantize, encoding=cfg.map_encoding)[0].cpu())
     maps = {m: torch.stack(v) for m, v in out.items()}
     res.store.write_arrays(name, {m: to_storage(v, cfg.quantize) for m, v in maps.items()})

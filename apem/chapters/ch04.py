@@ -190,20 +190,18 @@ def map_changes(res, C: pd.DataFrame, first: int, last: int) -> pd.DataFrame:
     """Per image and method of ``C``: :func:`apem.maps.change` between its stage-``first`` and stage-``last`` maps.
 
     The share of the perturbation's budget the processing moves to other input values (0: the same
-    perturbation, 1: none in common). ``res``: the :class:`apem.run.Results` whose store holds the maps;
-    each chunk of maps is read once. Columns ``image_id, method, change``.
+    perturbation, 1: none in common). ``res``: the :class:`apem.run.Results` whose cells hold the maps
+    (:meth:`apem.run.Results.maps`). Columns ``image_id, method, change``.
     """
-    from apem.maps import change, from_storage
+    from apem.maps import change
 
     rows = C[C.stage.isin([first, last])]
     out = []
-    for chunk, g in rows.groupby("chunk", sort=True):
-        arrays = res.store.read_maps(int(chunk))
-        for (iid, m), pair in g.groupby(["image_id", "method"], sort=False):
-            at = {int(r.stage): from_storage(arrays[r.map_array][int(r.map_row)]) for r in pair.itertuples()}
-            if first in at and last in at:
-                v = float(change(at[first][None], at[last][None])[0])
-                out.append({"image_id": iid, "method": m, "change": v})
+    for (iid, m), pair in rows.groupby(["image_id", "method"], sort=False):
+        at = {int(r.stage): res.map(iid, m, int(r.stage)) for r in pair.itertuples()}
+        if first in at and last in at:
+            v = float(change(at[first][None], at[last][None])[0])
+            out.append({"image_id": iid, "method": m, "change": v})
     return pd.DataFrame(out, columns=["image_id", "method", "change"])
 
 

@@ -229,7 +229,7 @@ def same_order_pairs(x: pd.Series, y: pd.Series) -> tuple[int, int]:
 
     No violation means Kendall's τ = −1 and so Spearman's ρ = −1 exactly: the ranks of ``y`` are those of ``x``
     reversed. On a correctly classified image the label is the prediction, so the loss (the cross-entropy
-    against the label, :func:`apem.selection.classify_pool`) is −log of the top probability, the confidence: a
+    against the label, :func:`apem.runner.selection.classify_pool`) is −log of the top probability, the confidence: a
     strictly decreasing function of it, whose only possible violations are ties of float32 rounding.
     """
     both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()

@@ -119,7 +119,8 @@ def censored_of(df: pd.DataFrame, value: str, by: str = "method", unit: str = "i
     return PerGroup({k: g.groupby(unit, sort=False)["_censored"].any() for k, g in flags.groupby(by, sort=False)})
 
 
-def _series(v, name: str) -> pd.Series:
+def as_series(v, name: str) -> pd.Series:
+    """``v`` as a float Series, one value per image (a Series with a repeated index is refused, naming ``name``)."""
     if isinstance(v, pd.Series):
         if v.index.has_duplicates:
             raise ValueError(f"{name}: one value per image is required (aggregate with apem.claims.per_image)")
@@ -236,5 +237,6 @@ class Claim:
         return ev
 
 
-def _z(q: float) -> float:
+def z_score(q: float) -> float:
+    """The standard normal quantile at ``q`` (``scipy.stats.norm.ppf``)."""
     return float(sps.norm.ppf(q))

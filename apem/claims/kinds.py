@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from apem.claims.base import HELD, MAX_N, NOT_HELD, Claim, Evidence, _series, _z, fmt
+from apem.claims.base import HELD, MAX_N, NOT_HELD, Claim, Evidence, as_series, z_score, fmt
 from apem.correlation import spearman_interval
 
 
-def _med(x: float, digits: int) -> str:
+def median_of(x: float, digits: int) -> str:
     """A median for an estimate: with ``digits=0``, a median halfway between two integers keeps its ``.5``
     (medians of epsilons 1.5 and 0.5 printed as 2 and 0 read as a rounding error)."""
     return fmt(x, 1 if digits == 0 and math.isfinite(x) and x != round(x) else digits)
@@ -53,7 +53,7 @@ def smallest_p(test: str, n: int, n_b: int = 0, threshold: float = 0.5, above: b
 # ----------------------------------------------------------------------------- proportions
 
 
-def _binom_needed(p_hat: float, p0: float, alpha: float, power: float) -> float:
+def binom_needed(p_hat: float, p0: float, alpha: float, power: float) -> float:
     """Smallest n whose one-sided exact test of p <= p0 rejects with probability >= power when p = p_hat."""
     if p_hat <= p0:
         return math.inf
@@ -84,7 +84,7 @@ class Proportion(Claim):
     what: str = "images"
 
     def evaluate(self, alpha, power):
-        v = _series(self.outcomes, self.text).dropna()
+        v = as_series(self.outcomes, self.text).dropna()
         n, k = int(v.size), int(v.astype(bool).sum())
         if n == 0:
             return Evidence(0, "–")
@@ -96,11 +96,11 @@ class Proportion(Claim):
         direction = int(np.sign(share - self.threshold)) * (1 if self.above else -1)
         # images needed, in the direction the data point: as a test of the claimed side's count
         if self.above:
-            needed = _binom_needed(share, self.threshold, alpha, power) if direction > 0 else \
-                _binom_needed(1 - share, 1 - self.threshold, alpha, power)
+            needed = binom_needed(share, self.threshold, alpha, power) if direction > 0 else \
+                binom_needed(1 - share, 1 - self.threshold, alpha, power)
         else:
-            needed = _binom_needed(1 - share, 1 - self.threshold, alpha, power) if direction > 0 else \
-                _binom_needed(share, self.threshold, alpha, power)
+            needed = binom_needed(1 - share, 1 - self.threshold, alpha, power) if direction > 0 else \
+                binom_needed(share, self.threshold, alpha, power)
         est = f"{k}/{n} {self.what} = {fmt(share, 1, pct=True)} [{fmt(ci.low, 1, pct=True)}, {fmt(ci.high, 1, pct=True)}]"
         return Evidence(n, est, p_for, p_against, needed, direction=direction,
                         p_min=smallest_p("binomial", n, threshold=self.threshold, above=self.above),
@@ -132,7 +132,7 @@ def _noether_signed_rank(d: np.ndarray, alpha: float, power: float) -> float:
     p = _walsh_p(nz)
     if p == 0.5:
         return math.inf
-    n = (_z(1 - alpha) + _z(power)) ** 2 / (3 * (p - 0.5) ** 2)
+    n = (z_score(1 - alpha) + z_score(power)) ** 2 / (3 * (p - 0.5) ** 2)
     return float(math.ceil(n / (nz.size / d.size)))
 
 
@@ -154,7 +154,7 @@ class Paired(Claim):
     digits: int = 1
 
     def _d(self):
-        a, b = _series(self.a, self.text), _series(self.b, self.text)
+        a, b = as_series(self.a, self.text), as_series(self.b, self.text)
         both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
         return (both.a - both.b).to_numpy(float), both
 
@@ -169,8 +169,8 @@ class Paired(Claim):
         if not self.greater:
             wins, losses = losses, wins
         na, nb = self.names
-        est = (f"median {na} {_med(float(both.a.median()), self.digits)} vs {nb} "
-               f"{_med(float(both.b.median()), self.digits)}; "
+        est = (f"median {na} {median_of(float(both.a.median()), self.digits)} vs {nb} "
+               f"{median_of(float(both.b.median()), self.digits)}; "
                f"claimed side on {wins}, tie on {ties}, other side on {losses} of {n} images")
         p_min = smallest_p(self.test, n)
         if wins + losses == 0:
@@ -179,7 +179,7 @@ class Paired(Claim):
             p_for = sps.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue
             p_against = sps.binomtest(wins, wins + losses, 0.5, alternative="less").pvalue
             share = max(wins, losses) / (wins + losses)
-            needed = _binom_needed(share, 0.5, alpha, power)
+            needed = binom_needed(share, 0.5, alpha, power)
             needed = math.inf if wins == losses else float(math.ceil(needed / ((wins + losses) / n)))
         else:
             alt_for = "greater" if self.greater else "less"
@@ -217,7 +217,7 @@ class Location(Claim):
     digits: int = 2
 
     def evaluate(self, alpha, power):
-        v = _series(self.values, self.text).dropna().to_numpy(float)
+        v = as_series(self.values, self.text).dropna().to_numpy(float)
         n = int(v.size)
         if n == 0:
             return Evidence(0, "–")
@@ -266,8 +266,8 @@ class TwoGroups(Claim):
     digits: int = 1
 
     def evaluate(self, alpha, power):
-        a = _series(self.a, self.text).dropna().to_numpy(float)
-        b = _series(self.b, self.text).dropna().to_numpy(float)
+        a = as_series(self.a, self.text).dropna().to_numpy(float)
+        b = as_series(self.b, self.text).dropna().to_numpy(float)
         n = int(a.size + b.size)
         if a.size == 0 or b.size == 0:
             return Evidence(0, "–")
@@ -277,13 +277,13 @@ class TwoGroups(Claim):
         p_against = float(sps.mannwhitneyu(a, b, alternative=alt_against).pvalue)
         ps = float(sps.mannwhitneyu(a, b).statistic) / (a.size * b.size)  # P(a > b) + P(a = b)/2
         na, nb = self.names
-        est = (f"median {na} {_med(float(np.median(a)), self.digits)} ({a.size} images) vs {nb} "
-               f"{_med(float(np.median(b)), self.digits)} ({b.size} images); P({na} > {nb}) = {fmt(ps, 2)}")
+        est = (f"median {na} {median_of(float(np.median(a)), self.digits)} ({a.size} images) vs {nb} "
+               f"{median_of(float(np.median(b)), self.digits)} ({b.size} images); P({na} > {nb}) = {fmt(ps, 2)}")
         if ps == 0.5:
             needed = math.inf
         else:  # Noether (1987): N = (z_a + z_b)^2 / (12 c (1 - c) (p - 1/2)^2)
             c = a.size / n
-            needed = float(math.ceil((_z(1 - alpha) + _z(power)) ** 2 / (12 * c * (1 - c) * (ps - 0.5) ** 2)))
+            needed = float(math.ceil((z_score(1 - alpha) + z_score(power)) ** 2 / (12 * c * (1 - c) * (ps - 0.5) ** 2)))
         direction = int(np.sign(ps - 0.5)) * (1 if self.greater else -1)
         return Evidence(n, est, p_for, p_against, needed, direction=direction,
                         p_min=smallest_p("mann-whitney", int(a.size), int(b.size)),
@@ -338,7 +338,7 @@ class Correlation(Claim):
     names: tuple = ("x", "y")
 
     def evaluate(self, alpha, power):
-        x, y = _series(self.x, self.text), _series(self.y, self.text)
+        x, y = as_series(self.x, self.text), as_series(self.y, self.text)
         both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
         n = int(len(both))
         if n < 3:
@@ -354,7 +354,7 @@ class Correlation(Claim):
         ci = f" [{fmt(lo, 2, sign=True)}, {fmt(hi, 2, sign=True)}]" if n > 3 else ""
         r = min(max(rho, -0.9999), 0.9999)
         needed = math.inf if rho == 0 else float(math.ceil(
-            (1 + r * r / 2) * ((_z(1 - alpha) + _z(power)) / math.atanh(abs(r))) ** 2 + 3))
+            (1 + r * r / 2) * ((z_score(1 - alpha) + z_score(power)) / math.atanh(abs(r))) ** 2 + 3))
         direction = int(np.sign(rho)) * (-1 if self.negative else 1)
         est = f"ρ({self.names[0]}, {self.names[1]}) = {fmt(rho, 2, sign=True)}{ci}"
         return Evidence(n, est, p_for, p_against, needed, direction=direction, p_min=smallest_p("spearman", n),

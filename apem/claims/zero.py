@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from apem.claims.base import Claim, Evidence, _series, _z, fmt
-from apem.claims.kinds import AllOf, Correlation, _binom_needed, _med, smallest_p, spearman_p
+from apem.claims.base import Claim, Evidence, as_series, z_score, fmt
+from apem.claims.kinds import AllOf, Correlation, binom_needed, median_of, smallest_p, spearman_p
 
 
 # ----------------------------------------------------------------------------- zero, and untested
@@ -42,7 +42,7 @@ class Vanishes(Correlation):
             return Evidence(ev.n, "–", applicable=False, reason=f"{ev.n} image(s): Spearman's ρ needs at least 3")
         if not ev.applicable:
             return ev
-        x, y = _series(self.x, self.text), _series(self.y, self.text)
+        x, y = as_series(self.x, self.text), as_series(self.y, self.text)
         both = pd.concat([x.rename("x"), y.rename("y")], axis=1).dropna()
         rho = float(sps.spearmanr(both.x, both.y).statistic)
         p = spearman_p(both.x, both.y)
@@ -72,12 +72,12 @@ class ZeroMedian(Claim):
     digits: int = 1
 
     def evaluate(self, alpha, power):
-        v = _series(self.values, self.text).dropna().to_numpy(float)
+        v = as_series(self.values, self.text).dropna().to_numpy(float)
         n = int(v.size)
         if n == 0:
             return Evidence(0, "–")
         pos, zero, neg = int((v > 0).sum()), int((v == 0).sum()), int((v < 0).sum())
-        est = (f"median {self.what} {_med(float(np.median(v)), self.digits)}; above 0 on {pos}, exactly 0 on {zero}, "
+        est = (f"median {self.what} {median_of(float(np.median(v)), self.digits)}; above 0 on {pos}, exactly 0 on {zero}, "
                f"below 0 on {neg} of {n} images")
         p_min = min(1.0, 2 * 0.5 ** n)  # the two-sided sign test's, all images on one side
         if pos + neg == 0:
@@ -85,7 +85,7 @@ class ZeroMedian(Claim):
         p = float(sps.binomtest(pos, pos + neg, 0.5).pvalue)
         share = max(pos, neg) / (pos + neg)
         needed = math.inf if pos == neg else float(math.ceil(
-            _binom_needed(share, 0.5, alpha / 2, power) / ((pos + neg) / n)))
+            binom_needed(share, 0.5, alpha / 2, power) / ((pos + neg) / n)))
         return Evidence(n, est, p_for=np.nan, p_against=p, needed=needed, direction=-1 if pos != neg else 0,
                         p_min_against=p_min)
 
@@ -109,7 +109,7 @@ def ks_needed(d: float, n: int, m: int, alpha: float, power: float) -> float:
     standard deviation of an empirical distribution function's value); an approximation. ``inf`` when ``d = 0``."""
     if d <= 0 or n <= 0 or m <= 0:
         return math.inf
-    k = ((float(sps.kstwobign.ppf(1 - alpha)) + 0.5 * _z(power)) / d) ** 2
+    k = ((float(sps.kstwobign.ppf(1 - alpha)) + 0.5 * z_score(power)) / d) ** 2
     return float(math.ceil(k * (n + m) ** 2 / (n * m)))
 
 
@@ -136,8 +136,8 @@ class SameShape(Claim):
     digits: int = 2
 
     def evaluate(self, alpha, power):
-        a = _series(self.a, self.text).dropna().to_numpy(float)
-        b = _series(self.b, self.text).dropna().to_numpy(float)
+        a = as_series(self.a, self.text).dropna().to_numpy(float)
+        b = as_series(self.b, self.text).dropna().to_numpy(float)
         n = int(a.size + b.size)
         if a.size == 0 or b.size == 0:
             return Evidence(0, "–")

@@ -6,7 +6,7 @@ import torch
 
 from apem.seeds import seed_of
 from apem.explain.base import (
-    Method, choice, nonneg_float, objective_gradient, nonneg_int, optional_int, positive_int, register, resolve_target,
+    Method, choice, nonneg_float, objective_gradient, nonneg_int, optional_int, optional_keys, positive_int, register, resolve_target,
 )
 
 
@@ -50,15 +50,16 @@ def smoothgrad_noise(x_i: torch.Tensor, n: int, seed: int, index: int) -> torch.
     return torch.randn((n, *x_i.shape), generator=g, device=x_i.device, dtype=x_i.dtype)
 
 
-def _noisy_batches(x, n, sigma, seed, offset, batch_size):
+def _noisy_batches(x, n, sigma, seed, keys, batch_size):
     """Yield ``(image index (B,), noisy copies (B, C, H, W))``: the N*n copies in chunks of ``batch_size``.
 
     Copy ``k`` of image ``i`` is ``x_i + sigma * e_k``, not clipped to [0, 1]
-    (the thesis adds the noise only); a chunk may hold the copies of several images.
+    (the thesis adds the noise only), its noise drawn by :func:`smoothgrad_noise`
+    with ``keys[i]``; a chunk may hold the copies of several images.
     """
     buf_x, buf_i, size = [], [], 0
     for i in range(len(x)):
-        noisy = x[i].unsqueeze(0) + sigma * smoothgrad_noise(x[i], n, seed, offset + i)
+        noisy = x[i].unsqueeze(0) + sigma * smoothgrad_noise(x[i], n, seed, keys[i])
         idx = torch.full((n,), i, dtype=torch.long, device=x.device)
         start = 0
         while start < n:
@@ -91,14 +92,14 @@ class SmoothGrad(Method):
     ``noise_target="sample"`` (thesis): ``t_k`` is the noisy copy's own
     prediction; ``"fixed"``: ``t_k`` is the image's target.
     The N*n copies run in chunks of ``batch_size``. The noise of image ``i``
-    is :func:`smoothgrad_noise` ``(x_i, n, seed, offset + i)``, so it depends
-    on (seed, offset + position in the batch), not on the batch's other images;
-    pass ``offset`` = the batch's start in a larger set to make each image's
-    noise independent of how the set is batched. ``seed=None`` draws a seed
-    from torch's global generator. Results are reproducible bit for bit for
-    the same inputs, parameters and device; a different ``batch_size`` can
-    change the last bits (the model sees different batch shapes and the
-    per-image sums are taken per chunk).
+    is :func:`smoothgrad_noise` ``(x_i, n, seed, key_i)``, where ``key_i`` is
+    ``noise_keys[i]`` when given (the runner passes one per image, derived from
+    the image's name: :func:`apem.runner.compute.method_for`) and ``offset + i``
+    otherwise, so it never depends on the batch's other images. ``seed=None``
+    draws a seed from torch's global generator. An image's n gradients are summed
+    in one fixed-order reduction once all of them are computed, wherever the
+    chunk boundaries fell, so its map is the same in any batch or position
+    (on the CPU, bit for bit: ``tests/test_cells.py``).
     """
 
     name = "smoothgrad"
@@ -109,6 +110,7 @@ class SmoothGrad(Method):
         "batch_size": (32, positive_int),
         "seed": (0, optional_int),
         "offset": (0, nonneg_int),
+        "noise_keys": (None, optional_keys),
     }
 
     def _attribute(self, model, x, target, default_layer):
@@ -116,13 +118,21 @@ class SmoothGrad(Method):
         seed = p["seed"] if p["seed"] is not None else int(torch.randint(0, 2**62, ()).item())
         if p["noise_target"] == "fixed":
             target = resolve_target(model, x, target)
+        keys = p["noise_keys"]
+        if keys is None:
+            keys = [p["offset"] + i for i in range(len(x))]
+        elif len(keys) != len(x):
+            raise ValueError(f"smoothgrad: noise_keys has {len(keys)} keys for {len(x)} images")
         out = torch.zeros_like(x)
-        for idx, noisy in _noisy_batches(x, p["n"], p["sigma"], seed, p["offset"], p["batch_size"]):
+        pending: dict[int, list] = {}  # image -> its gradients so far (copies arrive in image order)
+        for idx, noisy in _noisy_batches(x, p["n"], p["sigma"], seed, keys, p["batch_size"]):
             t = target[idx] if p["noise_target"] == "fixed" else None
             grad = objective_gradient(model, noisy, t, p["objective"])
-            # per-image sums over the chunk's consecutive rows (a handful of segments);
-            # a fixed-order sum where index_add_ would use atomics on CUDA
             images, counts = torch.unique_consecutive(idx, return_counts=True)
             for i, seg in zip(images.tolist(), grad.split(counts.tolist())):
-                out[i] += seg.sum(0)
+                pending.setdefault(i, []).append(seg)
+                if sum(len(g) for g in pending[i]) == p["n"]:
+                    # one reduction over the n copies in order: the same sum whatever the batches were
+                    # (a fixed-order sum where index_add_ would use atomics on CUDA)
+                    out[i] = torch.cat(pending.pop(i)).sum(0)
         return out / p["n"]

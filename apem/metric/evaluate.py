@@ -29,7 +29,8 @@ def check_maps(maps):
 
 @no_tf32()
 def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None, image_index=None, grad=None,
-                  seeds=None, progress=False, margin_info=None, hints=None, max_directions=256, **settings) -> dict:
+                  seeds=None, progress=False, margin_info=None, hints=None, max_directions=256, plain=True,
+                  **settings) -> dict:
     r"""Epsilons of relevance maps: :math:`\epsilon^-` from ``maps``, :math:`\epsilon^+` from ``1 - maps``.
 
     ``x`` (B, 3, H, W) images in the model's input space; ``maps`` (M, 1 or 3,
@@ -42,7 +43,10 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
     adds the shuffled baseline (thesis 5.2) with per-map ``seeds`` (M,) (default
     ``arange(M)``). ``hints``: optional ``(eps_minus, eps_plus)`` expected
     values (``bisect`` starts there). ``max_directions`` bounds how many
-    (M, 3, H, W) direction tensors are held at once.
+    (M, 3, H, W) direction tensors are held at once. ``plain=False`` runs only the
+    shuffled baseline (the runner stores it apart from the epsilons: a new shuffle
+    count searches no map again); the result then has only its keys and
+    ``n_image_passes``.
 
     Returns (all on the CPU): ``eps_minus, eps_plus, censored_minus,
     censored_plus, undefined_minus, undefined_plus, reason_minus, reason_plus,
@@ -64,19 +68,22 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
     check_maps(maps)
     grad, info, n_clean, n_back = prepare_images(model, x, ii, target, grad=grad, margin_info=margin_info, mode=mode,
                                                  slope=slope, batch_size=batch_size)
+    if not plain and not shuffles:
+        raise ValueError("plain=False asks for the shuffled baseline only: give shuffles > 0")
     out = {k: [] for k in ("eps", "censored", "undefined", "reason", "n_forward")}
-    bar = _progress_bar(progress, 2 * M * (2 if shuffles else 1), f"apem {mode}")
+    bar = _progress_bar(progress, 2 * M * ((1 if plain else 0) + (1 if shuffles else 0)), f"apem {mode}")
     chunk = max(1, int(max_directions) // 2)
-    for s in range(0, M, chunk):
+    for s in range(0, M if plain else 0, chunk):
         sl = slice(s, min(s + chunk, M))
         with step("search: maps", sl.stop - sl.start):
             res = _plain_chunk(model, x, maps[sl], ii[sl], grad, info, mode, bound, clip, batch_size, block,
                                None if hints is None else (hints[0][sl], hints[1][sl]), bar)
         for k in out:
             out[k].append(getattr(res, k))
-    res = {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
-    result = _split_pm(res)
-    result["n_forward"] = result["n_forward_minus"] + result["n_forward_plus"]
+    result = {}
+    if plain:
+        result = _split_pm({k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()})
+        result["n_forward"] = result["n_forward_minus"] + result["n_forward_plus"]
     result["n_image_passes"] = torch.tensor(n_clean)
     result["n_image_backward"] = torch.tensor(n_back)
     if shuffles:

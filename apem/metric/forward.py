@@ -125,7 +125,9 @@ def resolve_method_batch(batch_size, device, *, model=None, shape=None) -> int:
     return resolve_batch_size(batch_size, device)
 
 
-def _wants_channels_last(model) -> bool:
+def wants_channels_last(model) -> bool:
+    """True when ``model``'s convolution weights are channels-last (as :mod:`apem.models` sets them on the CPU):
+    its inputs are then converted to channels-last too."""
     for p in model.parameters():
         if p.dim() == 4:
             return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
@@ -139,13 +141,21 @@ class Forward:
     (member, step) pairs, in request order; ``__call__`` returns the predicted
     class and the target margin of each pair. ``record`` (a list) receives
     ``(member, step, pred, margin)`` for every forwarded image (for :func:`trace`).
+
+    Every model call has exactly ``batch_size`` images: a last, partial batch is padded
+    with copies of its first image (their outputs dropped; ``images`` counts only the
+    requested ones). A model's output for an image changes in its last bits with the batch
+    *size* (the CPU kernels block differently), never with the other images of a batch of
+    the same size, so a pair's prediction and margin depend on the pair alone, not on which
+    other maps share the search: what lets the results store reuse an epsilon computed in
+    another chunk or configuration (:mod:`apem.runner.keys`).
     """
 
     def __init__(self, model, x, target, img_of, direction, *, clip=False, batch_size=None, record=None):
         self.model, self.x, self.target, self.img_of = model, x, target, img_of
         self.batch_size = resolve_batch_size(batch_size, x.device, model=model, shape=tuple(x.shape[1:]))
         self.direction, self.clip, self.record = direction, clip, record
-        self.channels_last = _wants_channels_last(model) and x.dim() == 4
+        self.channels_last = wants_channels_last(model) and x.dim() == 4
         if self.channels_last:  # once here, so that perturbed batches come out channels_last without a copy
             self.x = x.contiguous(memory_format=torch.channels_last)
         self.images = 0
@@ -160,9 +170,12 @@ class Forward:
             p = torch.addcmul(self.x[img], eb.to(d.dtype).view(-1, *([1] * (d.dim() - 1))), d)
             if self.clip:
                 p.clamp_(0, 1)
+            k = len(p)
+            if k < self.batch_size:  # the same batch size for every call (see the class's docstring)
+                p = torch.cat([p, p[:1].expand(self.batch_size - k, *p.shape[1:])])
             if self.channels_last:
                 p = p.contiguous(memory_format=torch.channels_last)
-            z = self.model(p)
+            z = self.model(p)[:k]
             t = self.target[img]
             preds.append(z.argmax(1))
             margins.append(margin(z, t).to(torch.float64))

@@ -1,15 +1,15 @@
-"""The runner's chunk loop: which chunks are missing, who computes them, how they are stored.
+"""The runner's chunk loop: who computes the missing cells, and how they are stored.
 
-One path for the serial runner and the distributed one (:mod:`apem.distributed`):
-:func:`missing` lists the chunks the store lacks (a stored chunk is never recomputed,
-whoever computed it), a *source* computes them and yields :class:`Done` in any order
-(:func:`serial` here, in chunk order; the Ray dispatcher as workers finish), and
-:func:`store_all` writes each one as it arrives, advances the progress bar and
-prints each worker's throughput at the end. Only this process writes the store.
+One path for the serial runner and the distributed one (:mod:`apem.runner.distributed`):
+:func:`apem.runner.plan.plan` lists the chunks of images whose cells are missing, a
+*source* computes them and yields :class:`Done` in any order (:func:`serial` here, in
+chunk order; the Ray dispatcher as workers finish), and :func:`store_all` writes each
+one's cells as it arrives, advances the progress bar and prints each worker's
+throughput at the end. Only this process writes the store.
 
-A chunk's numbers depend on its images, its index (the seeds) and the numeric
-environment, never on which process computed it or when: that is what makes a
-distributed run equal to the serial one, bit for bit.
+A cell's numbers depend on its image, its key and the numeric environment, never on
+its chunk, which process computed it or when: that is what makes a distributed run
+equal to the serial one, and a reused cell equal to a fresh one, bit for bit.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ class ChunkFailure(RuntimeError):
 
 @dataclass
 class Chunk:
-    """One chunk of the selected images: its index and its rows of ``images.parquet``."""
+    """One chunk of the images to compute: its index, its rows of ``images.parquet``, its work."""
 
     index: int
     part: pd.DataFrame  # index reset
+    work: object = None  # apem.runner.compute.Work: the cells this chunk computes
 
     @property
     def size(self) -> int:
@@ -42,33 +43,17 @@ class Chunk:
     def name(self, store=None) -> str:
         ids = list(self.part.image_id)
         shown = ", ".join(ids[:6]) + (f", ... ({len(ids)} images)" if len(ids) > 6 else "")
-        where = f" ({store.chunk_path(self.index)})" if store is not None else ""
-        return f"chunk {self.index}{where}, images {shown}"
+        return f"chunk {self.index}, images {shown}"
 
 
 @dataclass
 class Done:
-    """A computed chunk as a source yields it."""
+    """A computed chunk as a source yields it: its new cells (:class:`apem.runner.compute.CellBatch` list)."""
 
     chunk: Chunk
-    rows: pd.DataFrame
-    arrays: dict
+    batches: list
     worker: str = "this process"
     seconds: float = 0.0  # the worker's time on the chunk (decoding excluded when another process decoded)
-
-
-def starts(chunk_size: int, n_images: int) -> list[int]:
-    return list(range(0, n_images, chunk_size))
-
-
-def all_chunks(cfg, sel: pd.DataFrame) -> list[Chunk]:
-    return [Chunk(c, sel.iloc[s : s + cfg.chunk_size].reset_index(drop=True))
-            for c, s in enumerate(starts(cfg.chunk_size, len(sel)))]
-
-
-def missing(cfg, store, sel: pd.DataFrame) -> list[Chunk]:
-    """The chunks the store lacks or holds damaged (a damaged one is reported and removed)."""
-    return [ch for ch in all_chunks(cfg, sel) if not store.chunk_ok(ch.index)]
 
 
 def decode(images, transform, chunk: Chunk):
@@ -90,13 +75,13 @@ def decode(images, transform, chunk: Chunk):
 
 def serial(cfg, lm, images, todo: Iterable[Chunk]) -> Iterator[Done]:
     """Compute the chunks here, one after the other, in chunk order (an error stops the run)."""
-    from apem.run import compute_chunk
+    from apem.runner.compute import compute_chunk
 
     for ch in todo:
         x = decode(images, lm.transform, ch)
         t0 = time.perf_counter()
-        rows, arrays = compute_chunk(cfg, lm, x, ch.part, ch.index)
-        yield Done(ch, rows, arrays, seconds=time.perf_counter() - t0)
+        batches = compute_chunk(cfg, lm, x, ch.part, ch.work)
+        yield Done(ch, batches, seconds=time.perf_counter() - t0)
 
 
 @dataclass
@@ -119,9 +104,9 @@ class Throughput:
         return out
 
 
-def store_all(store, env, n_selected: int, todo: list[Chunk], source: Iterator[Done], *, desc: str,
+def store_all(store, write, n_selected: int, todo: list[Chunk], source: Iterator[Done], *, desc: str,
               progress: bool = True, fail_after_chunks: int | None = None, interrupt=RuntimeError) -> Throughput:
-    """Write each chunk ``source`` yields as it arrives; a progress bar of chunks, images/s and ETA.
+    """Write (``write(done)``) each chunk ``source`` yields as it arrives; a progress bar of chunks, images/s and ETA.
 
     ``store.computed`` gets each written chunk's index, ``store.chunk_workers`` who computed it,
     ``store.chunk_arrivals`` (seconds since the call, images) per chunk, ``store.throughput`` the figures.
@@ -141,7 +126,7 @@ def store_all(store, env, n_selected: int, todo: list[Chunk], source: Iterator[D
         bar.set_postfix_str(f"chunks 0/{len(todo)}")
         try:
             for d in source:
-                store.write_chunk(d.chunk.index, d.rows, d.arrays, env)
+                write(d)
                 store.computed.append(d.chunk.index)
                 store.chunk_workers[d.chunk.index] = d.worker
                 store.chunk_arrivals.append((time.perf_counter() - t0, d.chunk.size))

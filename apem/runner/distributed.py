@@ -10,12 +10,12 @@ scheduler places the workers, restarts a killed one and moves the data.
   Ray client (needs ``ray[client]``). A process already connected to Ray uses its
   connection as it is.
 * Workers are actors (:class:`Worker`): each loads the model once and computes chunks
-  (:func:`apem.run.compute_chunk`, the serial runner's own function). One GPU per worker
+  (:func:`apem.runner.compute.compute_chunk`, the serial runner's own function). One GPU per worker
   when the store's numbers are CUDA numbers, else ``threads`` CPUs per worker.
 * This process classifies the pool, selects the images, decodes each chunk's images and
   ships the tensors: workers need neither the data folder nor the store, only apem, torch
   and the model's weights. It alone writes the store, each chunk as it arrives
-  (:func:`apem.chunks.store_all`), so no shared filesystem is needed, ``kill -9`` of this
+  (:func:`apem.runner.chunks.store_all`), so no shared filesystem is needed, ``kill -9`` of this
   process loses at most the chunks in flight, and stored chunks are never recomputed: a
   Ray run resumes a serial one and the other way round.
 * Bit for bit: a worker pins the store's numeric environment (thread count, TF32 off)
@@ -24,7 +24,7 @@ scheduler places the workers, restarts a killed one and moves the data.
 * Faults: a worker that dies (killed, out of memory, node lost) is restarted by Ray
   (``max_restarts``) and its chunks go back to the queue, to whichever worker is free
   first. A chunk that fails :data:`MAX_ATTEMPTS` times is reported by index and image
-  ids; the other chunks finish, then :class:`apem.chunks.ChunkFailure` names the failed
+  ids; the other chunks finish, then :class:`apem.runner.chunks.ChunkFailure` names the failed
   ones (no table is written from an incomplete run).
 
 Ray is imported only here and only when asked for: apem imports and runs without it.
@@ -43,7 +43,7 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
-from apem.chunks import Chunk, ChunkFailure, Done, decode
+from apem.runner.chunks import Chunk, ChunkFailure, Done, decode
 
 LOCAL = "local"
 MAX_ATTEMPTS = 3  # a chunk failing this many times (error or dead worker) is given up and reported
@@ -154,14 +154,14 @@ class Worker:
             env = NumericEnv.current(self.lm.device if self.lm is not None else self.device).record()
         return dict(pid=os.getpid(), host=socket.gethostname(), env=env, code=code_digest(), error=self.error)
 
-    def compute(self, index: int, part, x):
-        """One chunk: ``(rows, arrays, seconds)`` exactly as the serial runner computes it."""
-        from apem.run import compute_chunk
+    def compute(self, chunk, x):
+        """One chunk: ``(cell batches, seconds)`` exactly as the serial runner computes it."""
+        from apem.runner.compute import compute_chunk
 
-        self._test_hooks(index)
+        self._test_hooks(chunk.index)
         t0 = time.perf_counter()
-        rows, arrays = compute_chunk(self.cfg, self.lm, x, part, index)
-        return rows, arrays, time.perf_counter() - t0
+        batches = compute_chunk(self.cfg, self.lm, x, chunk.part, chunk.work)
+        return batches, time.perf_counter() - t0
 
     def _test_hooks(self, index: int) -> None:
         if index in self.hooks.get("fail_chunks", ()):
@@ -218,7 +218,7 @@ def _cause(err) -> str:
 
 def compute(cfg, store, images, transform, todo: list[Chunk], env, workers: int | None = None,
             progress: bool = True):
-    """Start the workers; a generator of :class:`apem.chunks.Done` for ``todo``, as the workers finish them.
+    """Start the workers; a generator of :class:`apem.runner.chunks.Done` for ``todo``, as the workers finish them.
 
     Must run inside :func:`connected`. ``workers``: at most this many (default: as many as the
     cluster's GPUs, or its CPUs / ``env.threads``). Closing the generator stops the workers.
@@ -279,7 +279,7 @@ def _dispatch(ray, actors, store, images, transform, todo: list[Chunk], env):
                         attempts[ch.index] += 1
                         fail(ch, _cause(e))
                         continue
-                    inflight[a.compute.remote(ch.index, ch.part, x)] = (a, ch)
+                    inflight[a.compute.remote(ch, x)] = (a, ch)
                     load[a] += 1
             if not inflight and not hellos:
                 if queue:
@@ -310,7 +310,7 @@ def _dispatch(ray, actors, store, images, transform, todo: list[Chunk], env):
             a, ch = inflight.pop(ref)
             load[a] -= 1
             try:
-                rows, arrays, seconds = ray.get(ref)
+                batches, seconds = ray.get(ref)
             except lost as e:
                 names.pop(a, None)
                 name = labels.get(a, "a worker")
@@ -323,7 +323,7 @@ def _dispatch(ray, actors, store, images, transform, todo: list[Chunk], env):
             except RayTaskError as e:
                 retry_or_fail(ch, f"{_cause(e)} (on {labels.get(a, 'a worker')})")
                 continue
-            yield Done(ch, rows, arrays, worker=labels.get(a, "a worker"), seconds=seconds)
+            yield Done(ch, batches, worker=labels.get(a, "a worker"), seconds=seconds)
         if failed:
             listed = " | ".join(failed[c] for c in sorted(failed))
             raise ChunkFailure(f"{len(failed)} chunk(s) failed and were given up (a worker's error after {MAX_ATTEMPTS} "

@@ -1,7 +1,7 @@
 """The image pool's classification (cached) and the seeded draw of a configuration's images.
 
 Steps 1 and 2 of the runner (:mod:`apem.run`), always on the driver: a distributed run
-(:mod:`apem.distributed`) selects its images here too, before any worker starts.
+(:mod:`apem.runner.distributed`) selects its images here too, before any worker starts.
 """
 
 from __future__ import annotations
@@ -17,6 +17,18 @@ import torch.nn.functional as F
 
 from apem.config import Config
 from apem.profile import step
+
+
+def load_inputs(cfg: Config):
+    """The configuration's model (:class:`apem.models.LoadedModel`) and its image pool (:class:`apem.data.ImageSet`)."""
+    from apem.data import load_image_set
+    from apem.models import load_model
+
+    lm = load_model(cfg.model, cfg.preset, None if cfg.weights == "none" else cfg.weights, cfg.device)
+    images = load_image_set(cfg.data, cfg.ground_truth)
+    if cfg.pool:
+        images = images.subset(range(min(cfg.pool, len(images))))
+    return lm, images
 
 
 @torch.no_grad()
@@ -73,11 +85,13 @@ def _timed_batches(batches):
         yield b
 
 
-def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
+def select_images(cfg: Config, preds: pd.DataFrame, images=None) -> pd.DataFrame:
     """``n_correct`` correct and ``n_misclassified`` misclassified images, drawn at random (seeded).
 
-    A group's count ``all`` takes every image of the group: the same images as asking for the
-    group's size (the draw is a prefix of one seeded permutation per group, in pool order).
+    Each group is a prefix of one seeded permutation of its pool images, in the permutation's
+    order: a larger count keeps a smaller count's images, first and in the same order (so a
+    chapter's "first k images" do not change when n grows), and ``all`` takes every image of
+    the group. ``image_key`` (:func:`apem.runner.keys.image_key`) names each image's cells.
     """
     from apem.data import class_name
 
@@ -88,7 +102,7 @@ def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
         want = cfg.wanted(group, len(pool))
         if want > len(pool):
             raise ValueError(f"asked for {want} {group} images but the pool has only {len(pool)}")
-        pick = pool.iloc[np.sort(rng.permutation(len(pool))[:want])].copy()
+        pick = pool.iloc[rng.permutation(len(pool))[:want]].copy()  # seeded order: a larger n keeps these first
         pick["group"] = group
         parts.append(pick)
     sel = pd.concat(parts, ignore_index=True)
@@ -100,5 +114,11 @@ def select_images(cfg: Config, preds: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"filter_images ({cfg.filter_images}) exceeds the {n_right} correctly classified images "
                          "selected: the filter runs on the first correctly classified images")
     sel["label_name"] = [class_name(i) for i in sel.label]
+    if images is not None:
+        from apem.data import file_digests
+        from apem.runner.keys import image_key
+
+        paths = [images.paths[int(i)] for i in sel.set_position]
+        sel["image_key"] = [image_key(iid, d) for iid, d in zip(sel.image_id, file_digests(paths))]
     sel["pred_name"] = [class_name(i) for i in sel.pred]
     return sel

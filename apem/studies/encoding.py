@@ -9,7 +9,7 @@ every level by up to one step.
 
 :func:`encoding_shift` recomputes the configuration's maps of its correctly
 classified images under both encodings -- the same attributions, the same
-chunks, seeds, targets, gradients and search as :func:`apem.run.compute_chunk`
+seeds, targets, gradients and search as :func:`apem.runner.compute.compute_chunk`
 -- and searches both, so the configuration's own encoding reproduces the
 results table exactly and the difference is the encoding's alone.
 :func:`encoding_summary` condenses it per method and stage.
@@ -23,7 +23,7 @@ import torch
 
 from apem.maps import ENCODINGS
 from apem.numerics import no_tf32
-from apem.studies.common import cached_study, correct_ids
+from apem.studies.common import cached_rows, correct_ids
 
 #: The columns :func:`encoding_shift` gives per encoding (suffixed ``_round`` / ``_save_image``).
 PER_ENCODING = ("eps_minus", "eps_plus", "apem", "censored_minus", "censored_plus", "undefined", "top_level")
@@ -42,8 +42,9 @@ def encoding_shift(res, n_images: int | None = None) -> pd.DataFrame:
     255 for an exact min-max); then ``d_eps_minus, d_eps_plus, d_apem``
     (save_image minus round; NaN where either encoding's map is undefined). The columns of the configuration's own
     ``map_encoding`` equal the results table's. No shuffled baseline is
-    searched (it does not change eps-minus or eps-plus). Cached in the store
-    (``extra/encoding-n<n>-<digest>.parquet``).
+    searched (it does not change eps-minus or eps-plus). Each image's rows are kept in the
+    store's cells (:func:`apem.studies.common.cached_rows`): a study of more images computes
+    only the images a smaller one did not.
     """
     cfg = res.cfg
     if not cfg.quantize:
@@ -51,35 +52,28 @@ def encoding_shift(res, n_images: int | None = None) -> pd.DataFrame:
     ids = correct_ids(res, n_images)
     if not ids:
         raise ValueError("no correctly classified images in the results table")
-    return cached_study(res, f"encoding-n{len(ids)}", lambda: _shift(res, ids), ids=ids, methods=cfg.methods,
-                        encodings=ENCODINGS)
+    return cached_rows(res, "encoding", lambda lack: _shift(res, lack), ids, encodings=ENCODINGS)
 
 
-def _chunk_rows(res, chunk: int, ids: set) -> pd.DataFrame:
-    """The rows of one stored chunk, recomputed under every encoding (as :func:`apem.run.compute_chunk` does)."""
+def _rows(res, ids: list) -> pd.DataFrame:
+    """The rows of images ``ids``, recomputed under every encoding (as :func:`apem.runner.compute.compute_chunk` does)."""
     from apem import maps
     from apem import metric
     from apem.metric.clean import loss_gradient
-    from apem.run import _method_call, check_targets
+    from apem.runner.compute import attributions, check_targets, image_by_image
     from apem.seeds import seed_of
 
     cfg, lm = res.cfg, res.model
-    sel = res.images
-    part = sel.iloc[chunk * cfg.chunk_size : (chunk + 1) * cfg.chunk_size].reset_index(drop=True)
-    stored = res.table.loc[res.table.chunk == chunk, "image_id"].unique().tolist()
-    if sorted(stored) != sorted(part.image_id):
-        raise ValueError(f"chunk {chunk} of the table does not hold the images of images.parquet at its place: "
-                         "the store does not match its configuration's chunk_size")
+    part = res.images.set_index("image_id").loc[list(ids)].reset_index()
     dev = lm.device
     x = res.image_tensors(part.image_id).to(dev)
     if dev.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.tensor(part.pred.to_numpy().copy(), device=dev).long()
-    grad, logits, _ = loss_gradient(lm.model, x, target)
+    grad, logits = image_by_image(lambda xj, tj: loss_gradient(lm.model, xj, tj)[:2], x, target)
     check_targets(logits, target, part.image_id)
     info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
-    attributions = {name: _method_call(name, params, cfg, chunk, lm)(lm.model, x, target)
-                    for name, params in cfg.methods.items()}
+    attr = {name: attributions(cfg, lm, name, x, target, part.image_id, grad) for name in cfg.methods}
     n = len(part)
     keys = [(name, s) for name in cfg.methods for s in cfg.stages]
     out = pd.DataFrame({"image_id": [iid for _ in keys for iid in part.image_id],
@@ -89,10 +83,11 @@ def _chunk_rows(res, chunk: int, ids: set) -> pd.DataFrame:
                          dtype=torch.long)
     for enc in ENCODINGS:
         blocks = []
-        for name, A in attributions.items():
-            stage = maps.stage_maps(A, x, cfg.stages, quantize=cfg.quantize, encoding=enc)
-            for s in cfg.stages:
-                blocks.append(stage[s].expand(-1, 3, -1, -1) if stage[s].shape[1] == 1 else stage[s])
+        for name, A in attr.items():
+            st = image_by_image(lambda aj, xj: tuple(maps.stage_maps(aj, xj, cfg.stages, quantize=cfg.quantize,
+                                                                     encoding=enc)[s] for s in cfg.stages), A, x)
+            for m in st:
+                blocks.append(m.expand(-1, 3, -1, -1) if m.shape[1] == 1 else m)
         maps_all = torch.cat(blocks)  # block-major, as the runner's
         r = metric.evaluate_maps(lm.model, x, maps_all, target, spec=cfg.search().replace(shuffles=0),
                                  image_index=torch.arange(n, device=dev).repeat(len(blocks)), grad=grad, seeds=seeds,
@@ -105,13 +100,12 @@ def _chunk_rows(res, chunk: int, ids: set) -> pd.DataFrame:
         out[f"censored_plus_{enc}"] = r["censored_plus"].numpy()
         out[f"undefined_{enc}"] = und
         out[f"top_level_{enc}"] = torch.round(maps_all.flatten(1).amax(1) * 255).long().cpu().numpy()
-    return out[out.image_id.isin(ids)]
+    return out
 
 
 def _shift(res, ids) -> pd.DataFrame:
-    T = res.table
-    chunks = sorted(T.loc[T.image_id.isin(ids), "chunk"].unique().tolist())
-    df = pd.concat([_chunk_rows(res, int(c), set(ids)) for c in chunks], ignore_index=True)
+    size = res.cfg.chunk_size
+    df = pd.concat([_rows(res, ids[i : i + size]) for i in range(0, len(ids), size)], ignore_index=True)
     either = df.undefined_round.to_numpy(dtype=bool) | df.undefined_save_image.to_numpy(dtype=bool)
     for col in ("eps_minus", "eps_plus", "apem"):
         d = df[f"{col}_save_image"].to_numpy(dtype=float) - df[f"{col}_round"].to_numpy(dtype=float)

@@ -37,7 +37,7 @@ conservation (:func:`mlp_conservation` on a bias-free ReLU network, and :func:`l
 APEM (:func:`lrp_variants`)
     every variant's map at the configuration's visualisation stage
     (:func:`apem.maps.stage_maps` with its quantisation and encoding), searched
-    with the configuration's search as :func:`apem.run.compute_chunk` does
+    with the configuration's search as :func:`apem.runner.compute.compute_chunk` does
     (loss gradient, stored prediction as target, clean-pass margins), without
     the shuffled baseline. A map with NaN or inf gets no search (``undefined``).
 
@@ -221,7 +221,7 @@ def _lrp_rules(res, ids, stage, seed, noise, names, objective) -> pd.DataFrame:
     from apem.maps import stage_maps
     from apem.metric.clean import loss_gradient
     from apem.metric.score import apem_terms
-    from apem.run import check_targets
+    from apem.runner.compute import check_targets
     from apem.seeds import seed_of
 
     cfg, lm = res.cfg, res.model

@@ -128,15 +128,26 @@ class _SanityJob:
         return self._out
 
 
-def _attribution_maps(res, model, x, target, methods, smoothgrad_n, stages) -> dict:
+def _attribution_maps(res, model, x, target, methods, smoothgrad_n, stages, ids) -> dict:
+    """Each method's stage maps of ``x`` under ``model``, image by image as the runner computes them
+    (:func:`apem.runner.compute.image_by_image`; SmoothGrad's noise keyed by the image's name)."""
     from apem.explain import get_method
     from apem.maps import stage_maps
+    from apem.runner.compute import image_by_image
+    from apem.seeds import seed_of
 
     out = {}
     for m in methods:
-        A = get_method(m, **sanity_params(res, m, smoothgrad_n))(model, x, target)
-        out[m] = {s: v.detach().cpu() for s, v in stage_maps(A, x, res.cfg.stages, quantize=res.cfg.quantize,
-                                                                    encoding=res.cfg.map_encoding).items()}
+        params = sanity_params(res, m, smoothgrad_n)
+        A = []
+        for j, iid in enumerate(ids):
+            p = dict(params, noise_keys=[seed_of(str(iid))]) if m == "smoothgrad" else params
+            A.append(get_method(m, **p)(model, x[j : j + 1], target[j : j + 1]))
+        A = torch.cat(A)
+        maps = image_by_image(lambda aj, xj: tuple(stage_maps(aj, xj, res.cfg.stages, quantize=res.cfg.quantize,
+                                                              encoding=res.cfg.map_encoding)[s]
+                                                   for s in res.cfg.stages), A, x)
+        out[m] = {s: v.detach().cpu() for s, v in zip(res.cfg.stages, maps)}
     return out
 
 
@@ -148,15 +159,17 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
     dev = lm.device
     trained = lm.model.eval()
     x = res.image_tensors(ids).to(dev)
+    if dev.type == "cpu":  # as the runner feeds the model: the same kernels, the same maps
+        x = x.contiguous(memory_format=torch.channels_last)
     target = predictions(res, ids).to(dev)
     n = len(ids)
     stages = randomisation.randomization_stages(trained)
     wanted = set(cascade_steps(len(stages), every))
 
-    maps = {0: ("trained", _attribution_maps(res, trained, x, target, methods, smoothgrad_n, cfg.stages))}
+    maps = {0: ("trained", _attribution_maps(res, trained, x, target, methods, smoothgrad_n, cfg.stages, ids))}
     for k, (layer, model) in enumerate(randomisation.cascading_randomization(trained, seed=seed)):
         if k in wanted:
-            maps[k + 1] = (layer, _attribution_maps(res, model, x, target, methods, smoothgrad_n, cfg.stages))
+            maps[k + 1] = (layer, _attribution_maps(res, model, x, target, methods, smoothgrad_n, cfg.stages, ids))
         del model
 
     sim_rows = []
@@ -181,7 +194,9 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
                                            for step, (_, mm) in maps.items() for m in methods})
 
     # APEM on the trained model of every map of the chosen stage, in one batched search
-    grad, _, _ = loss_gradient(trained, x, target)
+    from apem.runner.compute import image_by_image
+
+    grad = image_by_image(lambda xj, tj: loss_gradient(trained, xj, tj)[0], x, target)  # as the runner's
     keys, blocks = [], []
     for step, (layer, mm) in maps.items():
         for m in methods:

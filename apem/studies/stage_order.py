@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from apem.numerics import no_tf32
-from apem.studies.common import cached_study, correct_ids
+from apem.studies.common import cached_rows, correct_ids
 
 #: The book's order (section 4.2) and the two readings of section 4.4's, as computed here.
 ORDERS = ("multiply_then_sum", "sum_then_multiply", "sum_then_multiply_then_sum")
@@ -92,8 +92,9 @@ def stage_order_shift(res, n_images: int | None = None) -> pd.DataFrame:
     same with suffix ``_book`` from the results table (the book's order), and
     ``d_eps_minus, d_eps_plus, d_apem`` (this order minus the book's; NaN where
     either is undefined). Raises when a recomputed book-order map differs from the
-    stored one (the attributions would not be the run's). Cached in the store
-    (``extra/stage-order-n<n>-<digest>.parquet``).
+    stored one (the attributions would not be the run's). Each image's rows are kept in the
+    store's cells (:func:`apem.studies.common.cached_rows`): a study of more images computes
+    only the images a smaller one did not.
     """
     cfg = res.cfg
     if 3 not in cfg.stages:
@@ -101,43 +102,40 @@ def stage_order_shift(res, n_images: int | None = None) -> pd.DataFrame:
     ids = correct_ids(res, n_images)
     if not ids:
         raise ValueError("no correctly classified images in the results table")
-    return cached_study(res, f"stage-order-n{len(ids)}", lambda: _shift(res, ids), ids=ids, methods=cfg.methods,
-                        orders=OTHER_ORDERS)
+    return cached_rows(res, "stage-order", lambda lack: _shift(res, lack), ids, orders=OTHER_ORDERS)
 
 
-def _chunk_rows(res, chunk: int, ids: set) -> pd.DataFrame:
-    """The other orders' stage-3 maps of one stored chunk, searched (attributions as :func:`apem.run.compute_chunk`)."""
+def _rows(res, ids: list) -> pd.DataFrame:
+    """The other orders' stage-3 maps of images ``ids``, searched (attributions as the runner's:
+    :func:`apem.runner.compute.attributions`)."""
     from apem import metric
     from apem.metric.clean import loss_gradient
-    from apem.run import _method_call, check_targets
+    from apem.runner.compute import attributions, check_targets, image_by_image
     from apem.seeds import seed_of
 
     cfg, lm = res.cfg, res.model
-    part = res.images.iloc[chunk * cfg.chunk_size : (chunk + 1) * cfg.chunk_size].reset_index(drop=True)
-    stored = res.table.loc[res.table.chunk == chunk, "image_id"].unique().tolist()
-    if sorted(stored) != sorted(part.image_id):
-        raise ValueError(f"chunk {chunk} of the table does not hold the images of images.parquet at its place: "
-                         "the store does not match its configuration's chunk_size")
-    keep = [j for j, iid in enumerate(part.image_id) if iid in ids]
+    part = res.images.set_index("image_id").loc[list(ids)].reset_index()
+    keep = list(range(len(part)))
     dev = lm.device
     x = res.image_tensors(part.image_id).to(dev)
     if dev.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.tensor(part.pred.to_numpy().copy(), device=dev).long()
-    grad, logits, _ = loss_gradient(lm.model, x, target)
+    grad, logits = image_by_image(lambda xj, tj: loss_gradient(lm.model, xj, tj)[:2], x, target)
     check_targets(logits, target, part.image_id)
     info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
     blocks, rows = [], []
-    for name, params in cfg.methods.items():
-        A = _method_call(name, params, cfg, chunk, lm)(lm.model, x, target)
-        book = stage3_map(A, x, "multiply_then_sum", cfg.quantize, cfg.map_encoding).cpu()
+    for name in cfg.methods:
+        A = attributions(cfg, lm, name, x, target, part.image_id, grad)
+        book = image_by_image(lambda aj, xj: stage3_map(aj, xj, "multiply_then_sum", cfg.quantize, cfg.map_encoding),
+                              A, x).cpu()
         for j in keep:
             iid = part.image_id[j]
             if not torch.equal(book[j], res.map(iid, name, 3)):
                 raise RuntimeError(f"the recomputed stage-3 map of {iid} ({name}) is not the stored one: the "
                                    "attributions differ from the run's, so the orders cannot be compared")
         for order in OTHER_ORDERS:
-            m = stage3_map(A, x, order, cfg.quantize, cfg.map_encoding)
+            m = image_by_image(lambda aj, xj: stage3_map(aj, xj, order, cfg.quantize, cfg.map_encoding), A, x)
             m3 = m.expand(-1, 3, -1, -1) if m.shape[1] == 1 else m
             b3 = book.to(m.device).expand(-1, 3, -1, -1)
             differ = (m3[keep] != b3[keep]).flatten(1)
@@ -164,8 +162,8 @@ def _chunk_rows(res, chunk: int, ids: set) -> pd.DataFrame:
 
 def _shift(res, ids) -> pd.DataFrame:
     T = res.table
-    chunks = sorted(T.loc[T.image_id.isin(ids), "chunk"].unique().tolist())
-    df = pd.concat([_chunk_rows(res, int(c), set(ids)) for c in chunks], ignore_index=True)
+    size = res.cfg.chunk_size
+    df = pd.concat([_rows(res, ids[i : i + size]) for i in range(0, len(ids), size)], ignore_index=True)
     book = T[(T.stage == 3) & T.image_id.isin(ids)].assign(undefined=lambda d: d.undefined_minus | d.undefined_plus)
     cols = ["eps_minus", "eps_plus", "apem", "censored_minus", "censored_plus", "undefined"]
     df = df.merge(book[["image_id", "method", *cols]].rename(columns={c: f"{c}_book" for c in cols}),

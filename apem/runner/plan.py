@@ -1,0 +1,142 @@
+"""A configuration as a view of the cells: what it needs, what is missing, and its table.
+
+:func:`plan` looks up every cell a configuration reads (per selected image, method and
+stage: its maps, its search, its shuffled search) and groups the images that miss the
+same cells into chunks of ``chunk_size`` (selection order), each with its
+:class:`apem.runner.compute.Work`; :func:`assemble` builds the configuration's table
+from the cells once they are all present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from apem.runner.cells import Cells
+from apem.runner.chunks import Chunk
+from apem.runner.compute import SEARCH_COLUMNS, SHUFFLE_COLUMNS, Work, finish_rows
+from apem.runner.keys import cell_keys
+
+
+@dataclass
+class Plan:
+    """The chunks to compute, and what the configuration reads and reuses."""
+
+    chunks: list[Chunk]
+    images_selected: int
+    needed: dict = field(default_factory=dict)  # kind -> cells the configuration reads
+    missing: dict = field(default_factory=dict)  # kind -> cells to compute
+
+    @property
+    def images_to_compute(self) -> int:
+        return sum(ch.size for ch in self.chunks)
+
+    def summary(self) -> dict:
+        """What :func:`apem.cost.announce` and ``--estimate-only --json`` report."""
+        return {"images_selected": self.images_selected, "images_to_compute": self.images_to_compute,
+                "chunks_to_compute": len(self.chunks),
+                "maps_to_compute": self.missing.get("maps", 0), "maps_reused": self.needed.get("maps", 0) - self.missing.get("maps", 0),
+                "searches_to_compute": self.missing.get("search", 0),
+                "searches_reused": self.needed.get("search", 0) - self.missing.get("search", 0),
+                "shuffled_searches_to_compute": self.missing.get("shuffle", 0),
+                "shuffled_searches_reused": self.needed.get("shuffle", 0) - self.missing.get("shuffle", 0)}
+
+
+def indexes(cfg, cells: Cells, env, verify: bool = True) -> dict:
+    """``(kind, method) -> (key parts, {(image_key, stage): Entry})`` for every cell kind ``cfg`` reads
+    (``verify``: see :meth:`apem.runner.cells.Cells.index`)."""
+    return {km: (parts, cells.index(km[0], parts, verify)) for km, parts in cell_keys(cfg, env).items()}
+
+
+def plan(cfg, cells: Cells, sel: pd.DataFrame, env, read_maps: bool = True) -> Plan:
+    """The chunks that compute what ``cfg``'s images miss; stored maps that searches need are read here
+    (``read_maps=False``: not read, for an estimate)."""
+    idx = indexes(cfg, cells, env)
+    needed, missing = {}, {}
+    works: list[Work] = []
+    for key in sel.image_key:
+        w = Work()
+        for (kind, name), (_, have) in idx.items():
+            lack = tuple(s for s in cfg.stages if (key, s) not in have)
+            needed[kind] = needed.get(kind, 0) + len(cfg.stages)
+            missing[kind] = missing.get(kind, 0) + len(lack)
+            if lack:
+                getattr(w, kind)[name] = lack
+        works.append(w)
+    # images that miss the same cells go together, in selection order
+    groups: dict[tuple, list[int]] = {}
+    for i, w in enumerate(works):
+        if w.maps or w.search or w.shuffle:
+            groups.setdefault(w.signature(), []).append(i)
+    chunks = []
+    for rows in groups.values():
+        for s in range(0, len(rows), cfg.chunk_size):
+            pick = rows[s : s + cfg.chunk_size]
+            chunks.append((pick, works[pick[0]]))
+    chunks.sort(key=lambda c: c[0][0])
+    out = []
+    for index, (pick, w) in enumerate(chunks):
+        part = sel.iloc[pick].reset_index(drop=True)
+        work = Work(maps=dict(w.maps), search=dict(w.search), shuffle=dict(w.shuffle))
+        for name in cfg.methods:
+            need = set(w.search.get(name, ())) | set(w.shuffle.get(name, ()))
+            if w.maps.get(name) or not read_maps:
+                continue  # the method runs: its maps are computed, not read
+            for s in sorted(need):
+                _, have = idx[("maps", name)]
+                work.stored[(name, s)] = np.stack([_map_array(cells, have[(k, s)], s) for k in part.image_key])
+        out.append(Chunk(index, part, work))
+    return Plan(out, len(sel), needed, missing)
+
+
+def _map_array(cells: Cells, entry, stage: int) -> np.ndarray:
+    rows = cells.rows(entry.batch)
+    return cells.maps(entry.batch)[f"s{stage}"][int(rows.row.iloc[entry.row])]
+
+
+def assemble(cfg, cells: Cells, sel: pd.DataFrame, env) -> pd.DataFrame:
+    """The configuration's table from its cells: one row per (image, method, stage).
+
+    Rows in the order of the chunks of the selection (``chunk`` = position // ``chunk_size``),
+    then method and stage, then image, with the image's facts, the epsilons and APEM;
+    ``map_array`` (``<method>__s<stage>``) and ``map_row`` (the image's place in its chunk)
+    as the per-configuration store had them. Where a map lives on disk is not in the table
+    (it is the same table in any store): :meth:`apem.run.Results.maps` looks it up.
+    Raises ``KeyError`` naming a cell that is missing.
+    """
+    idx = indexes(cfg, cells, env)
+    facts = sel.drop(columns=["set_position"]).reset_index(drop=True)
+    facts["chunk"] = np.arange(len(facts)) // cfg.chunk_size
+    facts["_pos"] = np.arange(len(facts))
+    parts = []
+    for name in cfg.methods:
+        for s in cfg.stages:
+            block = facts.copy()
+            block["method"], block["stage"] = name, s
+            for kind, cols in (("maps", ()), ("search", SEARCH_COLUMNS), ("shuffle", SHUFFLE_COLUMNS)):
+                if (kind, name) not in idx:
+                    continue
+                _, have = idx[(kind, name)]
+                entries = []
+                for k in facts.image_key:
+                    e = have.get((k, s))
+                    if e is None:
+                        raise KeyError(f"no {kind} cell for image {k}, method {name!r}, stage {s}")
+                    entries.append(e)
+                values = {c: [] for c in cols}
+                for e in entries:
+                    r = cells.rows(e.batch)
+                    for c in cols:
+                        values[c].append(r[c].iat[e.row])
+                if kind == "maps":
+                    block["map_array"] = f"{name}__s{s}"
+                    block["map_row"] = np.arange(len(facts), dtype=np.int64) % cfg.chunk_size
+                else:
+                    for c in cols:
+                        block[c] = pd.Series(values[c], dtype=cells.rows(entries[0].batch)[c].dtype) if entries else []
+            parts.append(block)
+    table = pd.concat(parts, ignore_index=True)
+    table = table.sort_values("chunk", kind="stable").drop(columns="_pos")  # (chunk, method, stage, image)
+    return finish_rows(table.reset_index(drop=True), cfg.search_bound)
