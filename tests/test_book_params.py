@@ -71,7 +71,7 @@ def test_bad_chapter_parameters_are_one_line_errors(chapter, pair, fragment):
         book.split_params([pair], [chapter])
 
 
-def test_a_chapter_parameter_changes_the_fingerprint(chapter):
+def test_a_chapter_parameter_changes_the_fingerprint(chapter, sample_dir):
     a = book.fingerprint(chapter, "smoke", {})
     b = book.fingerprint(chapter, "smoke", {}, {"n_images": 3})
     assert a != b and b == book.fingerprint(chapter, "smoke", {}, {"n_images": 3})

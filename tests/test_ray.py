@@ -243,7 +243,7 @@ def test_apem_runs_without_ray(monkeypatch):
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_the_ray_flag_of_run_table_and_book(monkeypatch, tmp_path):
+def test_the_ray_flag_of_run_table_and_book(monkeypatch, tmp_path, sample_dir):
     from apem import book
     from apem.cli import build_parser
 

@@ -100,7 +100,7 @@ def test_parameter_sets_load_and_papermill_overrides_apply():
 # ----------------------------------------------------------------------------- store
 
 
-def test_a_store_of_another_configuration_is_never_mixed_in(tmp_path):
+def test_a_store_of_another_configuration_is_never_mixed_in(tmp_path, sample_dir):
     a = Store(tiny(), tmp_path).open()
     (a.dir / "config.yaml").write_text(tiny(seed=5).to_yaml())  # as if another config wrote here
     with pytest.raises(StoreError, match="different configuration"):
@@ -298,7 +298,7 @@ def test_a_bad_image_count_fails_naming_its_key(key, value, message):
         tiny(**{key: value})
 
 
-def test_all_loads_from_yaml_and_hashes_apart_from_any_count(tmp_path):
+def test_all_loads_from_yaml_and_hashes_apart_from_any_count(tmp_path, sample_dir):
     p = tmp_path / "c.yaml"
     p.write_text("n_correct: all\nn_misclassified: all\n")
     cfg = Config.from_yaml(p)
