@@ -201,7 +201,7 @@ def remaining_work(cfg, store, images, env, predictions=None) -> Work:
                    "shuffled_searches_reused": 0}
         return Work(images=n_sel, chunks=len(range(0, n_sel, cfg.chunk_size)), selected=n_sel, classify=classify,
                     filter_images=cfg.filter_images, exact=exact, plan=summary)
-    pl = plan(cfg, _ReadOnlyCells(store.root), sel, env, read_maps=False)
+    pl = plan(cfg, Cells(store.root), sel, env, read_maps=False)
     cells: dict = {}
     for ch in pl.chunks:
         for kind in ("maps", "search", "shuffle"):
@@ -212,17 +212,6 @@ def remaining_work(cfg, store, images, env, predictions=None) -> Work:
         filt = cfg.filter_images  # the runner redoes the filter whenever it computed a chunk
     return Work(images=pl.images_to_compute, chunks=len(pl.chunks), selected=len(sel), classify=classify,
                 filter_images=filt, exact=True, cells=cells, plan=pl.summary())
-
-
-class _ReadOnlyCells:
-    """:class:`apem.runner.cells.Cells` that reports a damaged batch as missing and removes nothing."""
-
-    def __new__(cls, root):
-        from apem.runner.cells import Cells
-
-        c = Cells(root)
-        c.discard = lambda d: None
-        return c
 
 
 # ----------------------------------------------------------------------------- the machine's second

@@ -51,9 +51,12 @@ def indexes(cfg, cells: Cells, env, verify: bool = True) -> dict:
 
 
 def plan(cfg, cells: Cells, sel: pd.DataFrame, env, read_maps: bool = True) -> Plan:
-    """The chunks that compute what ``cfg``'s images miss; stored maps that searches need are read here
-    (``read_maps=False``: not read, for an estimate)."""
-    idx = indexes(cfg, cells, env)
+    """The chunks that compute what ``cfg``'s images miss; stored maps that searches need are read here.
+
+    ``read_maps=False`` (an estimate): nothing is read, and nothing is checked or removed either
+    (a damaged batch counts as present; the run itself finds it).
+    """
+    idx = indexes(cfg, cells, env, verify=read_maps)
     needed, missing = {}, {}
     works: list[Work] = []
     for key in sel.image_key:
