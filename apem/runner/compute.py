@@ -139,10 +139,6 @@ class Work:
         return tuple((kind, tuple(sorted((m, tuple(s)) for m, s in getattr(self, kind).items())))
                      for kind in ("maps", "search", "shuffle"))
 
-    def cells(self, n_images: int) -> dict:
-        """Cells of each kind this work computes for ``n_images`` images."""
-        return {kind: n_images * sum(len(s) for s in getattr(self, kind).values()) for kind in ("maps", "search", "shuffle")}
-
 
 @dataclass
 class CellBatch:
