@@ -69,7 +69,7 @@ class Config:
     # images per call of the explanation methods and of the pool's classification; None: 16 on the
     # CPU, 128 on an accelerator (apem.metric.AUTO_METHOD_BATCH; see Config.method_batch)
     batch_size: int | None = None
-    # perturbed images per forward pass of the epsilon search; None: 4 on the CPU (its cache-bound
+    # perturbed images per forward pass of the epsilon search; None: 2 on the CPU (its cache-bound
     # forward is fastest per image in small batches), 256 on an accelerator (apem.metric.AUTO_BATCH)
     search_batch_size: int | None = None
     chunk_size: int = 4  # images per resumable chunk

@@ -48,7 +48,7 @@ class Cost:
 
 
 #: The cost model's constants, each with its source. FE = one clean forward pass of one image at the
-#: search's batch size (4 on the CPU).
+#: search's batch size (2 on the CPU).
 COSTS: dict[str, Cost] = {
     "loss gradient": Cost(3.0, "FE per selected image", _BENCH),
     "method gradient": Cost(2.5, "FE per image", _BENCH + " (2-3 FE)"),

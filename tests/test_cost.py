@@ -143,5 +143,5 @@ def test_estimate_only_prints_the_estimate_and_creates_nothing(sample_dir, tmp_p
     assert main(["run", str(p), "--estimate-only", "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "apem: estimate for full-tiny: about" in out and "6 of 6 selected images in 3 chunk(s)" in out
-    assert re.search(r"1 FE \(one clean forward pass of one image\) = \d+\.\d\d ms \(efficientnet_lite0, batch 4", out)
+    assert re.search(r"1 FE \(one clean forward pass of one image\) = \d+\.\d\d ms \(efficientnet_lite0, batch 2", out)
     assert not (tmp_path / "r").exists()

@@ -417,7 +417,7 @@ def test_batch_size_changes_the_grouping_not_the_answer(net_and_images):
 
 
 def test_automatic_batch_size_per_device_and_bad_values():
-    assert metric.resolve_batch_size(None, "cpu") == metric.AUTO_BATCH["cpu"] == 4
+    assert metric.resolve_batch_size(None, "cpu") == metric.AUTO_BATCH["cpu"] == 2
     assert metric.resolve_batch_size(None, "cuda") == metric.AUTO_BATCH_ACCELERATOR
     assert metric.resolve_batch_size(7, "cpu") == 7
     with pytest.raises(ValueError, match="batch_size must be >= 1"):

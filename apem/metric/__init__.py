@@ -43,7 +43,7 @@ Search modes
 ------------
 All modes are batched: many images, relevance and irrelevance maps and
 shuffles share each forward pass (at most ``batch_size`` perturbed images per
-model call; by default 4 on the CPU, whose cache-bound forward is fastest per
+model call; by default 2 on the CPU, whose cache-bound forward is fastest per
 image in small batches, and 256 on an accelerator: :data:`AUTO_BATCH`, fewer
 on a CUDA device whose available memory does not hold them); maps
 refer to their image through ``image_index`` so ``x`` is not replicated per

@@ -11,10 +11,12 @@ from apem.metric.directions import keyed_permutations, permute
 from apem.metric.margin import margin
 
 #: Perturbed images per model call when ``batch_size`` is None, per device type. On the CPU the
-#: forward pass is cache-bound: on 2 cores EfficientNet-Lite0 forwards about 1.5-2x more images per
-#: second in batches of 2-4 than one at a time, and about 3x more than in batches of 32
-#: (``benchmarks/bench_search.py --batch-sizes 1,2,4,8,32``); accelerators want large batches.
-AUTO_BATCH = {"cpu": 4}
+#: forward pass is cache-bound: on a quiet 2-core machine EfficientNet-Lite0 forwards 23.6 ms per image
+#: in batches of 2, 23.7 in batches of 4 and 29.5 one at a time at 2 threads (38.3, 41.9 and 41.4 ms at
+#: 1 thread), and about 3x slower in batches of 32 (``benchmarks/bench_search.py --batch-sizes
+#: 1,2,4,8,32``). 2 rather than 4 because every call is padded to the batch size (:class:`Forward`):
+#: a search with one map left wastes one forward per pass, not three. Accelerators want large batches.
+AUTO_BATCH = {"cpu": 2}
 AUTO_BATCH_ACCELERATOR = 256
 
 #: Images per call of the explanation methods (and the pool's classification) when ``batch_size``
