@@ -246,21 +246,21 @@ def test_every_study_runs_with_tf32_off(tf32_on, monkeypatch):
 
     seen = []
 
-    def fake_cached(res, study, compute, **params):
+    def fake_rows(res, study, compute, ids, **params):
         seen.append((study.split("-")[0], numerics.tf32_flags()))
         return pd.DataFrame()
 
-    def fake_rows(res, study, compute, ids, **params):
-        return fake_cached(res, study, compute, **params)
+    def fake_arrays(res, study, compute, ids, **params):
+        seen.append(("maps", numerics.tf32_flags()))
+        return {}
 
-    for mod in (faithfulness, sanity, search_modes):
-        monkeypatch.setattr(mod, "cached_study", fake_cached)
-    monkeypatch.setattr(encoding, "cached_rows", fake_rows)
+    for mod in (encoding, faithfulness, sanity, search_modes):
+        monkeypatch.setattr(mod, "cached_rows", fake_rows)
+    monkeypatch.setattr(sanity, "cached_arrays", fake_arrays)
     res = SimpleNamespace(
         cfg=SimpleNamespace(stages=(3,), methods={"gradient": {}}, quantize=True),
         table=pd.DataFrame({"image_id": ["a"], "method": ["gradient"], "stage": [3]}),
         images=pd.DataFrame({"image_id": ["a"], "group": ["correct"]}),
-        store=SimpleNamespace(read_arrays=lambda name: seen.append(("maps", numerics.tf32_flags())) or {}),
     )
     studies.encoding_shift(res)
     studies.faithfulness_scores(res)

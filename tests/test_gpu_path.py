@@ -441,14 +441,16 @@ def test_lrp_variants_study_runs_with_tf32_off(tf32_on, monkeypatch):
     from apem.studies import lrp_rules
 
     seen = []
-    monkeypatch.setattr(lrp_rules, "cached_study", lambda res, study, compute, **p: seen.append(numerics.tf32_flags()))
+    monkeypatch.setattr(lrp_rules, "cached_rows",
+                        lambda res, study, compute, ids, **p: seen.append(numerics.tf32_flags()) or pd.DataFrame())
     res = SimpleNamespace(
         cfg=SimpleNamespace(stages=(3,), methods={"lrp_epsilon": {}}),
         table=pd.DataFrame({"image_id": ["a"], "method": ["gradient"], "stage": [3]}),
         images=pd.DataFrame({"image_id": ["a"], "group": ["correct"]}),
     )
     lrp_rules.lrp_variants(res)
-    assert seen == [(False, False)] and numerics.tf32_flags() == (True, True)
+    assert len(seen) == len(lrp_rules.VARIANTS)  # one study per variant
+    assert set(seen) == {(False, False)} and numerics.tf32_flags() == (True, True)
 
 
 def test_apem_classify_runs_with_tf32_off(tf32_on, monkeypatch, capsys):

@@ -117,3 +117,41 @@ def test_lrp_variants_study_reproduces_the_tables_lrp_epsilon_and_caches(tiny_lr
     monkeypatch.setattr(lrp_rules, "_lrp_rules", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     again = lrp_rules.lrp_variants(res, n_images=2, variants=variants)
     pd.testing.assert_frame_equal(again, df)
+
+
+def _fresh(res, path):
+    """The configuration in a fresh results root: its folder and the runner's cells copied, no study's cells."""
+    import shutil
+
+    from apem.run import Results, run
+
+    shutil.copytree(res.store.root, path, ignore=lambda d, names: ["study"] if d.endswith("cells") else [])
+    return Results(res.cfg, run(res.cfg, progress=False, root=path))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lrp_variants_rows_of_an_image_are_its_own(tiny_lrp_res, tmp_path, monkeypatch):
+    """Per-image cells: fewer images compute nothing; an image's rows within a larger study are, bit for bit,
+    its rows computed alone in a fresh store (its input noise is its own, not the batch's second draw)."""
+    from apem.studies.common import correct_ids
+
+    res = tiny_lrp_res
+    ids = correct_ids(res, 2)
+    assert len(ids) == 2
+    calls, real = [], lrp_rules._lrp_rules
+    monkeypatch.setattr(lrp_rules, "_lrp_rules",
+                        lambda r, lack, *a: calls.append((list(lack), list(a[3]))) or real(r, lack, *a))
+    variants = ["naive", "alpha1_beta0"]
+    both = lrp_rules.lrp_variants(res, n_images=2, seed=7, variants=variants)  # a seed no other test studies
+    assert calls == [(ids, ["naive"]), (ids, ["alpha1_beta0"])]  # one computation per variant, both images
+    assert list(both.image_id) == ids * 2 and list(dict.fromkeys(both.variant)) == variants
+    one = lrp_rules.lrp_variants(res, n_images=1, seed=7, variants=variants[::-1])
+    assert len(calls) == 2  # read from the cells
+    pd.testing.assert_frame_equal(one, both[both.image_id == ids[0]].iloc[::-1].reset_index(drop=True))
+    assert len(list((res.store.root / "cells" / "study").glob("*/*/manifest.json"))) >= 2
+
+    monkeypatch.setattr(lrp_rules, "correct_ids", lambda r, n: [ids[1]])  # the second image, alone
+    alone = lrp_rules.lrp_variants(_fresh(res, tmp_path / "fresh"), n_images=1, seed=7, variants=variants)
+    assert calls[2:] == [([ids[1]], ["naive"]), ([ids[1]], ["alpha1_beta0"])]
+    within = both[both.image_id == ids[1]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, within, check_exact=True)

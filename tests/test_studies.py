@@ -67,6 +67,9 @@ def test_faithfulness_scores_costs_and_cache(tiny_res, monkeypatch):
     monkeypatch.setattr(faithfulness_study, "_faithfulness", lambda *a, **k: _boom())
     again = studies.faithfulness_scores(tiny_res, n_images=2, stage=2, metric_params=small)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
+    first = studies.correct_ids(tiny_res, 1)[0]  # each image's rows are cells: fewer images read them too
+    one = studies.faithfulness_scores(tiny_res, n_images=1, stage=2, metric_params=small)
+    pd.testing.assert_frame_equal(one, df[df.image_id == first].reset_index(drop=True))
     agree = studies.agreement_table(df)
     assert list(agree.metric_a[:4]) == [studies.APEM] * 4
     assert agree.tau_mean.dropna().between(-1, 1).all()
@@ -111,6 +114,52 @@ def test_sanity_check_randomised_maps_differ_and_cache(tiny_res, monkeypatch):
     first = studies.correct_ids(tiny_res, 1)[0]
     assert torch.equal(ex[("gradient", 0)][0], tiny_res.map(first, "gradient", 2))
     assert not torch.equal(ex[("gradient", 10)][0], ex[("gradient", 0)][0])
+    # each image's rows are cells: a study of fewer images reads them, in the tables' order
+    sim1, ap1 = studies.sanity_check(tiny_res, n_images=1, stage=2, every=5, methods=["gradient"])
+    pd.testing.assert_frame_equal(sim1, sim[sim.image_id == first].reset_index(drop=True))
+    pd.testing.assert_frame_equal(ap1, ap[ap.image_id == first].reset_index(drop=True))
+    assert list(sim.image_id[:2]) == studies.correct_ids(tiny_res, 2)  # the images innermost, as before
+    ex1 = studies.sanity_example_maps(tiny_res, n_images=1, stage=2, every=5, methods=["gradient"])
+    assert set(ex1) == set(ex) and all(torch.equal(ex1[k][0], ex[k][0]) for k in ex)
+
+
+def _fresh(res, path):
+    """The configuration in a fresh results root: its folder and the runner's cells copied, no study's cells."""
+    import shutil
+
+    shutil.copytree(res.store.root, path, ignore=lambda d, names: ["study"] if d.endswith("cells") else [])
+    return Results(res.cfg, run(res.cfg, progress=False, root=path))
+
+
+def test_compare_modes_rows_of_an_image_are_its_own(tiny_res, tmp_path, monkeypatch):
+    """Per-image cells: fewer images compute nothing, more compute only the new one; an image's rows within a
+    larger study are, bit for bit, its rows computed alone in a fresh store (timings aside)."""
+    from apem.studies import search_modes
+
+    ids = studies.correct_ids(tiny_res, 3)
+    calls, real = [], search_modes._compare
+    monkeypatch.setattr(search_modes, "_compare", lambda r, lack, *a: calls.append(list(lack)) or real(r, lack, *a))
+    kw = dict(horizon=4, linear_cap=70)  # parameters no other test studies (70: a few exact answers)
+    two = studies.compare_modes(tiny_res, n_images=2, **kw)
+    assert calls == [ids[:2]]
+    assert list(dict.fromkeys(two.image_id)) == ids[:2] and len(two) == 2 * 2 * 1 * 2  # images, methods, stages, sides
+    assert list(two.columns[:4]) == ["image_id", "method", "stage", "side"] and (two.stage == 2).all()
+    assert two.eps_linear.notna().any() and two.non_monotone.notna().any()
+    batches = sorted((tiny_res.store.root / "cells" / "study").glob("*/*/manifest.json"))
+    one = studies.compare_modes(tiny_res, n_images=1, **kw)
+    assert calls == [ids[:2]]  # nothing computed, nothing written
+    assert sorted((tiny_res.store.root / "cells" / "study").glob("*/*/manifest.json")) == batches
+    pd.testing.assert_frame_equal(one, two[two.image_id == ids[0]].reset_index(drop=True))
+    three = studies.compare_modes(tiny_res, n_images=3, **kw)
+    assert calls == [ids[:2], ids[2:3]]  # only the new image
+    pd.testing.assert_frame_equal(three.iloc[: len(two)], two)
+
+    monkeypatch.setattr(search_modes, "correct_ids", lambda r, n: [ids[1]])  # the second image, alone
+    alone = studies.compare_modes(_fresh(tiny_res, tmp_path / "fresh"), n_images=1, **kw)
+    assert calls[-1] == [ids[1]]
+    within = two[two.image_id == ids[1]].reset_index(drop=True)
+    same = [c for c in within if not c.startswith("seconds_")]
+    pd.testing.assert_frame_equal(alone[same], within[same], check_exact=True)
 
 
 def test_more_methods_keeps_a_subset_of_the_images(tiny_res, tmp_path):

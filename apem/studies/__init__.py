@@ -4,9 +4,11 @@ Every study has one call shape, ``study(res, *, n_images, stage, seed, ...) ->
 DataFrame``: it takes a :class:`apem.run.Results` (the main configuration),
 works on the **same images and the same cached maps** as the main results
 table -- its first ``n_images`` correctly classified images in the order of
-``images.parquet`` -- and keeps its table in the configuration's store with
-:func:`~apem.studies.common.cached_study` (the name holds a digest of every
-parameter), so a chapter never recomputes what the store has.
+``images.parquet`` -- and keeps each image's rows in the results store's cells with
+:func:`~apem.studies.common.cached_rows` (keyed by the study, its parameters and the
+configuration's cell keys), so a chapter never recomputes what the store has, and a
+study of fewer or more images, or of another configuration over the same maps, reads
+what another computed and computes only the images it lacks.
 
 Chapter 1, :func:`compare_modes` (:mod:`~apem.studies.search_modes`)
     The three search modes side by side on the stored maps, with a
@@ -85,7 +87,7 @@ Chapter 12, :func:`more_methods` (:mod:`~apem.studies.more_methods`; a configura
 """
 
 
-from apem.studies.common import APEM, SCHEMA, cached_study, correct_ids, pick_stage, study_name
+from apem.studies.common import APEM, SCHEMA, cached_arrays, cached_rows, correct_ids, pick_stage, study_name
 from apem.studies.encoding import encoding_shift, encoding_summary
 from apem.studies.faithfulness import (
     agreement_table, cost_table, faithfulness_scores, kendall_per_image, mean_scores, per_image_cost,
@@ -101,7 +103,8 @@ from apem.studies.search_modes import compare_modes
 __all__ = [
     "APEM",
     "SCHEMA",
-    "cached_study",
+    "cached_arrays",
+    "cached_rows",
     "correct_ids",
     "pick_stage",
     "study_name",

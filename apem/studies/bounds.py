@@ -16,6 +16,11 @@ the second pass). :func:`bound_summary` counts, per method and stage, the censor
 searches and how many stay censored at each bound; :func:`with_bound` gives the table with
 the re-searched epsilons in place of the censored ones, for deciding a chapter's claims
 again.
+
+Each image's rows are kept in the store's cells (:func:`apem.studies.common.cached_rows`),
+its searches given that image's own clean pass (:func:`apem.studies.common.clean_inputs`, as
+the runner's), so they depend on the image alone: the groups' studies share one key, and a
+configuration with more images searches only the images no study searched before.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pandas as pd
 import torch
 
 from apem.numerics import no_tf32
-from apem.studies.common import cached_study
+from apem.studies.common import cached_rows, clean_inputs
 
 #: the bounds the book searches censored searches again at (the thesis's is 10,001)
 BOUNDS = (10**5, 10**6)
@@ -40,9 +45,9 @@ def bound_study(res, bounds=BOUNDS, group: str | None = "correct", stages=None) 
     method, stage``, for each bound ``B`` (the configuration's first) ``eps_minus_B, eps_plus_B,
     censored_minus_B, censored_plus_B``, and ``reproduces`` (the search at the configuration's bound gives
     the table's epsilons and flags). At a higher bound only the searches censored at the bound before are
-    searched again. ``stages``: only these stages (None: every stage). Cached in the store
-    per group (``extra/bounds-...``), so every image's searches are searched again once: ``group=None``
-    joins the groups' own studies.
+    searched again. ``stages``: only these stages (None: every stage). Rows in the results table's order.
+    Each image's rows are kept in the store's cells under the bounds (and ``stages``), so every image's
+    searches are searched again once: ``group=None`` joins the groups' own studies.
     """
     if group is None:
         groups = list(dict.fromkeys(res.table.group))
@@ -55,9 +60,14 @@ def bound_study(res, bounds=BOUNDS, group: str | None = "correct", stages=None) 
     mine = (T.group == group) & (T.stage.isin([int(s) for s in stages]) if stages is not None else True)
     rows = T[mine & (T.censored_minus | T.censored_plus) & T.apem.notna()]
     ids = sorted(rows.image_id.unique().tolist())
+    if not ids:
+        return _empty(bounds)
     only = {} if stages is None else {"stages": sorted(int(s) for s in stages)}
-    return cached_study(res, f"bounds-{group}", lambda: _search(res, rows, bounds), ids=ids, bounds=bounds,
-                        nested=True, **only)
+    out = cached_rows(res, "bounds", lambda lack: _search(res, rows[rows.image_id.isin(lack)], bounds), ids,
+                      bounds=bounds, **only)
+    pos = {k: n for n, k in enumerate(zip(rows.image_id, rows.method, rows.stage.astype(int)))}  # the table's order
+    order = np.argsort([pos[k] for k in zip(out.image_id, out.method, out.stage.astype(int))], kind="stable")
+    return out.iloc[order].reset_index(drop=True)
 
 
 def _search(res, rows: pd.DataFrame, bounds: list[int]) -> pd.DataFrame:
@@ -71,8 +81,7 @@ def _search(res, rows: pd.DataFrame, bounds: list[int]) -> pd.DataFrame:
         return _empty(bounds)
     ids = list(dict.fromkeys(out.image_id))
     dev = lm.device
-    x = res.image_tensors(ids).to(dev)
-    target = torch.tensor(res.images.set_index("image_id").loc[ids, "pred"].to_numpy().copy(), device=dev).long()
+    x, target, grad, info = clean_inputs(res, ids)  # each image's own, as the runner's
     maps = torch.stack([_three(res.map(r.image_id, r.method, int(r.stage))) for r in out.itertuples()])
     index = torch.tensor([ids.index(i) for i in out.image_id], device=dev)
     seeds = torch.tensor([seed_of(cfg.seed, r.image_id, r.method, int(r.stage)) for r in out.itertuples()],
@@ -88,7 +97,7 @@ def _search(res, rows: pd.DataFrame, bounds: list[int]) -> pd.DataFrame:
         if sel.any():
             pick = torch.as_tensor(np.flatnonzero(sel), device=dev)
             r = metric.evaluate_maps(lm.model, x, maps[pick], target, spec=cfg.search().replace(bound=b, shuffles=0),
-                                     image_index=index[pick], seeds=seeds[pick.cpu()])
+                                     image_index=index[pick], seeds=seeds[pick.cpu()], grad=grad, margin_info=info)
             for k in got:
                 got[k][sel] = r[k].numpy()
         for side in ("minus", "plus"):

@@ -1,4 +1,4 @@
-"""What every study shares: the images it works on, the stage, and one cached-table helper."""
+"""What every study shares: the images it works on, the stage, the runner's clean pass, and the study cells."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -68,7 +69,16 @@ def cached_rows(res, study: str, compute: Callable[[list], pd.DataFrame], ids, *
     its ``params`` and the configuration's cell keys (model, numeric environment, methods, search;
     not its name, its image counts or its chunk size), so a smaller or overlapping study -- or the
     same study of another configuration over the same maps -- reads what a larger one computed and
-    computes only the images it lacks. Rows come back in the order of ``ids``.
+    computes only the images it lacks. Rows come back in the order of ``ids`` (an image's rows in the
+    order ``compute`` gave them; :func:`ordered_rows` restores another nesting).
+
+    ``params``: every study parameter that changes an image's rows (not the number of images:
+    that only decides which ids are asked for). For an image's rows to depend on it alone, its
+    per-image steps run image by image (:func:`apem.runner.compute.image_by_image`,
+    :func:`clean_inputs`), searches get the runner's clean pass, and every random draw is seeded
+    by what it belongs to (:func:`apem.seeds.seed_of`), never by its position in the batch. Timings
+    measured in ``compute`` are those of the call that computed the image. Per-image arrays:
+    :func:`cached_arrays`.
     """
     from apem.runner.cells import Cells
     from apem.runner.keys import cell_keys, digest
@@ -121,10 +131,60 @@ def cached_rows(res, study: str, compute: Callable[[list], pd.DataFrame], ids, *
 _AWAY = {"image_key": "study_image_key", "stage": "study_stage"}
 
 
-def cached_study(res, study: str, compute: Callable[[], pd.DataFrame], **params) -> pd.DataFrame:
-    """The study's table from the configuration's store (``extra/<study>-<digest>.parquet``), computed once.
+def ordered_rows(df: pd.DataFrame, **orders) -> pd.DataFrame:
+    """``df``'s rows sorted by the given columns, the first given first, each column's values in the order of
+    its list (stable, index reset).
 
-    ``params``: everything besides the configuration that decides the table
-    (the configuration itself names the store).
+    :func:`cached_rows` gives an image's rows together; a study whose table nests the images
+    innermost (per variant, then per image, say) puts them back in its own order with this.
     """
-    return res.store.cached_frame(study_name(study, **params), compute)
+    if df.empty:
+        return df.reset_index(drop=True)
+    keys = [df[c].map({v: i for i, v in enumerate(values)}).to_numpy() for c, values in orders.items()]
+    return df.iloc[np.lexsort(keys[::-1])].reset_index(drop=True)
+
+
+def clean_inputs(res, ids):
+    """``(x, target, grad, info)`` of images ``ids``: the clean pass of :func:`apem.runner.compute.compute_chunk`.
+
+    The images on the model's device (channels-last on the CPU, as the runner feeds them), the
+    stored predictions as targets (checked against this pass), the loss gradients computed image by
+    image (:func:`apem.runner.compute.image_by_image`), and the :class:`apem.metric.MarginInfo` of
+    their clean logits: a search given ``grad`` and ``info`` depends on its map and image alone,
+    not on which other images are studied with it.
+    """
+    from apem.metric import MarginInfo
+    from apem.metric.clean import loss_gradient
+    from apem.runner.compute import check_targets, image_by_image
+
+    lm = res.model
+    dev = lm.device
+    x = res.image_tensors(ids).to(dev)
+    if dev.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = predictions(res, ids).to(dev)
+    grad, logits = image_by_image(lambda xj, tj: loss_gradient(lm.model, xj, tj)[:2], x, target)
+    check_targets(logits, target, list(ids))
+    return x, target, grad, MarginInfo.from_logits(logits, target, loss_grad=grad)
+
+
+def cached_arrays(res, study: str, compute: Callable[[list], dict], ids, **params) -> dict[str, dict[str, np.ndarray]]:
+    """Per-image arrays of the images ``ids`` (e.g. maps a figure shows), each image's computed once, as cells.
+
+    ``compute(ids)`` returns ``{image_id: {name: ndarray}}`` (an image may have none). The arrays
+    are kept as :func:`cached_rows` keeps rows -- one row per array (``name``, dtype, shape and its
+    bytes) in the image's cell, under the same kind of key -- so they share its checksums, reuse
+    and garbage collection. Returns ``{image_id: {name: ndarray}}`` for every id, in the order of ``ids``.
+    """
+    def rows(lack):
+        got = compute(lack)
+        recs = [{"image_id": str(i), "name": str(k), "dtype": np.asarray(a).dtype.str,
+                 "shape": json.dumps(list(np.shape(a))), "data": np.ascontiguousarray(a).tobytes()}
+                for i, arrays in got.items() for k, a in arrays.items()]
+        return pd.DataFrame(recs, columns=["image_id", "name", "dtype", "shape", "data"])
+
+    table = cached_rows(res, study, rows, ids, **params)
+    out = {str(i): {} for i in ids}
+    for r in table.itertuples(index=False):
+        out[r.image_id][r.name] = np.frombuffer(r.data, dtype=np.dtype(r.dtype)).reshape(json.loads(r.shape)).copy()
+    return out

@@ -1,6 +1,11 @@
 """Chapter 10: Quantus's faithfulness metrics and APEM on the same maps, and what each cost.
 
-See :func:`faithfulness_scores`.
+See :func:`faithfulness_scores`. Each image's rows are kept in the store's cells
+(:func:`apem.studies.common.cached_rows`): every metric scores one image's maps in a call
+of its own (ROAD's and Faithfulness Correlation's draws seeded afresh per call,
+:mod:`apem.quantus_adapter`) and APEM's timing re-run searches that image alone, so an
+image's rows depend on it alone and a study of fewer or more images reads what another
+computed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import torch
 
 from apem import quantus_adapter
 from apem.numerics import no_tf32
-from apem.studies.common import APEM, cached_study, correct_ids, pick_stage, predictions, table_methods
+from apem.studies.common import APEM, cached_rows, correct_ids, pick_stage, predictions, table_methods
 
 
 @no_tf32()
@@ -27,7 +32,8 @@ def faithfulness_scores(res, *, n_images: int = 8, stage: int | None = None, see
     - ``score``: higher = more faithful (APEM: the results table's value,
       NaN where undefined);
     - ``seconds_image``: wall seconds the metric took to score the
-      ``n_maps`` maps of this image (one call: every method's map, except,
+      ``n_maps`` maps of this image, measured when the image was computed
+      (one call: every method's map, except,
       for the Quantus metrics, constant maps, which rank no pixel above
       another and which Quantus's ROAD and Faithfulness Correlation refuse;
       their score is NaN for every metric, as APEM's is undefined);
@@ -43,8 +49,9 @@ def faithfulness_scores(res, *, n_images: int = 8, stage: int | None = None, see
       ``eps_plus_rerun`` (the timing re-run's epsilons).
 
     ``metric_params``: ``{metric: {param: value}}`` overriding
-    :func:`apem.quantus_adapter.default_params`. Cached as
-    ``faithfulness-s<stage>-n<n>-<digest>``.
+    :func:`apem.quantus_adapter.default_params`. Each image's rows are kept in the store's
+    cells under ``stage``, ``metrics``, ``methods``, ``metric_params`` and ``seed``: a study of
+    fewer or more images computes only the images no study computed before.
     """
     stage = pick_stage(res, stage)
     methods = table_methods(res, methods)
@@ -53,9 +60,9 @@ def faithfulness_scores(res, *, n_images: int = 8, stage: int | None = None, see
     ids = correct_ids(res, n_images)
     if not ids:
         raise ValueError("no correctly classified images in the results table")
-    return cached_study(res, f"faithfulness-s{stage}-n{len(ids)}",
-                        lambda: _faithfulness(res, ids, stage, metrics, methods, metric_params, seed),
-                        metrics=metrics, methods=methods, params=metric_params, seed=seed, ids=ids)
+    compute = lambda lack: _faithfulness(res, lack, stage, metrics, methods, metric_params, seed)  # noqa: E731
+    return cached_rows(res, "faithfulness", compute, ids, stage=stage, metrics=metrics, methods=methods,
+                       params=metric_params, seed=seed)
 
 
 def _faithfulness(res, ids, stage, metrics, methods, metric_params, seed) -> pd.DataFrame:

@@ -41,6 +41,13 @@ APEM (:func:`lrp_variants`)
     (loss gradient, stored prediction as target, clean-pass margins), without
     the shuffled baseline. A map with NaN or inf gets no search (``undefined``).
 
+Each image's rows of a variant are kept in the store's cells
+(:func:`apem.studies.common.cached_rows`, per variant): a study of fewer or more images,
+or of other variants, computes only the (image, variant) rows no study computed before.
+Every step runs image by image, as the runner's (the loss gradient, each variant's
+relevance, the stage map), and the perturbation of an image is drawn from a generator
+seeded by the image's name, so an image's rows depend on it alone.
+
 :func:`table_4_1` turns the measurements into yes/no with the thresholds
 declared below; :func:`apem_by_variant` summarises APEM per variant.
 """
@@ -53,7 +60,7 @@ import torch
 from torch import nn
 
 from apem.numerics import no_tf32
-from apem.studies.common import cached_study, correct_ids, pick_stage, predictions
+from apem.studies.common import cached_rows, clean_inputs, correct_ids, pick_stage
 
 #: The variants: ``lrp`` method parameters. The first three are the thesis's; ``alpha1_beta0`` is beyond it.
 VARIANTS = {
@@ -193,14 +200,17 @@ def lrp_variants(res, *, n_images: int = 8, stage: int | None = None, seed: int 
     Columns: ``image_id, variant, rule, epsilon, alpha, beta``; stability:
     ``finite`` (the map holds no NaN/inf), ``finite_perturbed`` (nor does the
     map of the perturbed image), ``rel_change`` (``|R(x+d) - R(x)|_1 /
-    |R(x)|_1``, ``d ~ N(0, noise^2)`` seeded by ``seed``, inf where either map is
+    |R(x)|_1``, ``d ~ N(0, noise^2)`` drawn per image from a generator seeded by
+    ``seed`` and the image's name, inf where either map is
     not finite), ``max_abs`` (the largest ``|R_i|``); conservation:
     ``sum_in``, ``sum_out``, ``conservation_err``; APEM at ``stage``:
     ``eps_minus, eps_plus, apem, censored_minus, censored_plus, undefined,
     n_forward`` (NaN epsilons for a non-finite map), and, where the results
     table has ``lrp_epsilon``, ``apem_table`` and ``map_equals_table`` (the
     variant's stage map is bit for bit the stored ``lrp_epsilon`` map).
-    Cached in the configuration's store. Runs with TF32 off (:func:`apem.numerics.no_tf32`), as the runner
+    Rows per variant, then per image. Each (image, variant)'s row is kept in the store's
+    cells under the variant, ``stage``, ``seed``, ``noise`` and the LRP objective. Runs with
+    TF32 off (:func:`apem.numerics.no_tf32`), as the runner
     computed the stored maps: on a GPU, TF32 convolutions would change the maps and the epsilons.
     """
     stage = pick_stage(res, stage)
@@ -209,37 +219,42 @@ def lrp_variants(res, *, n_images: int = 8, stage: int | None = None, seed: int 
         raise ValueError("no correctly classified images in the results table")
     names = _check_variants(variants)
     objective = res.cfg.methods.get("lrp_epsilon", {}).get("objective", "loss")
-    params = dict(ids=ids, stage=stage, seed=int(seed), noise=float(noise), objective=objective,
-                  variants={v: VARIANTS[v] for v in names})
-    return cached_study(res, f"lrp_rules-s{stage}-n{len(ids)}",
-                        lambda: _lrp_rules(res, ids, stage, int(seed), float(noise), names, objective), **params)
+    seed, noise = int(seed), float(noise)
+    frames = [cached_rows(res, "lrp_rules", lambda lack, v=v: _lrp_rules(res, lack, stage, seed, noise, [v], objective),
+                          ids, variant=v, params=VARIANTS[v], stage=stage, seed=seed, noise=noise, objective=objective)
+              for v in names]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _perturbed(cfg, x, ids, seed, noise) -> torch.Tensor:
+    """``x + d`` clamped to [0, 1], ``d ~ N(0, noise^2)`` from a generator of each image's own (seeded by its name)."""
+    from apem.seeds import seed_of
+
+    out = []
+    for j, iid in enumerate(ids):
+        gen = torch.Generator().manual_seed(seed_of(cfg.seed, "lrp_rules", "noise", seed, str(iid)))
+        xj = x[j : j + 1]
+        out.append((xj + noise * torch.randn(xj.shape, generator=gen, dtype=xj.dtype).to(xj.device)).clamp(0, 1))
+    xn = torch.cat(out)
+    if xn.device.type == "cpu":
+        xn = xn.contiguous(memory_format=torch.channels_last)
+    return xn
 
 
 def _lrp_rules(res, ids, stage, seed, noise, names, objective) -> pd.DataFrame:
     from apem import metric
     from apem.explain.lrp import lrp_attribution, output_relevance
     from apem.maps import stage_maps
-    from apem.metric.clean import loss_gradient
     from apem.metric.score import apem_terms
-    from apem.runner.compute import check_targets
-    from apem.seeds import seed_of
+    from apem.runner.compute import image_by_image
 
     cfg, lm = res.cfg, res.model
     dev = lm.device
     net = lm.model.eval()
-    x = res.image_tensors(ids).to(dev)
-    if dev.type == "cpu":  # as the runner feeds the model: the same kernels, the same maps
-        x = x.contiguous(memory_format=torch.channels_last)
-    target = predictions(res, ids).to(dev)
-    grad, logits, _ = loss_gradient(net, x, target)
-    check_targets(logits, target, ids)
-    info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
+    x, target, grad, info = clean_inputs(res, ids)  # image by image, as the runner
     with torch.no_grad():
-        sum_out = output_relevance(net, x, target, objective)(logits.detach()).sum(1).double().cpu()
-    gen = torch.Generator().manual_seed(seed_of(cfg.seed, "lrp_rules", "noise", seed))
-    xn = (x + noise * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(dev)).clamp(0, 1)
-    if dev.type == "cpu":
-        xn = xn.contiguous(memory_format=torch.channels_last)
+        sum_out = output_relevance(net, x, target, objective)(info.logits).sum(1).double().cpu()
+    xn = _perturbed(cfg, x, ids, seed, noise)
 
     T = res.table
     stored = T[(T.method == "lrp_epsilon") & (T.stage == stage)].set_index("image_id")
@@ -247,8 +262,9 @@ def _lrp_rules(res, ids, stage, seed, noise, names, objective) -> pd.DataFrame:
     rows, blocks, where = [], [], []
     for v in names:
         p = variant_params(v)
-        R = lrp_attribution(net, x, target, objective=objective, **p).double()
-        Rn = lrp_attribution(net, xn, target, objective=objective, **p).double()
+        relevance = lambda xj, tj: lrp_attribution(net, xj, tj, objective=objective, **p)  # noqa: E731
+        R = image_by_image(relevance, x, target).double()
+        Rn = image_by_image(relevance, xn, target).double()
         flat, flatn = R.flatten(1).cpu(), Rn.flatten(1).cpu()
         finite = torch.isfinite(flat).all(1)
         both = finite & torch.isfinite(flatn).all(1)
@@ -257,8 +273,9 @@ def _lrp_rules(res, ids, stage, seed, noise, names, objective) -> pd.DataFrame:
         maps = None
         if finite.any():
             keep = finite.nonzero().flatten()
-            m = stage_maps(R[keep.to(dev)].to(x.dtype), x[keep.to(dev)], (stage,), quantize=cfg.quantize,
-                           encoding=cfg.map_encoding)[stage]
+            m = image_by_image(lambda aj, xj: stage_maps(aj, xj, (stage,), quantize=cfg.quantize,
+                                                         encoding=cfg.map_encoding)[stage],
+                               R[keep.to(dev)].to(x.dtype), x[keep.to(dev)])
             maps = dict(zip(keep.tolist(), m.detach().cpu()))
             blocks.append(m.expand(-1, 3, -1, -1) if m.shape[1] == 1 else m)
             where += [(v, j) for j in keep.tolist()]
@@ -288,7 +305,7 @@ def _lrp_rules(res, ids, stage, seed, noise, names, objective) -> pd.DataFrame:
         all_maps = torch.cat(blocks)
         image_index = torch.tensor([j for _, j in where], device=dev)
         out = metric.evaluate_maps(net, x, all_maps, target, spec=cfg.search().replace(shuffles=0),
-                                   image_index=image_index, grad=grad, margin_info=info)
+                                   image_index=image_index, grad=grad, margin_info=info)  # each map on its own
         und = out["undefined_minus"] | out["undefined_plus"]
         ap = apem_terms(out["eps_plus"], out["eps_minus"], und)
         pos = {(v, ids[j]): k for k, (v, j) in enumerate(where)}

@@ -1,6 +1,11 @@
 """Chapter 11: cascading randomisation of the model, map similarity, and APEM of the randomised maps.
 
-See :func:`sanity_check`.
+See :func:`sanity_check`. Each image's rows -- and the example maps of the first images -- are
+kept in the store's cells (:func:`apem.studies.common.cached_rows`,
+:func:`apem.studies.common.cached_arrays`): the randomised models are seeded by the layers'
+names, the maps are computed image by image (SmoothGrad's noise keyed by the image's name) and
+each map is searched with its image's own clean pass, so an image's rows depend on it alone and
+a study of fewer or more images reads what another computed.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import torch
 from apem import randomisation
 from apem.numerics import no_tf32
 from apem.metric.score import apem_terms
-from apem.studies.common import cached_study, correct_ids, pick_stage, predictions, study_name, table_methods
+from apem.studies.common import (cached_arrays, cached_rows, clean_inputs, correct_ids, ordered_rows, pick_stage,
+                                 table_methods)
 
 
 def cascade_steps(n_stages: int, every: int = 2) -> list[int]:
@@ -68,12 +74,21 @@ def sanity_check(res, *, n_images: int = 8, stage: int | None = None, seed: int 
     and method (the shuffled baseline of the configuration's maps).
 
     Steps: :func:`cascade_steps` over :func:`apem.randomisation.randomization_stages`.
-    Cached as ``extra/sanity-sim-<key>.parquet`` and ``extra/sanity-apem-<key>.parquet``;
-    the maps of the first images are kept for figures (:func:`sanity_example_maps`).
+    Each image's rows are kept in the store's cells: the similarity rows under ``every``,
+    ``smoothgrad_n``, ``seed`` and the methods, the APEM rows under those and ``stage``; a study
+    of fewer or more images computes only the images no study computed before. The maps of the
+    first :data:`N_EXAMPLE` images are kept with them, for figures (:func:`sanity_example_maps`).
     """
     job = _SanityJob(res, n_images, stage, every, smoothgrad_n, methods, seed)
-    sim = cached_study(res, f"sanity-sim-{job.tag}", lambda: job.compute()["sim"], **job.params)
-    ap = cached_study(res, f"sanity-apem-{job.tag}", lambda: job.compute()["apem"], **job.params)
+    sim = cached_rows(res, "sanity-sim", job.rows("sim"), job.ids, **job.sim_params)
+    ap = cached_rows(res, "sanity-apem", job.rows("apem"), job.ids, **job.apem_params)
+    kept = [i for i in job.examples if i in job.done]  # computed here anyway: keep their maps for the figures
+    if kept:
+        cached_arrays(res, "sanity-maps", job.arrays, kept, **job.apem_params)
+    # the tables' order: per step and method (and visualisation stage), the images innermost
+    sim = ordered_rows(sim, step=sorted(set(sim.step)) if len(sim) else [], method=job.methods,
+                       vis_stage=list(res.cfg.stages), image_id=job.ids)
+    ap = ordered_rows(ap, step=sorted(set(ap.step)) if len(ap) else [], method=job.methods, image_id=job.ids)
     return sim, ap
 
 
@@ -83,19 +98,17 @@ def sanity_example_maps(res, *, n_images: int = 8, stage: int | None = None, see
     """The stage maps of the first :data:`N_EXAMPLE` images along the cascade, as kept by :func:`sanity_check`.
 
     ``{(method, step): tensor (k, C, H, W)}`` with step 0 the trained model;
-    the same parameters as :func:`sanity_check` (computed if missing).
+    the same parameters as :func:`sanity_check` (computed if missing: the cascade of those
+    images alone).
     """
     from apem.maps import from_storage
 
     job = _SanityJob(res, n_images, stage, every, smoothgrad_n, methods, seed)
-    arrays = res.store.read_arrays(job.maps_file)
-    if arrays is None:
-        job.compute()
-        arrays = res.store.read_arrays(job.maps_file)
+    arrays = cached_arrays(res, "sanity-maps", job.arrays, job.examples, **job.apem_params)
     out = {}
-    for k, v in arrays.items():
+    for k in arrays.get(job.examples[0], {}):
         m, step = k.rsplit("__", 1)
-        out[(m, int(step))] = from_storage(v)
+        out[(m, int(step))] = from_storage(np.concatenate([arrays[i][k] for i in job.examples]))
     return out
 
 
@@ -103,7 +116,7 @@ N_EXAMPLE = 2  # images whose randomised maps sanity_check keeps for figures
 
 
 class _SanityJob:
-    """The parameters of one sanity check, its cache key, and its computation (run at most once)."""
+    """The parameters of one sanity check, the cells' keys, and its computation: each image at most once."""
 
     def __init__(self, res, n_images, stage, every, smoothgrad_n, methods, seed):
         self.res = res
@@ -112,20 +125,35 @@ class _SanityJob:
         self.ids = correct_ids(res, n_images)
         if not self.ids:
             raise ValueError("no correctly classified images in the results table")
+        self.examples = self.ids[:N_EXAMPLE]
         self.every, self.smoothgrad_n, self.seed = int(every), int(smoothgrad_n), int(seed)
-        self.tag = f"s{self.stage}-n{len(self.ids)}-e{self.every}"
-        self.params = dict(methods=self.methods, sg=self.smoothgrad_n, seed=self.seed, ids=self.ids,
-                           params={m: res.cfg.methods[m] for m in self.methods})
-        self.maps_file = f"extra/{study_name(f'sanity-maps-{self.tag}', **self.params)}.npz"
-        self._out = None
+        self.sim_params = dict(methods=self.methods, every=self.every, sg=self.smoothgrad_n, seed=self.seed,
+                               params={m: res.cfg.methods[m] for m in self.methods})
+        self.apem_params = dict(self.sim_params, stage=self.stage)
+        self.done = {}  # image_id -> {"sim": rows, "apem": rows, "maps": {name: array}}
 
-    def compute(self) -> dict:
-        if self._out is None:
-            # in the store's numeric environment even when called outside cached_study (sanity_example_maps)
-            with self.res.store.pinned():
-                self._out = _sanity(self.res, self.ids, self.stage, self.every, self.smoothgrad_n, self.methods,
-                                    self.seed, self.maps_file)
-        return self._out
+    def compute(self, ids) -> None:
+        """The cascade of the images of ``ids`` not computed yet (the example images' maps kept)."""
+        todo = [i for i in ids if i not in self.done]
+        if not todo:
+            return
+        out = _sanity(self.res, todo, self.stage, self.every, self.smoothgrad_n, self.methods, self.seed,
+                      keep=set(self.examples))
+        for i in todo:
+            self.done[i] = {"sim": out["sim"][out["sim"].image_id == i], "apem": out["apem"][out["apem"].image_id == i],
+                            "maps": out["maps"].get(i, {})}
+
+    def rows(self, kind: str):
+        """``compute`` for :func:`cached_rows`: the ``kind`` rows (``sim`` or ``apem``) of the lacking images."""
+        def rows(lack):
+            self.compute(lack)
+            return pd.concat([self.done[i][kind] for i in lack], ignore_index=True)
+
+        return rows
+
+    def arrays(self, lack) -> dict:
+        self.compute(lack)
+        return {i: self.done[i]["maps"] for i in lack}
 
 
 def _attribution_maps(res, model, x, target, methods, smoothgrad_n, stages, ids) -> dict:
@@ -151,17 +179,16 @@ def _attribution_maps(res, model, x, target, methods, smoothgrad_n, stages, ids)
     return out
 
 
-def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None) -> dict:
-    from apem.metric.clean import loss_gradient
+def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, keep=()) -> dict:
+    """The sanity check of images ``ids``: ``{"sim": rows, "apem": rows, "maps": {image_id: {name: array}}}``,
+    the maps (``<method>__<step>``, storage form) of the images in ``keep`` only."""
+    from apem.maps import to_storage
     from apem.metric import evaluate_maps
 
     cfg, lm = res.cfg, res.model
     dev = lm.device
     trained = lm.model.eval()
-    x = res.image_tensors(ids).to(dev)
-    if dev.type == "cpu":  # as the runner feeds the model: the same kernels, the same maps
-        x = x.contiguous(memory_format=torch.channels_last)
-    target = predictions(res, ids).to(dev)
+    x, target, grad, info = clean_inputs(res, ids)  # image by image, as the runner's
     n = len(ids)
     stages = randomisation.randomization_stages(trained)
     wanted = set(cascade_steps(len(stages), every))
@@ -187,16 +214,12 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
                                      "n_stages": len(stages), "spearman": float(sim.spearman[j]),
                                      "ssim": float(sim.ssim[j]), "constant": bool(constant[j])})
 
-    if maps_file is not None:
-        from apem.maps import to_storage
+    kept = {iid: {f"{m}__{step}": to_storage(mm[m][stage][j : j + 1], cfg.quantize)
+                  for step, (_, mm) in maps.items() for m in methods}
+            for j, iid in enumerate(ids) if iid in keep}
 
-        res.store.write_arrays(maps_file, {f"{m}__{step}": to_storage(mm[m][stage][:N_EXAMPLE], res.cfg.quantize)
-                                           for step, (_, mm) in maps.items() for m in methods})
-
-    # APEM on the trained model of every map of the chosen stage, in one batched search
-    from apem.runner.compute import image_by_image
-
-    grad = image_by_image(lambda xj, tj: loss_gradient(trained, xj, tj)[0], x, target)  # as the runner's
+    # APEM on the trained model of every map of the chosen stage, in one batched search (each map searched
+    # as on its own: the image's clean pass, batches of the search's size)
     keys, blocks = [], []
     for step, (layer, mm) in maps.items():
         for m in methods:
@@ -205,7 +228,7 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
     all_maps = torch.cat(blocks).to(dev)
     image_index = torch.arange(n, device=dev).repeat(len(blocks))
     out = evaluate_maps(trained, x, all_maps, target, spec=cfg.search().replace(shuffles=0), image_index=image_index,
-                        grad=grad)
+                        grad=grad, margin_info=info)
     apem = apem_terms(out["eps_plus"], out["eps_minus"], out["undefined_minus"] | out["undefined_plus"])
     T = res.table
     Ts = T[T.stage == stage].set_index(["image_id", "method"])
@@ -222,4 +245,4 @@ def _sanity(res, ids, stage, every, smoothgrad_n, methods, seed, maps_file=None)
                 "n_forward": int(out["n_forward"][k]),
                 "apem_table": float(t.apem), "apem_shuffle": float(t.get("apem_shuffle", np.nan)),
             })
-    return {"sim": pd.DataFrame(sim_rows), "apem": pd.DataFrame(ap_rows)}
+    return {"sim": pd.DataFrame(sim_rows), "apem": pd.DataFrame(ap_rows), "maps": kept}

@@ -4,8 +4,9 @@ For the first ``n_images`` correctly classified images of a configuration and
 every stored map (method x stage), eps-minus and eps-plus are searched with
 ``linear`` (the exact first change), ``bisect`` and ``thesis``; a linear scan
 past the first change (``horizon`` steps) says whether the prediction flipped
-back, i.e. whether the flip was non-monotone. The table is cached in the
-configuration's store (``extra/search_modes-...parquet``).
+back, i.e. whether the flip was non-monotone. Each image's rows are kept in the
+store's cells (:func:`apem.studies.common.cached_rows`): a study of fewer images,
+or of more, reads what another computed and searches only the images it lacks.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 
 from apem import metric
 from apem.numerics import no_tf32
-from apem.studies.common import cached_study
-from apem.metric.clean import loss_gradient
+from apem.studies.common import cached_rows, clean_inputs, correct_ids
+
+#: the modes, in the order their columns come
+MODES = ("bisect", "thesis", "linear")
 
 
 def _directions(res, ids, methods, stages, x, grad):
@@ -48,29 +51,54 @@ def compare_modes(res, *, n_images: int = 8, stage: int | None = None, seed: int
     the comparison is made on the searches that have it. ``stage``: one
     visualisation stage (None: every stage of the table); ``seed`` is unused
     (the searches draw nothing) and kept for the studies' common call shape.
+
+    Columns: ``image_id, method, stage, side``; for each mode ``m`` of :data:`MODES`
+    ``eps_m, censored_m, forward_m`` and ``seconds_m`` (wall seconds per search, measured
+    on the image's own searches: the same in all its rows); ``non_monotone`` (NaN without a
+    ``linear`` answer) and ``undefined``. The searches are the runner's: the stored maps,
+    the loss gradient and clean logits of each image computed alone
+    (:func:`apem.studies.common.clean_inputs`), the configuration's search spec. Each image's
+    rows are kept in the store's cells, under the stages, ``horizon`` and ``linear_cap``. The images:
+    the first ``n_images`` correctly classified ones (:func:`apem.studies.common.correct_ids`).
     """
-    return cached_study(res, f"search_modes-n{n_images}-h{horizon}-cap{linear_cap}",
-                        lambda: _compare(res, n_images, stage, horizon, linear_cap), stage=stage)
+    T = res.table
+    ids = correct_ids(res, n_images)
+    if not ids:
+        raise ValueError("no correctly classified images in the results table")
+    methods = list(dict.fromkeys(T.method))
+    stages = sorted(int(s) for s in T.stage.unique()) if stage is None else [int(stage)]
+    return cached_rows(res, "search_modes", lambda lack: _compare(res, lack, methods, stages, horizon, linear_cap),
+                       ids, stages=stages, methods=methods, horizon=int(horizon), linear_cap=int(linear_cap))
 
 
-def _compare(res, n_images: int, stage, horizon: int, linear_cap: int) -> pd.DataFrame:
-    cfg, T = res.cfg, res.table
-    lm = res.model
-    ids = list(T[T.group == "correct"].image_id.unique()[:n_images])
-    methods, stages = list(dict.fromkeys(T.method)), sorted(T.stage.unique()) if stage is None else [int(stage)]
-    x = res.image_tensors(ids).to(lm.device)
-    target = torch.tensor(res.images.set_index("image_id").loc[ids, "pred"].to_numpy().copy(), device=lm.device)
-    grad, _, _ = loss_gradient(lm.model, x, target)
-    d, defined, ii, keys = _directions(res, ids, methods, stages, x, grad)
+def _compare(res, ids, methods, stages, horizon: int, linear_cap: int) -> pd.DataFrame:
+    """The rows of images ``ids``, each image searched on its own (so its timings are its own)."""
+    x, target, grad, info = clean_inputs(res, ids)
+    return pd.concat([_image(res, iid, methods, stages, x[j : j + 1], target[j : j + 1], grad[j : j + 1],
+                             _info_of(info, j), horizon, linear_cap)
+                      for j, iid in enumerate(ids)], ignore_index=True)
+
+
+def _info_of(info, j: int):
+    """Image ``j``'s :class:`apem.metric.MarginInfo` (every per-image field sliced to that image)."""
+    import dataclasses
+
+    return dataclasses.replace(info, **{f.name: getattr(info, f.name)[j : j + 1] for f in dataclasses.fields(info)
+                                        if getattr(info, f.name) is not None})
+
+
+def _image(res, iid, methods, stages, x, target, grad, info, horizon: int, linear_cap: int) -> pd.DataFrame:
+    cfg = res.cfg
+    d, defined, ii, keys = _directions(res, [iid], methods, stages, x, grad)
     out = pd.DataFrame(keys, columns=["image_id", "method", "stage", "side"])
     sub = torch.ones(len(d), dtype=torch.bool, device=x.device)
-    for mode in ("bisect", "thesis", "linear"):
+    for mode in MODES:
         if mode == "linear":
             sub = torch.as_tensor((out.eps_bisect <= linear_cap).to_numpy().copy(), device=x.device) & defined
         idx = torch.nonzero(sub).flatten()
         t0 = time.perf_counter()
-        r = metric.search(lm.model, x, d[idx], target, spec=cfg.search().replace(mode=mode, shuffles=0),
-                          image_index=ii[idx], defined=defined[idx])
+        r = metric.search(res.model.model, x, d[idx], target, spec=cfg.search().replace(mode=mode, shuffles=0),
+                          image_index=ii[idx], defined=defined[idx], margin_info=info)
         dt = (time.perf_counter() - t0) / max(1, len(idx))
         for col, v in (("eps", r.eps), ("censored", r.censored), ("forward", r.n_forward)):
             full = pd.Series(float("nan"), index=out.index)
@@ -79,8 +107,9 @@ def _compare(res, n_images: int, stage, horizon: int, linear_cap: int) -> pd.Dat
         out[f"seconds_{mode}"] = dt
     have = torch.as_tensor(out.eps_linear.notna().to_numpy().copy(), device=x.device)
     idx = torch.nonzero(have).flatten()
-    mono = metric.monotonicity_check(lm.model, x, d[idx], torch.as_tensor(out.eps_linear.to_numpy()[idx.cpu().numpy()].astype("int64"),
-                                     device=x.device), target, spec=cfg.search(), image_index=ii[idx], horizon=horizon)
+    mono = metric.monotonicity_check(res.model.model, x, d[idx], torch.as_tensor(
+        out.eps_linear.to_numpy()[idx.cpu().numpy()].astype("int64"), device=x.device), target, spec=cfg.search(),
+        image_index=ii[idx], horizon=horizon)
     out["non_monotone"] = pd.Series(float("nan"), index=out.index)
     out.loc[out.index[idx.cpu().numpy()], "non_monotone"] = mono["non_monotone"].cpu().numpy().astype(float)
     out["undefined"] = (~defined).cpu().numpy()
