@@ -128,6 +128,20 @@ def fe_per_image(cfg) -> dict[str, float]:
     return out
 
 
+def shuffled_share(cfg) -> float:
+    """The share of the selected images that get the shuffled baseline (``cfg.shuffle_groups``), from the
+    configuration's counts; 1.0 (an upper bound) where a count is ``all``."""
+    from apem.config import ALL, GROUPS
+
+    if not cfg.shuffles:
+        return 0.0
+    counts = {g: cfg.wanted(g, 0) if getattr(cfg, f"n_{g}") != ALL else None for g in GROUPS}
+    if set(cfg.shuffle_groups) == set(GROUPS) or None in counts.values():
+        return 1.0
+    total = sum(counts.values())
+    return sum(counts[g] for g in cfg.shuffle_groups) / total if total else 0.0
+
+
 def filter_fe_per_image(cfg) -> float:
     """FE of the explanation filter per filtered image: the measured 9-map figure per map, scaled by search mode."""
     per_map = _c("filter bisect") / 9
@@ -183,7 +197,7 @@ def remaining_work(cfg, store, images, env, predictions=None) -> Work:
     """
     from apem.runner.cells import Cells
     from apem.runner.plan import plan
-    from apem.runner.selection import select_images
+    from apem.runner.selection import filter_pick, select_images
 
     sel = store.read_frame("images.parquet") if store.exists() and store.has("images.parquet") else None
     classify = 0
@@ -197,8 +211,8 @@ def remaining_work(cfg, store, images, env, predictions=None) -> Work:
         n_sel, exact = planned_images(cfg, len(images), None)
         n = n_sel * len(cfg.methods) * len(cfg.stages)
         summary = {"images_selected": n_sel, "images_to_compute": n_sel, "maps_to_compute": n, "maps_reused": 0,
-                   "searches_to_compute": n, "searches_reused": 0, "shuffled_searches_to_compute": n if cfg.shuffles else 0,
-                   "shuffled_searches_reused": 0}
+                   "searches_to_compute": n, "searches_reused": 0,
+                   "shuffled_searches_to_compute": round(n * shuffled_share(cfg)), "shuffled_searches_reused": 0}
         return Work(images=n_sel, chunks=len(range(0, n_sel, cfg.chunk_size)), selected=n_sel, classify=classify,
                     filter_images=cfg.filter_images, exact=exact, plan=summary)
     pl = plan(cfg, Cells(store.root), sel, env, read_maps=False)
@@ -208,8 +222,13 @@ def remaining_work(cfg, store, images, env, predictions=None) -> Work:
             for name, stages in getattr(ch.work, kind).items():
                 cells[(kind, name)] = cells.get((kind, name), 0) + ch.size * len(stages)
     filt = 0
-    if cfg.filter_images and (pl.chunks or not (store.has("filter.parquet") and store.has("filter_maps.npz"))):
-        filt = cfg.filter_images  # the runner redoes the filter whenever it computed a chunk
+    if cfg.filter_images:  # the filtered images whose filter cells are missing
+        from apem.runner.keys import filter_parts
+
+        cells_ = Cells(store.root)
+        have = {n: cells_.index("filter", filter_parts(cfg, n, env), verify=False) for n in cfg.methods}
+        filt = sum(any((k, s) not in have[n] for n in cfg.methods for s in cfg.stages)
+                   for k in filter_pick(cfg, sel).image_key)
     return Work(images=pl.images_to_compute, chunks=len(pl.chunks), selected=len(sel), classify=classify,
                 filter_images=filt, exact=True, cells=cells, plan=pl.summary())
 
@@ -365,6 +384,7 @@ def estimate(cfg, n_images: int, device=None, *, classify: int = 0, filter_image
         lm, images = load_inputs(cfg if device is None else cfg.replace(device=str(device)))
         calibration = calibrate(lm, images, cfg)
     per = fe_per_image(cfg)
+    per["search: shuffles"] *= shuffled_share(cfg)  # only the images of cfg.shuffle_groups
     fe = {"classify pool": work.classify * _c("classify")}
     fe.update({k: work.images * v for k, v in per.items()})
     if work.cells is not None:  # cell by cell: only what is missing

@@ -49,7 +49,7 @@ from apem.runner.cells import Cells
 from apem.runner.compute import check_targets
 from apem.runner.keys import cell_keys
 from apem.runner.plan import assemble, indexes, plan
-from apem.runner.selection import classify_pool, load_inputs, select_images
+from apem.runner.selection import classify_pool, filter_pick, load_inputs, select_images
 from apem.store import Store, StoreError
 
 
@@ -173,43 +173,69 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
         store.write_frame("results.parquet", table)
     if cfg.filter_images and (todo or store.trusted("filter_maps.npz") is None or store.trusted("filter.parquet") is None):
         with step("filter", cfg.filter_images, absorb=True):
-            run_filter(cfg, lm, images, store, table, progress)
+            run_filter(cfg, lm, images, store, env, progress)
 
 
-def run_filter(cfg: Config, lm, images, store: Store, table: pd.DataFrame, progress: bool = True) -> None:
-    """Thesis Algorithm 2 on the first ``filter_images`` correct images, every method and stage."""
+def run_filter(cfg: Config, lm, images, store: Store, env, progress: bool = True) -> int:
+    """Thesis Algorithm 2 on the first ``filter_images`` correct images, every method and stage.
+
+    Its results are cells (kind ``filter``, :func:`apem.runner.keys.filter_parts`: the search key
+    and ``filter_fast_k``), computed for the images that lack them; then the configuration's
+    ``filter.parquet`` and ``filter_maps.npz`` are assembled from them. An image's filter does not
+    depend on the other images filtered with it: its loss gradient is computed alone, and every
+    search pads its model calls to one batch size. Returns the images computed.
+    """
     from apem import filtering, metric
     from apem.data import load_tensors
     from apem.metric.clean import loss_gradient
+    from apem.runner.compute import image_by_image
+    from apem.runner.keys import filter_parts
 
-    sel = store.read_frame("images.parquet")
-    pick = sel[sel.group == "correct"].head(cfg.filter_images).reset_index(drop=True)
-    _, x, _ = load_tensors(images.subset(pick.set_position.to_numpy()), lm.transform)
-    x = x.to(lm.device)
-    target = torch.tensor(pick.pred.to_numpy().copy(), device=lm.device).long()
-    grad, logits, _ = loss_gradient(lm.model, x, target)
-    check_targets(logits, target, pick.image_id)
-    info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
-    res = Results(cfg, store)
+    pick = filter_pick(cfg, store.read_frame("images.parquet"))
+    cells = Cells(store.root)
+    have = {name: cells.index("filter", filter_parts(cfg, name, env)) for name in cfg.methods}
+    lack = [j for j, k in enumerate(pick.image_key) if any((k, s) not in have[n] for n in cfg.methods for s in cfg.stages)]
+    if lack:
+        part = pick.iloc[lack].reset_index(drop=True)
+        _, x, _ = load_tensors(images.subset(part.set_position.to_numpy()), lm.transform)
+        x = x.to(lm.device)
+        target = torch.tensor(part.pred.to_numpy().copy(), device=lm.device).long()
+        grad, logits = image_by_image(lambda xj, tj: loss_gradient(lm.model, xj, tj)[:2], x, target)
+        check_targets(logits, target, part.image_id)
+        info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
+        res = Results(cfg, store)
+        record = env.record()
+        for name in cfg.methods:
+            rows, arrays = [], {}
+            for s in cfg.stages:
+                m = res.maps(part.image_id, name, s).to(lm.device)
+                t0 = time.perf_counter()
+                fr = filtering.explanation_filter(lm.model, x, m, target, spec=cfg.search(), grad=grad,
+                                                  fast_k=cfg.filter_fast_k, margin_info=info)
+                dt = time.perf_counter() - t0
+                arrays[f"s{s}"] = to_storage(fr.maps.detach().cpu(), cfg.quantize)
+                for j, (iid, key) in enumerate(zip(part.image_id, part.image_key)):
+                    rows.append(dict(image_key=key, stage=s, image_id=iid, row=j,
+                                     apem_before=float(fr.apem_before[j]), apem_after=float(fr.apem_after[j]),
+                                     steps=int(fr.steps[j]), removed_fraction=float(fr.removed_fraction[j]),
+                                     seconds=dt / len(part)))
+            cells.write("filter", filter_parts(cfg, name, env), pd.DataFrame(rows), record, arrays)
+        have = {name: cells.index("filter", filter_parts(cfg, name, env)) for name in cfg.methods}
     rows, arrays = [], {}
     for name in cfg.methods:
         for s in cfg.stages:
-            m = res.maps(pick.image_id, name, s).to(lm.device)
-            t0 = time.perf_counter()
-            fr = filtering.explanation_filter(
-                lm.model, x, m, target, spec=cfg.search(), grad=grad, fast_k=cfg.filter_fast_k, margin_info=info,
-            )
-            dt = time.perf_counter() - t0
-            arrays[f"{name}__s{s}"] = to_storage(fr.maps.detach().cpu(), cfg.quantize)
-            for j, iid in enumerate(pick.image_id):
-                rows.append(dict(
-                    image_id=iid, method=name, stage=s, map_row=j,
-                    apem_before=float(fr.apem_before[j]), apem_after=float(fr.apem_after[j]),
-                    steps=int(fr.steps[j]), removed_fraction=float(fr.removed_fraction[j]),
-                    seconds=dt / len(pick),
-                ))
+            maps = []
+            for j, (iid, key) in enumerate(zip(pick.image_id, pick.image_key)):
+                e = have[name][(key, s)]
+                r = cells.rows(e.batch).iloc[e.row]
+                maps.append(cells.maps(e.batch)[f"s{s}"][int(r.row)])
+                rows.append(dict(image_id=iid, method=name, stage=s, map_row=j, apem_before=float(r.apem_before),
+                                 apem_after=float(r.apem_after), steps=int(r.steps),
+                                 removed_fraction=float(r.removed_fraction), seconds=float(r.seconds)))
+            arrays[f"{name}__s{s}"] = np.stack(maps)
     store.write_arrays("filter_maps.npz", arrays)
     store.write_frame("filter.parquet", pd.DataFrame(rows))  # last: its presence says the filter is complete
+    return len(lack)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -288,6 +314,51 @@ class Results:
             entry = self.map_location(iid, method, stage)
             row = int(self.cells.rows(entry.batch).row.iat[entry.row])
             out.append(from_storage(self.cells.maps(entry.batch)[f"s{int(stage)}"][row]))
+        return torch.stack(out)
+
+    def attributions(self, image_ids, method: str) -> torch.Tensor:
+        """Method ``method``'s raw attributions (N, 3, H, W), float32, of ``image_ids``, in that order.
+
+        As the run computed them before the visualisation stages
+        (:func:`apem.runner.compute.attributions`: image by image, seeded per image, so the same
+        numbers whichever images are asked for together). Kept as cells (kind ``attributions``,
+        :func:`apem.runner.keys.attribution_parts`) the first time an image is asked for, so the
+        chapters that redo a map's later steps (chapter 4's encodings and stage orders) run a
+        method such as SmoothGrad once per image, not once per study or re-execution.
+        """
+        from apem.runner.compute import attributions
+        from apem.runner.keys import attribution_parts
+
+        ids = [str(i) for i in image_ids]
+        env = self.store.environment()
+        if env is None:
+            raise StoreError(f"{self.store.dir} records no numeric environment: run `apem run` on it again")
+        if method not in self.cfg.methods:
+            raise KeyError(f"method {method!r} is not in the configuration (it has {list(self.cfg.methods)})")
+        parts = attribution_parts(self.cfg, method, env)
+        facts = self.images.set_index("image_id")
+        unknown = [i for i in ids if i not in facts.index]
+        if unknown:
+            raise KeyError(f"image(s) {unknown[:3]} are not among the configuration's images")
+        keys = facts.image_key
+        have = self.cells.index("attributions", parts)
+        lack = list(dict.fromkeys(i for i in ids if (keys[i], 0) not in have))
+        if lack:
+            lm = self.model
+            x = self.image_tensors(lack).to(lm.device)
+            if lm.device.type == "cpu":  # as the runner feeds the model: the same kernels, the same numbers
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = torch.tensor(facts.loc[lack, "pred"].to_numpy().copy(), device=lm.device).long()
+            with self.store.pinned():
+                a = attributions(self.cfg, lm, method, x, target, lack).detach().float().cpu()
+            rows = pd.DataFrame({"image_key": [keys[i] for i in lack], "stage": 0, "image_id": lack,
+                                 "row": np.arange(len(lack))})
+            self.cells.write("attributions", parts, rows, env.record(), {"a": a.contiguous().numpy()})
+            have = self.cells.index("attributions", parts)
+        out = []
+        for i in ids:
+            e = have[(keys[i], 0)]
+            out.append(torch.from_numpy(self.cells.maps(e.batch)["a"][int(self.cells.rows(e.batch).row.iat[e.row])]))
         return torch.stack(out)
 
     def filtered_map(self, image_id: str, method: str, stage: int) -> torch.Tensor:

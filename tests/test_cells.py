@@ -65,9 +65,10 @@ CHANGES = {
     "a subset of methods": (dict(methods={"gradient": {}}), (0, 0, 0, 0)),
     "another chunk size": (dict(chunk_size=3), (0, 0, 0, 0)),
     "more shuffles": (dict(shuffles=2), (3, 0, 0, 12)),
-    "another search mode": (dict(search_mode="linear", shuffles=0), (3, 0, 12, 0)),
+    "another search mode": (dict(search_mode="thesis", shuffles=0), (3, 0, 12, 0)),
     "a new method": (dict(methods={"gradient": {}, "smoothgrad": {"n": 2, "sigma": 0.2}, "lrp_epsilon": {}}),
                      (3, 6, 6, 6)),
+    "the baseline on correct images only": (dict(shuffle_groups=("correct",)), (0, 0, 0, 0)),
 }
 
 
@@ -87,6 +88,85 @@ def test_a_changed_configuration_computes_only_what_depends_on_the_change_and_eq
     for name in cfg.methods:
         for st in cfg.stages:
             assert torch.equal(a.maps(a.images.image_id, name, st), b.maps(b.images.image_id, name, st))
+
+
+def test_the_shuffled_baseline_of_one_group_leaves_the_other_unsearched_and_is_completed_later(base_root, tmp_path):
+    root = _fresh_root(tmp_path, base_root)
+    only = cfg_of(shuffle_groups=("correct",))
+    s = run(only, root=root, threads=1, progress=False).plan.summary()
+    assert s["shuffled_searches_to_compute"] == 2 * 2 * 2  # 2 correct images x 2 methods x 2 stages, not 3 images
+    assert s["searches_to_compute"] == 3 * 2 * 2
+    T = Results(only, run(only, root=root, threads=1, progress=False)).table
+    mis = T[T.group == "misclassified"]
+    assert len(mis) == 4 and mis.eps_shuffle_minus.isna().all() and mis.eps_shuffle_plus.isna().all()
+    assert mis.censored_shuffle_minus.isna().all() and mis.apem_norm_term.isna().all()
+    cor = T[T.group == "correct"]
+    assert cor.eps_shuffle_minus.notna().all() and cor.censored_shuffle_plus.notna().all()
+    # both groups now: only the misclassified image's shuffled searches are computed, and the table is the base's
+    both = run(cfg_of(), root=root, threads=1, progress=False)
+    s = both.plan.summary()
+    assert (s["images_to_compute"], s["maps_to_compute"], s["searches_to_compute"],
+            s["shuffled_searches_to_compute"]) == (1, 0, 0, 4)
+    same(table(cfg_of(), both), table(cfg_of(), run(cfg_of(), root=base_root, threads=1, progress=False)))
+    full = table(cfg_of(), both).set_index(["image_id", "method", "stage"])
+    for c in ("eps_shuffle_minus", "eps_shuffle_plus", "apem_norm_term"):
+        assert np.array_equal(cor.set_index(["image_id", "method", "stage"])[c].astype(float),
+                              full.loc[cor.set_index(["image_id", "method", "stage"]).index, c].astype(float))
+
+
+def test_the_filter_is_computed_once_per_image_and_a_view_over_its_cells_filters_nothing(base_root, tmp_path,
+                                                                                      monkeypatch):
+    from apem import filtering
+
+    cols = ["apem_before", "apem_after", "steps", "removed_fraction"]
+    both = cfg_of(filter_images=2)
+    fa = Results(both, run(both, root=base_root, threads=1, progress=False)).filter_table
+    assert len(fa) == 2 * 2 * 2  # images x methods x stages
+    calls = []
+    real = filtering.explanation_filter
+    monkeypatch.setattr(filtering, "explanation_filter", lambda *a, **k: calls.append(1) or real(*a, **k))
+    one = cfg_of(filter_images=1, stages=(3,))  # a subset of the images and stages: read from the cells
+    rb = Results(one, run(one, root=base_root, threads=1, progress=False))
+    assert calls == []
+    first = fa[(fa.map_row == 0) & (fa.stage == 3)].reset_index(drop=True)
+    same(rb.filter_table[cols], first[cols])
+    # filtered alone in a fresh store (one image, not two): the same numbers and maps, bit for bit
+    fresh = cfg_of(filter_images=1)
+    rf = Results(fresh, run(fresh, root=_fresh_root(tmp_path, base_root), threads=1, progress=False))
+    assert len(calls) == 2 * 2  # methods x stages, on the one image
+    same(rf.filter_table[rf.filter_table.stage == 3][cols].reset_index(drop=True), first[cols])
+    ra = Results(both, run(both, root=base_root, threads=1, progress=False))
+    for name in both.methods:
+        for st in both.stages:
+            iid = ra.filter_table.image_id[0]
+            assert torch.equal(rf.filtered_map(iid, name, st), ra.filtered_map(iid, name, st))
+
+
+def test_raw_attributions_are_kept_once_per_image_and_give_the_stored_maps(base_root):
+    from apem.maps import stage_maps
+
+    cfg = cfg_of()
+    res = Results(cfg, run(cfg, root=base_root, threads=1, progress=False))
+    ids = list(res.images.image_id[:2])
+    alone = res.attributions(ids[1:], "smoothgrad")  # the second image first, on its own
+    batches = Cells(base_root).batches()
+    both = Results(cfg, res.store).attributions(ids, "smoothgrad")
+    assert len(Cells(base_root).batches()) == len(batches) + 1  # only the first image was computed
+    assert torch.equal(both[1], alone[0]) and both.dtype == torch.float32
+    Results(cfg, res.store).attributions(ids, "smoothgrad")
+    assert len(Cells(base_root).batches()) == len(batches) + 1  # nothing computed again
+    x = res.image_tensors(ids).contiguous(memory_format=torch.channels_last)
+    for j in range(2):  # the stages of the kept attributions are the stored maps, bit for bit
+        st = stage_maps(both[j : j + 1].contiguous(memory_format=torch.channels_last), x[j : j + 1], cfg.stages)
+        for s in cfg.stages:
+            assert torch.equal(st[s][0], res.map(ids[j], "smoothgrad", s))
+    with pytest.raises(KeyError, match="lrp_epsilon"):
+        res.attributions(ids, "lrp_epsilon")
+    from apem.runner import housekeeping
+
+    kept = housekeeping.usage(base_root)  # `apem store gc` keeps them while the configuration exists
+    assert any(b.startswith("attributions/") for b in kept["used"])
+    assert not any(b.startswith(("attributions/", "filter/")) for b in kept["unused"])
 
 
 def test_a_larger_n_keeps_the_smaller_n_images_first():
@@ -257,6 +337,7 @@ def test_store_gc_removes_only_the_cells_no_configuration_reads(base_root, tmp_p
 
     root = tmp_path / "gc"
     shutil.copytree(base_root, root)
+    run(cfg_of(n_misclassified=2), root=root, threads=1, progress=False)  # one more image: cells only it reads
     before = Cells(root).batches()
     assert housekeeping.collect(root, dry_run=True)[0] == []  # every batch is read by some configuration
     for d in root.glob("cells-*"):  # remove every configuration but the base one

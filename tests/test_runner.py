@@ -41,7 +41,8 @@ def test_every_field_changes_the_hash(few_samples):
         "ground_truth": str(few_samples / "val.txt"), "pool": 10, "n_correct": 7, "n_misclassified": 3,
         "methods": {"gradient": {}}, "stages": (1,), "quantize": False, "map_encoding": "save_image",
         "search_mode": "linear",
-        "search_bound": 501, "clip": True, "shuffles": 3, "shuffle_mode": "per_step", "filter_images": 2,
+        "search_bound": 501, "clip": True, "shuffles": 3, "shuffle_mode": "per_step", "shuffle_groups": ("correct",),
+        "filter_images": 2,
         "filter_fast_k": 4, "seed": 1, "device": "cpu", "batch_size": 7, "search_batch_size": 2, "chunk_size": 9,
     }
     assert set(changed) == {f.name for f in dataclasses.fields(Config)}, "a new field needs a case here"

@@ -2,13 +2,16 @@
 
 Layout of ``<results>/cells/``::
 
-    <kind>/<key>/              kind: maps, search or shuffle (apem.runner.keys), or study (a chapter's
+    <kind>/<key>/              kind: maps, search or shuffle (apem.runner.keys), filter (the
+                               explanation filter: apem.run.run_filter), attributions (raw, for
+                               the chapters: apem.run.Results.attributions), or study (a chapter's
                                study, per image: apem.studies.common.cached_rows)
         key.json               the key's parts, readable (what the digest hashes)
         <batch>/               the cells of one computed chunk, written at once
             rows.parquet       one row per (image, stage): image_key, image_id, stage, and
                                the numbers (search, shuffle) or the row of the map (maps)
-            maps.npz           (maps only) arrays s1, s2, s3: (images, C, H, W), storage form
+            maps.npz           (maps, filter) arrays s1, s2, s3: (images, C, H, W), storage form;
+                               (attributions) array a: (images, 3, H, W), float32
             manifest.json      SHA-256 of each file, the key, the numeric environment
 
 A batch is written like a chunk of the old per-configuration store: into a temporary
@@ -42,7 +45,9 @@ import pandas as pd
 from apem.runner.keys import KINDS, digest
 
 #: the kinds of cell on disk: the runner's, and the chapters' studies (:func:`apem.studies.common.cached_rows`)
-CELL_KINDS = (*KINDS, "study")
+CELL_KINDS = (*KINDS, "filter", "attributions", "study")
+#: the kinds whose batches hold arrays (``maps.npz``) beside their rows
+ARRAY_KINDS = ("maps", "filter", "attributions")
 from apem.store import (StoreError, fsync_dir, fsync_write, pid_alive, tmp_name, tmp_owner, atomic_write_bytes,
                         npz_bytes, parquet_bytes, sha256_file)
 
@@ -133,7 +138,7 @@ class Cells:
             files = manifest["files"]
         except (OSError, ValueError, KeyError, TypeError):
             return "its manifest.json is missing or unreadable"
-        expected = {"rows.parquet", "maps.npz"} if kind == "maps" else {"rows.parquet"}
+        expected = {"rows.parquet", "maps.npz"} if kind in ARRAY_KINDS else {"rows.parquet"}
         if not isinstance(files, dict) or set(files) != expected:
             return f"its manifest lists {sorted(files) if isinstance(files, dict) else files}, not {sorted(expected)}"
         if manifest.get("key") != key or manifest.get("kind") != kind:
@@ -191,7 +196,7 @@ class Cells:
         if not key_file.exists():
             atomic_write_bytes(key_file, json.dumps(parts, indent=1, sort_keys=True, default=str).encode())
         files = {"rows.parquet": parquet_bytes(rows)}
-        if kind == "maps":
+        if kind in ARRAY_KINDS:
             files["maps.npz"] = npz_bytes(arrays or {})
         tmp = d / tmp_name()
         tmp.mkdir()

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from apem.runner.cells import Cells, human_size
-from apem.runner.keys import cell_keys, digest
+from apem.runner.keys import attribution_parts, cell_keys, digest, filter_parts
 
 
 @dataclass
@@ -65,6 +65,11 @@ def views(root: str | Path) -> list[View]:
             keys = cell_keys(cfg, env)
             for (kind, _), parts in keys.items():
                 v.wants[f"{kind}/{digest(parts)}"] = want
+            for name in cfg.methods:  # raw attributions a chapter kept (Results.attributions)
+                v.wants[f"attributions/{digest(attribution_parts(cfg, name, env))}"] = {(k, 0) for k in sel.image_key}
+            if cfg.filter_images:  # the filter's cells of its images (any of the view's: a superset)
+                for name in cfg.methods:
+                    v.wants[f"filter/{digest(filter_parts(cfg, name, env))}"] = want
             v.config = digest({f"{k}/{m}": p for (k, m), p in keys.items()})
         out.append(v)
     return out

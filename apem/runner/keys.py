@@ -13,6 +13,12 @@ Three kinds of cell, each a function of an image and of the key of its kind:
 * ``shuffle``: the shuffled baseline of those maps. Key: the search key, the number
   of shuffles and the shuffle mode.
 
+and, beside them, ``filter``: the explanation filter's result (thesis Algorithm 2) on an
+image's maps, its rows and filtered maps. Key: the search key and ``filter_fast_k``
+(:func:`filter_parts`; computed by :func:`apem.run.run_filter` for the images a
+configuration filters); ``attributions``: a method's raw attributions of an image, for
+the chapters that redo the visualisation stages (:func:`attribution_parts`).
+
 The image's part of a cell's identity is :func:`image_key`: its name and the SHA-256
 of its file's bytes, so a cell is never taken for another image's, and a folder copied
 afresh (same bytes) keeps its cells. The stage is a column inside the cell.
@@ -88,6 +94,21 @@ def shuffle_parts(cfg, name: str, env) -> dict:
     spec = cfg.search()
     return {"kind": "shuffle", "version": CELL_VERSION, "search": digest(search_parts(cfg, name, env)),
             "shuffles": spec.shuffles, "shuffle_mode": spec.shuffle_mode}
+
+
+def attribution_parts(cfg, name: str, env) -> dict:
+    """The key of a method's raw attributions of an image (before the visualisation stages): the maps key
+    without quantisation and encoding. Kept for the chapters that redo a map's later steps
+    (:meth:`apem.run.Results.attributions`), never read by a results table."""
+    return {"kind": "attributions", "version": CELL_VERSION, **model_parts(cfg, env), **method_parts(cfg, name),
+            "seed": cfg.seed}
+
+
+def filter_parts(cfg, name: str, env) -> dict:
+    """The key of the explanation filter's cells (thesis Algorithm 2 on an image's maps of method ``name``):
+    the search key (its maps, mode, bound, batch size; the filter draws no shuffle) and ``filter_fast_k``."""
+    return {"kind": "filter", "version": CELL_VERSION, "search": digest(search_parts(cfg, name, env)),
+            "fast_k": cfg.filter_fast_k}
 
 
 KINDS = ("maps", "search", "shuffle")

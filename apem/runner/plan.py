@@ -59,9 +59,12 @@ def plan(cfg, cells: Cells, sel: pd.DataFrame, env, read_maps: bool = True) -> P
     idx = indexes(cfg, cells, env, verify=read_maps)
     needed, missing = {}, {}
     works: list[Work] = []
+    shuffled = set(shuffled_keys(cfg, sel))
     for key in sel.image_key:
         w = Work()
         for (kind, name), (_, have) in idx.items():
+            if kind == "shuffle" and key not in shuffled:
+                continue  # its group gets no shuffled baseline (cfg.shuffle_groups)
             lack = tuple(s for s in cfg.stages if (key, s) not in have)
             needed[kind] = needed.get(kind, 0) + len(cfg.stages)
             missing[kind] = missing.get(kind, 0) + len(lack)
@@ -94,6 +97,14 @@ def plan(cfg, cells: Cells, sel: pd.DataFrame, env, read_maps: bool = True) -> P
     return Plan(out, len(sel), needed, missing)
 
 
+def shuffled_keys(cfg, sel: pd.DataFrame) -> list:
+    """The ``image_key`` of the selected images that get the shuffled baseline (their group is in
+    ``cfg.shuffle_groups``); none without shuffles."""
+    if not cfg.shuffles:
+        return []
+    return sel.image_key[sel.group.isin(cfg.shuffle_groups)].tolist()
+
+
 def _map_array(cells: Cells, entry, stage: int) -> np.ndarray:
     rows = cells.rows(entry.batch)
     return cells.maps(entry.batch)[f"s{stage}"][int(rows.row.iloc[entry.row])]
@@ -110,6 +121,7 @@ def assemble(cfg, cells: Cells, sel: pd.DataFrame, env) -> pd.DataFrame:
     Raises ``KeyError`` naming a cell that is missing.
     """
     idx = indexes(cfg, cells, env)
+    shuffled = set(shuffled_keys(cfg, sel))
     facts = sel.drop(columns=["set_position"]).reset_index(drop=True)
     facts["chunk"] = np.arange(len(facts)) // cfg.chunk_size
     facts["_pos"] = np.arange(len(facts))
@@ -124,21 +136,26 @@ def assemble(cfg, cells: Cells, sel: pd.DataFrame, env) -> pd.DataFrame:
                 _, have = idx[(kind, name)]
                 entries = []
                 for k in facts.image_key:
-                    e = have.get((k, s))
-                    if e is None:
+                    unsearched = kind == "shuffle" and k not in shuffled  # a view never reads such cells
+                    e = None if unsearched else have.get((k, s))
+                    if e is None and not unsearched:
                         raise KeyError(f"no {kind} cell for image {k}, method {name!r}, stage {s}")
-                    entries.append(e)
+                    entries.append(e)  # None: an image whose group gets no shuffled baseline
                 values = {c: [] for c in cols}
                 for e in entries:
-                    r = cells.rows(e.batch)
+                    r = None if e is None else cells.rows(e.batch)
                     for c in cols:
-                        values[c].append(r[c].iat[e.row])
+                        values[c].append(None if r is None else r[c].iat[e.row])
                 if kind == "maps":
                     block["map_array"] = f"{name}__s{s}"
                     block["map_row"] = np.arange(len(facts), dtype=np.int64) % cfg.chunk_size
                 else:
+                    stored = next((e for e in entries if e is not None), None)
                     for c in cols:
-                        block[c] = pd.Series(values[c], dtype=cells.rows(entries[0].batch)[c].dtype) if entries else []
+                        if stored is not None and all(e is not None for e in entries):
+                            block[c] = pd.Series(values[c], dtype=cells.rows(stored.batch)[c].dtype)
+                        else:  # some images not searched: NaN epsilons and counts, NA censoring
+                            block[c] = pd.Series(values[c], dtype="boolean" if c.startswith("censored") else "float64")
             parts.append(block)
     table = pd.concat(parts, ignore_index=True)
     table = table.sort_values("chunk", kind="stable").drop(columns="_pos")  # (chunk, method, stage, image)

@@ -122,3 +122,8 @@ def select_images(cfg: Config, preds: pd.DataFrame, images=None) -> pd.DataFrame
         sel["image_key"] = [image_key(iid, d) for iid, d in zip(sel.image_id, file_digests(paths))]
     sel["pred_name"] = [class_name(i) for i in sel.pred]
     return sel
+
+
+def filter_pick(cfg, sel: pd.DataFrame) -> pd.DataFrame:
+    """The images the explanation filter runs on: the first ``filter_images`` correct ones of the selection."""
+    return sel[sel.group == "correct"].head(cfg.filter_images).reset_index(drop=True)

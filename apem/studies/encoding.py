@@ -8,9 +8,9 @@ about 1e-3, the ``+ 1e-5`` keeps the top level below 1 and the truncation lowers
 every level by up to one step.
 
 :func:`encoding_shift` recomputes the configuration's maps of its correctly
-classified images under both encodings -- the same attributions, the same
-seeds, targets, gradients and search as :func:`apem.runner.compute.compute_chunk`
--- and searches both, so the configuration's own encoding reproduces the
+classified images under both encodings -- the same attributions (the run's, kept
+once per image by :meth:`apem.run.Results.attributions`), seeds, targets, gradients
+and search as :func:`apem.runner.compute.compute_chunk` -- and searches both, so the configuration's own encoding reproduces the
 results table exactly and the difference is the encoding's alone.
 :func:`encoding_summary` condenses it per method and stage.
 """
@@ -60,7 +60,7 @@ def _rows(res, ids: list) -> pd.DataFrame:
     from apem import maps
     from apem import metric
     from apem.metric.clean import loss_gradient
-    from apem.runner.compute import attributions, check_targets, image_by_image
+    from apem.runner.compute import check_targets, image_by_image
     from apem.seeds import seed_of
 
     cfg, lm = res.cfg, res.model
@@ -73,7 +73,9 @@ def _rows(res, ids: list) -> pd.DataFrame:
     grad, logits = image_by_image(lambda xj, tj: loss_gradient(lm.model, xj, tj)[:2], x, target)
     check_targets(logits, target, part.image_id)
     info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
-    attr = {name: attributions(cfg, lm, name, x, target, part.image_id, grad) for name in cfg.methods}
+    attr = {name: res.attributions(part.image_id, name).to(dev) for name in cfg.methods}  # stored once per image
+    if dev.type == "cpu":  # the layout the runner's attributions have (its input's): the same stage maps
+        attr = {name: a.contiguous(memory_format=torch.channels_last) for name, a in attr.items()}
     n = len(part)
     keys = [(name, s) for name in cfg.methods for s in cfg.stages]
     out = pd.DataFrame({"image_id": [iid for _ in keys for iid in part.image_id],

@@ -110,7 +110,7 @@ def _rows(res, ids: list) -> pd.DataFrame:
     :func:`apem.runner.compute.attributions`)."""
     from apem import metric
     from apem.metric.clean import loss_gradient
-    from apem.runner.compute import attributions, check_targets, image_by_image
+    from apem.runner.compute import check_targets, image_by_image
     from apem.seeds import seed_of
 
     cfg, lm = res.cfg, res.model
@@ -126,7 +126,9 @@ def _rows(res, ids: list) -> pd.DataFrame:
     info = metric.MarginInfo.from_logits(logits, target, loss_grad=grad)
     blocks, rows = [], []
     for name in cfg.methods:
-        A = attributions(cfg, lm, name, x, target, part.image_id, grad)
+        A = res.attributions(part.image_id, name).to(dev)  # the run's, kept once per image (chapter 4 reads them twice)
+        if dev.type == "cpu":  # the layout the runner's attributions have (its input's)
+            A = A.contiguous(memory_format=torch.channels_last)
         book = image_by_image(lambda aj, xj: stage3_map(aj, xj, "multiply_then_sum", cfg.quantize, cfg.map_encoding),
                               A, x).cpu()
         for j in keep:
