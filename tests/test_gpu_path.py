@@ -396,7 +396,7 @@ def test_automatic_batches_are_capped_by_device_memory(fake_cuda_memory):
     assert forward.resolve_batch_size(None, "cuda", model=net, shape=(3, 6, 6)) == 85  # cached: no new probe
     assert len(fake_cuda_memory) == 3
     # unchanged: the CPU, explicit sizes, and calls without a model (the old signatures)
-    assert forward.resolve_batch_size(None, "cpu", model=net, shape=(3, 6, 6)) == 4
+    assert forward.resolve_batch_size(None, "cpu", model=net, shape=(3, 6, 6)) == forward.AUTO_BATCH["cpu"]
     assert forward.resolve_method_batch(None, "cpu", model=net) == 16
     assert forward.resolve_batch_size(300, "cuda", model=net) == 300 and forward.resolve_method_batch(7, "cuda", model=net) == 7
     assert forward.resolve_batch_size(None, "cuda") == 256 and forward.resolve_method_batch(None, "cuda") == 128
@@ -414,14 +414,15 @@ def test_forward_and_clean_pass_ask_for_the_memory_cap(monkeypatch):
 
     def spy(default, model, device, kind="forward", shape=forward.MODEL_INPUT):
         calls.append((default, model, torch.device(device).type, kind, tuple(shape)))
-        return 2
+        return 1  # below every automatic default: the cap is what the caller uses
 
     monkeypatch.setattr(forward, "memory_batch", spy)
     net, x, maps, ii = problem()
     f = forward.Forward(net, x, torch.zeros(3).long(), ii, forward.fixed_directions(torch.zeros(6, 3, 6, 6).double()))
-    assert f.batch_size == 2 and calls[-1] == (4, net, "cpu", "forward", (3, 6, 6))
+    auto = forward.AUTO_BATCH["cpu"]
+    assert f.batch_size == 1 and calls[-1] == (auto, net, "cpu", "forward", (3, 6, 6))
     metric.clean_pass(net, x)
-    assert calls[-1] == (4, net, "cpu", "backward", (3, 6, 6))
+    assert calls[-1] == (auto, net, "cpu", "backward", (3, 6, 6))
 
 
 @cuda
