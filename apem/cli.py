@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print how long the run would take on this machine (what is still missing), compute nothing")
     p.add_argument("--json", action="store_true",
                    help="with --estimate-only: one JSON object on stdout (images_selected, images_to_compute, "
-                        "maps_to_compute, searches_to_compute, ..., seconds, store_bytes), nothing else")
+                        "maps_to_compute, searches_to_compute, ..., seconds, cells_bytes), nothing else")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("table", help="print the summary table of a configuration (computing it if needed)")

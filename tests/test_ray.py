@@ -143,6 +143,83 @@ def test_a_ray_run_of_more_images_reuses_the_serial_cells_and_equals_a_fresh_sto
     same_as_reference(store, reference)
 
 
+RAY_CHANGES = {  # the kinds of change of tests/test_cells.py, from SMALL
+    "more images": dict(n_correct=4),
+    "a subset of methods": dict(methods={"gradient": {}}),
+    "another chunk size": dict(chunk_size=2),
+    "more shuffles": dict(shuffles=2),
+    "another search mode": dict(search_mode="thesis", shuffles=0),
+    "a new method": dict(methods={**SMALL["methods"], "lrp_epsilon": {}}),
+    "the baseline on both groups": dict(shuffle_groups=["correct", "misclassified"]),
+}
+
+
+@pytest.fixture(scope="module")
+def base_cells(root, tmp_path_factory, sample_dir):
+    """A root holding SMALL's cells, computed serially once."""
+    base = tmp_path_factory.mktemp("ray-base")
+    shutil.copytree(root / "_predictions", base / "_predictions")
+    run(small("base"), progress=False, root=base, threads=1)
+    return base
+
+
+@pytest.mark.parametrize("change", list(RAY_CHANGES))
+def test_each_kind_of_change_on_ray_reuses_the_cells_and_equals_the_serial_table(change, cluster, base_cells,
+                                                                                tmp_path):
+    """With tests/test_cells.py (a serial run that reuses cells equals a fresh store), bit for bit on Ray too."""
+    cfg = load_config("smoke", name="changed", **dict(SMALL, **RAY_CHANGES[change]))
+    on_ray, serial = tmp_path / "ray", tmp_path / "serial"
+    shutil.copytree(base_cells, on_ray)
+    shutil.copytree(base_cells, serial)
+    a = run(cfg, progress=False, root=on_ray, threads=1, ray="local")
+    b = run(cfg, progress=False, root=serial, threads=1)
+    assert a.plan.summary() == b.plan.summary()
+    assert all("pid" in w for w in a.chunk_workers.values()) and len(a.chunk_workers) == len(a.plan.chunks)
+    ra, rb = Results(cfg, a), Results(cfg, b)
+    pd.testing.assert_frame_equal(ra.table, rb.table, check_exact=True)
+    for k, m in _maps(ra).items():
+        assert torch.equal(m, _maps(rb)[k]), k
+
+
+def _ray_processes(session: str) -> list[int]:
+    """The processes whose command line names Ray session ``session``."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if session.encode() in (p / "cmdline").read_bytes():
+                    out.append(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+@pytest.mark.timeout(300)
+def test_kill_9_of_a_driver_with_its_own_local_ray_leaves_no_ray_process(reference, fresh, tmp_path):
+    cfg_file = tmp_path / "reaped.yaml"
+    cfg_file.write_text(small("reaped").to_yaml())
+    sessions = lambda: {p.name for p in Path("/tmp/ray").glob("session_2*")}  # noqa: E731
+    before = sessions()
+    proc = subprocess.Popen([sys.executable, "-m", "apem", "run", str(cfg_file), "--ray", "--results", str(fresh),
+                             "--threads", "1", "--no-progress"], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not stored_images(fresh):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the driver ended before it could be killed"
+    new = sessions() - before
+    assert len(new) == 1, new  # the driver's own local Ray
+    session = new.pop()
+    assert _ray_processes(session), "no process of the driver's Ray session was found to begin with"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _ray_processes(session):
+        time.sleep(0.5)
+    assert _ray_processes(session) == []
+
+
 def test_a_driver_killed_with_kill_9_resumes_without_recomputing(cluster, reference, fresh, tmp_path):
     cfg = small("driver")
     cfg_file = tmp_path / "driver.yaml"

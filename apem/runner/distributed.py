@@ -26,6 +26,8 @@ scheduler places the workers, restarts a killed one and moves the data.
   first. A chunk that fails :data:`MAX_ATTEMPTS` times is reported by index and image
   ids; the other chunks finish, then :class:`apem.runner.chunks.ChunkFailure` names the failed
   ones (no table is written from an incomplete run).
+* A local Ray dies with this process: ``kill -9`` of the driver leaves no Ray process behind
+  (:func:`reap_with`; Ray's own fate-sharing misses its dashboard and runtime-env agents).
 
 Ray is imported only here and only when asked for: apem imports and runs without it.
 """
@@ -102,6 +104,7 @@ def connected(address: str):
     try:
         if address == LOCAL:
             ray.init(num_cpus=os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE, **kw)
+            reap_with(os.getpid(), _session_name(ray))
         else:
             ray.init(address=address, **kw)
     except (ConnectionError, ValueError, SystemExit, RuntimeError) as e:
@@ -111,6 +114,58 @@ def connected(address: str):
         yield
     finally:
         ray.shutdown()
+
+
+def _session_name(ray) -> str | None:
+    """The local Ray's session name (``session_<date>_<pid>``), which every one of its processes carries
+    in its command line; None when this Ray does not say."""
+    try:
+        return Path(ray._private.worker._global_node.get_session_dir_path()).name  # no public API says it
+    except Exception:  # noqa: BLE001 - another Ray version: no reaper rather than no run
+        return None
+
+
+#: The reaper's program: wait for the driver ``pid`` to end, then kill what is left of its session.
+_REAPER = """
+import os, signal, sys, time
+pid, session = int(sys.argv[1]), sys.argv[2]
+while True:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.5)
+time.sleep(1.0)  # a normal shutdown is already under way: let Ray stop its own processes
+me = os.getpid()
+for p in os.listdir("/proc"):
+    if not p.isdigit() or int(p) == me:
+        continue
+    try:
+        with open(f"/proc/{p}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        continue
+    if session.encode() in cmd:
+        try:
+            os.kill(int(p), signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def reap_with(pid: int, session: str | None) -> None:
+    """Start a small detached process that kills the processes of Ray ``session`` once process ``pid`` ends.
+
+    ``ray.init()`` starts a local cluster whose processes outlive a driver killed with ``kill -9``
+    (its dashboard and runtime-env agents in Ray 2.60); after a normal ``ray.shutdown()`` the reaper
+    finds nothing to kill. Linux only (it reads ``/proc``); elsewhere nothing is started.
+    """
+    import subprocess
+
+    if not session or not os.path.isdir("/proc"):
+        return
+    subprocess.Popen([sys.executable, "-c", _REAPER, str(pid), session], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
 def code_digest() -> str:
