@@ -20,7 +20,7 @@ book: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## test-fast: the tests that need no images, no model weights and no chapter execution (the edit loop)
+## test-fast: the tests that need no images, no model weights, no chapter execution and take under 3 s each (the edit loop)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q --fast
 

@@ -88,12 +88,12 @@ SLOW_FIXTURES = {"sample_dir", "few_samples", "smoke_results", "effnet"}
 
 def pytest_addoption(parser):
     parser.addoption("--fast", action="store_true",
-                     help="only the tests that need no images, no model weights and no chapter execution "
+                     help="only the tests that need no images, no model weights and no chapter execution and take under 3 s "
                           "(`make test-fast`, the edit loop)")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: reads images, loads a model or executes chapters (left out by --fast)")
+    config.addinivalue_line("markers", "slow: reads images, loads a model, executes chapters or takes over 3 s (left out by --fast)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -44,6 +44,7 @@ def _images(n):
     return [f"i{k}" for k in range(n)]
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_a_claim_declares_its_censored_images_and_the_table_shows_whether_its_verdict_survives():
     ids = _images(12)
     b = pd.Series(np.arange(12.0), index=ids)

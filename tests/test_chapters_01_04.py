@@ -232,6 +232,7 @@ def test_chapter_3_claims_on_the_reversed_order_do_not_hold():
     assert ch03.best_by_tests(ns["pairs"], ns["methods"]).startswith("no method")
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_chapter_3_without_a_thesis_method_its_pairs_are_not_applicable():
     C = _results(12, effects={"gradient": 10.0, "smoothgrad": 0.0})
     S = stats.summary_table(C, by="method", n_boot=200)
@@ -306,6 +307,7 @@ def test_chapter_4_with_one_stage_is_not_applicable():
     assert {c.verdict for c in fam.claims} == {cl.NOT_APPLICABLE}
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_chapter_4_without_the_gradient_its_drop_claim_is_not_applicable():
     C = _results(10, effects={"lrp_epsilon": 30.0, "smoothgrad": 0.0}, stages=(1, 3))
     fam = _ch04_claims(C)

@@ -48,6 +48,7 @@ def _ch05_claims(F: pd.DataFrame, removed_threshold: float = 0.10) -> cl.Claims:
     return _family(ns["chapter_claims"])
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_filter_claims_use_one_value_per_image():
     F = _filter(12, removed=0.5)
     fam = _ch05_claims(F, 0.10)
@@ -60,6 +61,7 @@ def test_filter_claims_use_one_value_per_image():
     assert per_method.verdict == cl.HELD and [p.evidence.n for p in per_method.parts()] == [12, 12, 12]
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_filter_that_removes_little_is_not_held_and_a_lowered_map_breaks_the_invariant():
     F = _filter(12, removed=0.01, lowered={(3, "smoothgrad", 2)})
     fam = _ch05_claims(F, 0.10)
@@ -68,6 +70,7 @@ def test_filter_that_removes_little_is_not_held_and_a_lowered_map_breaks_the_inv
     assert loc.verdict == cl.NOT_HELD
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_constant_maps_leave_the_filter_claims_not_applicable():
     F = _filter(3, undefined=(0, 1, 2))
     fam = _ch05_claims(F, 0.10)
@@ -402,6 +405,7 @@ def test_chapter_8_mean_orders_and_confidence_table():
     assert t.loc["correct", "images"] == 5 and t.loc["misclassified", "median"] == "0.502"
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_chapter_8_exercise_values_decide_the_given_claims_at_both_levels():
     D, images = _groups(15, 10)
     T = pd.concat([D, D.assign(stage=1)])

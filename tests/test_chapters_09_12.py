@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from apem import claims as cl
 from apem import studies
@@ -205,6 +206,7 @@ def _ch10_claims(scores):
     return run_cells(10, "claims", scores=scores)["chapter_claims"]
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_agreement_is_a_location_claim_on_per_image_tau():
     fam = _family(_ch10_claims(_scores(agree=True)))
     c = fam.claims[0]
@@ -214,6 +216,7 @@ def test_agreement_is_a_location_claim_on_per_image_tau():
     assert all(x.source == cl.OURS for x in fam.claims)
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_cost_is_decided_on_forward_passes_not_seconds():
     # APEM: ~10 forwards + 2 backwards (= 4 forward equivalents over 3 maps) per map, ROAD 30: cheaper
     fam = _family(_ch10_claims(_scores(apem_cost=10.0, road_cost=30.0)))
@@ -234,6 +237,7 @@ def test_cost_view_shows_seconds_as_a_description():
     assert "nan" not in v.to_string()
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_chapter_10_tables_and_exercise_values():
     s = _scores(agree=True)
     MS = studies.mean_scores(s)
@@ -276,6 +280,7 @@ def _ch11_claims(sim, ap, stage=3, threshold=ch11.THRESHOLD, has_shuffles=True):
                      methods=list(dict.fromkeys(ap.method)))["chapter_claims"]
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_randomisation_test_with_every_map_constant_is_not_applicable_never_held():
     sim, ap = _sanity(constant=("lrp_epsilon",))
     fam = _family(_ch11_claims(sim, ap, 3))
@@ -289,12 +294,14 @@ def test_randomisation_test_with_every_map_constant_is_not_applicable_never_held
     assert "nan" not in cl.Claims(fam.claims).markdown()
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_randomisation_test_not_held_when_maps_survive():
     sim, ap = _sanity(rho=0.9)
     fam = _family(_ch11_claims(sim, ap, 3))
     assert fam.claims[0].verdict == cl.NOT_HELD
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_without_shuffles_the_shuffled_comparison_is_not_applicable():
     sim, ap = _sanity(shuffles=False)
     fam = _family(_ch11_claims(sim, ap, 3, has_shuffles=False))
@@ -349,6 +356,7 @@ def _ch12_claims(C, old, new, NORM):
     return run_cells(12, "claims", C=C, old=old, new=new, NORM=NORM)["chapter_claims"]
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_more_methods_claims_against_the_thesis_best():
     C = _more()
     old, new = list(METHODS), ["gradcam", "input_x_gradient"]
@@ -363,6 +371,7 @@ def test_more_methods_claims_against_the_thesis_best():
     assert [c.verdict for c in norm] == [cl.HELD, cl.NOT_HELD]
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_more_methods_without_shuffles_norm_is_not_applicable():
     C = _more()
     fam = _family(_ch12_claims(C, list(METHODS), ["gradcam"], None))
@@ -380,6 +389,7 @@ def test_more_methods_summary_counts_censored():
     assert "nan" not in view.to_string()
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_chapter_12_exercise_values_quote_both_levels():
     C = _more().assign(group="correct")
     old, new = list(METHODS), ["gradcam", "input_x_gradient"]

@@ -71,6 +71,7 @@ def family(verdict_for: float):
     ], title="A family")
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_claims_reject_an_unknown_statement_and_record_their_refs_and_verdicts():
     with pytest.raises(ValueError, match="unknown thesis statement"):
         claims.Claims([claims.Location("x", values=pd.Series([1.0, 2.0]), ref="3.1-no-such")])
@@ -97,6 +98,7 @@ def write_chapter(folder, stem, *families, as_repr=False):
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), folder / f"{stem}.ipynb")
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_the_table_reads_each_chapters_first_verdict_and_marks_the_untestable(tmp_path):
     write_chapter(tmp_path, "03_apem_results", family(1.0), family(-1.0))  # the second (a re-decision) is ignored
     write_chapter(tmp_path, "07_random", family(-1.0), as_repr=True)  # another chapter naming it counts too

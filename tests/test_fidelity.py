@@ -69,6 +69,7 @@ def _recompute(res, row) -> dict:
 
 
 @pytest.mark.parametrize("which", ["tiny_round", "tiny_linear"])
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_random_stored_rows_recompute_exactly_from_their_stored_maps(which, request):
     res = request.getfixturevalue(which)
     T = res.table

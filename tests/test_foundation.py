@@ -87,6 +87,7 @@ def test_map_state_dict_in_order_renames_and_keeps_values():
     assert list(out) == ["x.weight", "x.bias"] and torch.equal(out["x.bias"], torch.arange(3.0))
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_vgg16_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsError, match="IMAGENET1K_V1"):
@@ -96,6 +97,7 @@ def test_vgg16_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
         assert lm.model(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_vgg16_loads_a_given_state_dict_file(tmp_path):
     from torchvision.models import vgg16
 

@@ -54,6 +54,7 @@ def problem():
 # ----------------------------------------------------------------------------- the engines did not change
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_every_mode_gives_the_pre_change_numbers_bit_for_bit():
     """eps, censoring, undefined, reasons and every forward count of thesis / linear / bisect, fixed and per-step
     shuffles, two bounds and batch sizes, bisect with hints: as the engines gave them before the host
@@ -216,6 +217,7 @@ def keyed_thesis_loop(model, x, Rn, sign, seed, S, t, bound):
     return start + 1, count
 
 
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_device_draws_through_evaluate_maps(monkeypatch):
     """With the accelerator's draws: thesis per-step epsilons equal the slow loop's, and neither mode depends on
     the batch size, the chunking or which other maps are in the call."""

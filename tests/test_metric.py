@@ -130,6 +130,7 @@ ints = st.integers(-6, 6)
     data=st.data(),
     bound=st.sampled_from([BOUND, BOUND, 300, 37]),
 )
+@pytest.mark.slow  # over 3 s: left out of `make test-fast`
 def test_every_mode_matches_the_closed_form_of_a_linear_classifier(K, data, bound):
     W = data.draw(st.lists(st.lists(ints, min_size=N_IN, max_size=N_IN), min_size=K, max_size=K))
     b = data.draw(st.lists(st.integers(-20, 20), min_size=K, max_size=K))
