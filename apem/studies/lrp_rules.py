@@ -253,7 +253,11 @@ def _lrp_rules(res, ids, stage, seed, noise, names, objective) -> pd.DataFrame:
     net = lm.model.eval()
     x, target, grad, info = clean_inputs(res, ids)  # image by image, as the runner
     with torch.no_grad():
-        sum_out = output_relevance(net, x, target, objective)(info.logits).sum(1).double().cpu()
+        out_rel = output_relevance(net, x, target, objective)(info.logits)
+    # every per-image reduction on its own row: on 2 threads torch splits a reduction over a batch of
+    # rows differently with the number of rows, so the last bits would depend on the other images
+    per_row = lambda t, f: torch.stack([f(t[j]) for j in range(len(t))])  # noqa: E731
+    sum_out = per_row(out_rel, torch.sum).double().cpu()
     xn = _perturbed(cfg, x, ids, seed, noise)
 
     T = res.table
@@ -268,8 +272,8 @@ def _lrp_rules(res, ids, stage, seed, noise, names, objective) -> pd.DataFrame:
         flat, flatn = R.flatten(1).cpu(), Rn.flatten(1).cpu()
         finite = torch.isfinite(flat).all(1)
         both = finite & torch.isfinite(flatn).all(1)
-        change = (flatn - flat).abs().sum(1) / flat.abs().sum(1)
-        sum_in = flat.sum(1)
+        change = per_row(flatn - flat, lambda r: r.abs().sum()) / per_row(flat, lambda r: r.abs().sum())
+        sum_in = per_row(flat, torch.sum)
         maps = None
         if finite.any():
             keep = finite.nonzero().flatten()
