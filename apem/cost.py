@@ -196,7 +196,7 @@ def remaining_work(cfg, store, images, env, predictions=None) -> Work:
     exact, cell by cell (:func:`apem.runner.plan.plan`); otherwise every selected image counts.
     """
     from apem.runner.cells import Cells
-    from apem.runner.plan import plan
+    from apem.runner.plan import filter_lack, plan
     from apem.runner.selection import filter_pick, select_images
 
     sel = store.read_frame("images.parquet") if store.exists() and store.has("images.parquet") else None
@@ -223,12 +223,7 @@ def remaining_work(cfg, store, images, env, predictions=None) -> Work:
                 cells[(kind, name)] = cells.get((kind, name), 0) + ch.size * len(stages)
     filt = 0
     if cfg.filter_images:  # the filtered images whose filter cells are missing
-        from apem.runner.keys import filter_parts
-
-        cells_ = Cells(store.root)
-        have = {n: cells_.index("filter", filter_parts(cfg, n, env), verify=False) for n in cfg.methods}
-        filt = sum(any((k, s) not in have[n] for n in cfg.methods for s in cfg.stages)
-                   for k in filter_pick(cfg, sel).image_key)
+        filt = len(filter_lack(cfg, Cells(store.root), filter_pick(cfg, sel), env, verify=False)[1])
     return Work(images=pl.images_to_compute, chunks=len(pl.chunks), selected=len(sel), classify=classify,
                 filter_images=filt, exact=True, cells=cells, plan=pl.summary())
 

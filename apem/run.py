@@ -48,7 +48,7 @@ from apem.runner import chunks
 from apem.runner.cells import Cells
 from apem.runner.compute import check_targets
 from apem.runner.keys import cell_keys
-from apem.runner.plan import assemble, indexes, plan
+from apem.runner.plan import assemble, filter_lack, indexes, plan
 from apem.runner.selection import classify_pool, filter_pick, load_inputs, select_images
 from apem.store import Store, StoreError
 
@@ -193,8 +193,7 @@ def run_filter(cfg: Config, lm, images, store: Store, env, progress: bool = True
 
     pick = filter_pick(cfg, store.read_frame("images.parquet"))
     cells = Cells(store.root)
-    have = {name: cells.index("filter", filter_parts(cfg, name, env)) for name in cfg.methods}
-    lack = [j for j, k in enumerate(pick.image_key) if any((k, s) not in have[n] for n in cfg.methods for s in cfg.stages)]
+    have, lack = filter_lack(cfg, cells, pick, env)
     if lack:
         part = pick.iloc[lack].reset_index(drop=True)
         _, x, _ = load_tensors(images.subset(part.set_position.to_numpy()), lm.transform)
@@ -220,7 +219,7 @@ def run_filter(cfg: Config, lm, images, store: Store, env, progress: bool = True
                                      steps=int(fr.steps[j]), removed_fraction=float(fr.removed_fraction[j]),
                                      seconds=dt / len(part)))
             cells.write("filter", filter_parts(cfg, name, env), pd.DataFrame(rows), record, arrays)
-        have = {name: cells.index("filter", filter_parts(cfg, name, env)) for name in cfg.methods}
+        have = filter_lack(cfg, cells, pick, env)[0]
     rows, arrays = [], {}
     for name in cfg.methods:
         for s in cfg.stages:

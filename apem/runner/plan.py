@@ -97,6 +97,16 @@ def plan(cfg, cells: Cells, sel: pd.DataFrame, env, read_maps: bool = True) -> P
     return Plan(out, len(sel), needed, missing)
 
 
+def filter_lack(cfg, cells: Cells, pick: pd.DataFrame, env, verify: bool = True) -> tuple[dict, list[int]]:
+    """The filter's cells of ``cfg`` (``method -> {(image_key, stage): Entry}``) and the positions in ``pick``
+    (the images the filter runs on) of the images that miss one of them."""
+    from apem.runner.keys import filter_parts
+
+    have = {n: cells.index("filter", filter_parts(cfg, n, env), verify) for n in cfg.methods}
+    lack = [j for j, k in enumerate(pick.image_key) if any((k, s) not in have[n] for n in cfg.methods for s in cfg.stages)]
+    return have, lack
+
+
 def shuffled_keys(cfg, sel: pd.DataFrame) -> list:
     """The ``image_key`` of the selected images that get the shuffled baseline (their group is in
     ``cfg.shuffle_groups``); none without shuffles."""
