@@ -155,7 +155,7 @@ def cmd_run(args) -> int:
     if args.json and not args.estimate_only:
         raise SystemExit("apem: --json goes with --estimate-only")
     if args.estimate_only:
-        from apem.cost import estimate_only
+        from apem.runner.remaining import estimate_only
 
         est = estimate_only(cfg, root=args.results, threads=args.threads)
         if args.json:

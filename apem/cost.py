@@ -17,10 +17,10 @@ Per selected image, with ``M = len(methods) * len(stages)`` maps and ``S`` shuff
 
 plus one FE per pool image to classify, the filter's FE per filtered image, and the
 decoding of every image read (the pool once, each chunk's images again, the filtered
-images). :func:`estimate` multiplies; :func:`remaining_work` says what is still
-missing in a store (a resumed run is estimated on its missing chunks only);
-:func:`announce` prints the estimate before the runner computes its first chunk,
-and ``apem run CONFIG --estimate-only`` prints it without computing.
+images). :func:`estimate` multiplies; :func:`apem.runner.remaining.remaining_work` says
+what is still missing in a store (a resumed run is estimated on its missing cells only);
+:func:`apem.runner.remaining.announce` prints the estimate before the runner computes its
+first chunk, and ``apem run CONFIG --estimate-only`` prints it without computing.
 
 The constants were measured on the 2-core development CPU with EfficientNet-Lite0
 (the table says which were not); on another model or an accelerator (larger batches)
@@ -30,7 +30,6 @@ the ratios move: take the estimate there as an order of magnitude.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -148,24 +147,6 @@ def filter_fe_per_image(cfg) -> float:
     return maps_per_image(cfg) * per_map * _c(f"search {cfg.search_mode}") / _c("search bisect")
 
 
-def planned_images(cfg, n_pool: int, preds=None) -> tuple[int, bool]:
-    """Images the configuration selects from a pool of ``n_pool``: ``(count, exact)``.
-
-    Exact for two counts, for ``all`` on both groups (the whole pool), or with the pool's
-    predictions ``preds`` (a DataFrame with a ``correct`` column); otherwise (``all`` on one
-    group, the pool not classified yet) ``n_pool``, an upper bound, with ``exact`` False.
-    """
-    from apem.config import ALL
-
-    if preds is not None:
-        n_right = int(preds.correct.sum())
-        return cfg.wanted("correct", n_right) + cfg.wanted("misclassified", len(preds) - n_right), True
-    counts = (cfg.n_correct, cfg.n_misclassified)
-    if ALL not in counts:
-        return int(sum(counts)), True
-    return int(n_pool), counts == (ALL, ALL)
-
-
 # ----------------------------------------------------------------------------- what is left to do
 
 
@@ -186,46 +167,6 @@ class Work:
     @property
     def empty(self) -> bool:
         return not (self.images or self.classify or self.filter_images)
-
-
-def remaining_work(cfg, store, images, env, predictions=None) -> Work:
-    """What :func:`apem.run.run` would compute for ``cfg`` in ``store`` (read only: nothing is removed or written).
-
-    ``images``: the pool; ``predictions``: the pool's cached predictions (DataFrame) if there are
-    any. With the selection known (stored, or drawn from the cached predictions) the count is
-    exact, cell by cell (:func:`apem.runner.plan.plan`); otherwise every selected image counts.
-    """
-    from apem.runner.cells import Cells
-    from apem.runner.plan import filter_lack, plan
-    from apem.runner.selection import filter_pick, select_images
-
-    sel = store.read_frame("images.parquet") if store.exists() and store.has("images.parquet") else None
-    classify = 0
-    if sel is None or "image_key" not in sel:
-        sel = None
-        if predictions is not None:
-            sel = select_images(cfg, predictions, images)
-        else:
-            classify = len(images)
-    if sel is None:  # the selection is not known until the pool is classified: every cell of every selected image
-        n_sel, exact = planned_images(cfg, len(images), None)
-        n = n_sel * len(cfg.methods) * len(cfg.stages)
-        summary = {"images_selected": n_sel, "images_to_compute": n_sel, "maps_to_compute": n, "maps_reused": 0,
-                   "searches_to_compute": n, "searches_reused": 0,
-                   "shuffled_searches_to_compute": round(n * shuffled_share(cfg)), "shuffled_searches_reused": 0}
-        return Work(images=n_sel, chunks=len(range(0, n_sel, cfg.chunk_size)), selected=n_sel, classify=classify,
-                    filter_images=cfg.filter_images, exact=exact, plan=summary)
-    pl = plan(cfg, Cells(store.root), sel, env, read_maps=False)
-    cells: dict = {}
-    for ch in pl.chunks:
-        for kind in ("maps", "search", "shuffle"):
-            for name, stages in getattr(ch.work, kind).items():
-                cells[(kind, name)] = cells.get((kind, name), 0) + ch.size * len(stages)
-    filt = 0
-    if cfg.filter_images:  # the filtered images whose filter cells are missing
-        filt = len(filter_lack(cfg, Cells(store.root), filter_pick(cfg, sel), env, verify=False)[1])
-    return Work(images=pl.images_to_compute, chunks=len(pl.chunks), selected=len(sel), classify=classify,
-                filter_images=filt, exact=True, cells=cells, plan=pl.summary())
 
 
 # ----------------------------------------------------------------------------- the machine's second
@@ -323,7 +264,7 @@ class Estimate:
         return out
 
     def report(self) -> str:
-        """The lines :func:`announce` prints."""
+        """The lines :func:`apem.runner.remaining.announce` prints."""
         w, cal = self.work, self.calibration
         reuse = ""
         if w.plan is not None:
@@ -367,7 +308,7 @@ def estimate(cfg, n_images: int, device=None, *, classify: int = 0, filter_image
     ``classify``: pool images to classify too; ``filter_images``: images the filter runs on (None: the
     configuration's). ``calibration``: this machine's seconds per FE and per decoded image; None loads
     the model on ``device`` (None: the configuration's) and times it (:func:`calibrate`).
-    ``work`` (from :func:`remaining_work`) replaces the three counts.
+    ``work`` (from :func:`apem.runner.remaining.remaining_work`) replaces the three counts.
     """
     if work is None:
         n = int(n_images)
@@ -403,54 +344,3 @@ def fmt_duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-# ----------------------------------------------------------------------------- where the runner calls it
-
-
-def run_work(cfg, store, lm, images, env) -> Work:
-    """:func:`remaining_work` with the pool's cached predictions looked up for ``lm``."""
-    import pandas as pd
-
-    from apem.runner.selection import prediction_cache
-    from apem.store import verified
-
-    path = prediction_cache(cfg, lm, store.root)
-    preds = pd.read_parquet(path) if verified(path) else None
-    return remaining_work(cfg, store, images, env, preds)
-
-
-def announce(cfg, store, lm, images, env, stream=None) -> Estimate | None:
-    """Print the estimate of what is left to stderr (the runner calls it before its first chunk); None if nothing is."""
-    work = run_work(cfg, store, lm, images, env)
-    if work.empty:
-        return None
-    est = estimate(cfg, work.images, calibration=calibrate(lm, images, cfg), work=work)
-    print(est.report(), file=stream or sys.stderr, flush=True)
-    return est
-
-
-def estimate_only(cfg, root=None, threads: int | None = None) -> Estimate:
-    """The estimate ``apem run CONFIG --estimate-only`` prints: as :func:`apem.run.run` would start, computing nothing.
-
-    The same thread count as the run (the store's recorded count, else ``threads`` / ``$APEM_THREADS`` /
-    the default) and the same numeric-environment check; the store is read, never created or changed.
-    """
-    from apem import numerics
-    from apem.alloc import tune_malloc
-    from apem.models import resolve_device
-    from apem.runner.selection import load_inputs
-    from apem.store import Store
-
-    store = Store(cfg, root)
-    recorded = store.environment() if store.exists() else None
-    with numerics.pinned(numerics.resolve_threads(threads, recorded)):
-        env = numerics.NumericEnv.current(resolve_device(cfg.device))
-        if recorded is not None:
-            numerics.check_compatible(recorded, env, str(store.dir))
-        lm, images = load_inputs(cfg)
-        tune_malloc()  # as the runner: the forwards are timed at the speed they will run
-        work = run_work(cfg, store, lm, images, env)
-        est = estimate(cfg, work.images, calibration=calibrate(lm, images, cfg), work=work)
-        est.store = store
-        return est

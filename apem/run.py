@@ -142,7 +142,7 @@ def _compute(cfg: Config, store: Store, lm, images, env, progress: bool, fail_af
 
     tune_malloc()  # small-batch CPU forwards run up to ~1.8x faster with buffers kept on the heap (apem.alloc)
     if progress:  # what is left, timed on this machine, to stderr before anything is computed (apem.cost)
-        from apem.cost import announce
+        from apem.runner.remaining import announce
 
         announce(cfg, store, lm, images, env)
     torch.manual_seed(cfg.seed)

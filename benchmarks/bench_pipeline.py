@@ -166,7 +166,7 @@ def per_image_rows(prof: dict, t_fwd: float) -> list[dict]:
 def preset_rows(rows: list[dict], preset, n_pool: int, studies: dict, t_fwd: float) -> list[dict]:
     """Each step's per-image cost times the images the preset gives it (with "all" on one group only: the pool,
     an upper bound)."""
-    from apem.cost import planned_images
+    from apem.runner.remaining import planned_images
 
     n_sel = planned_images(preset, n_pool)[0]
     out = []

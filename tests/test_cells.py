@@ -364,7 +364,7 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
-ORDER = ["distributed", "plan", "housekeeping", "chunks", "compute", "cells", "selection", "keys"]
+ORDER = ["distributed", "remaining", "plan", "housekeeping", "chunks", "compute", "cells", "selection", "keys"]
 
 
 def test_the_runner_reads_top_down_and_no_module_imports_a_private_name():

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from apem import cost
+from apem.runner import remaining
 from apem.config import load_config
 from apem.cost import COSTS, Calibration, Work
 from apem.run import Results, _Interrupt, run
@@ -67,14 +68,14 @@ def test_estimate_is_fe_times_the_calibrated_second_plus_decoding():
 
 def test_planned_images_are_exact_unless_one_group_waits_for_the_classification():
     full = load_config("full")
-    assert cost.planned_images(full, 1000) == (1000, True)  # every image of both groups: the pool
+    assert remaining.planned_images(full, 1000) == (1000, True)  # every image of both groups: the pool
     d = load_config("default")
-    assert cost.planned_images(d, 1000) == (d.n_correct + d.n_misclassified, True)  # counts: exact
+    assert remaining.planned_images(d, 1000) == (d.n_correct + d.n_misclassified, True)  # counts: exact
     mixed = full.replace(n_misclassified=1)
-    assert cost.planned_images(mixed, 1000) == (1000, False)  # an upper bound
+    assert remaining.planned_images(mixed, 1000) == (1000, False)  # an upper bound
     preds = pd.DataFrame({"correct": [True] * 8 + [False] * 2})
-    assert cost.planned_images(mixed, 10, preds) == (9, True)
-    assert cost.planned_images(full, 10, preds) == (10, True)
+    assert remaining.planned_images(mixed, 10, preds) == (9, True)
+    assert remaining.planned_images(full, 10, preds) == (10, True)
 
 
 # ----------------------------------------------------------------------------- on a tiny pool, with the model
@@ -100,11 +101,11 @@ def test_full_on_every_image_resumes_to_the_same_table_and_estimates_what_is_lef
     _, images = load_inputs(cfg)
     env = NumericEnv.current("cpu")
     per = sum(cost.fe_per_image(cfg).values())
-    fresh = cost.remaining_work(cfg, Store(cfg, tmp_path / "none"), images, env)
+    fresh = remaining.remaining_work(cfg, Store(cfg, tmp_path / "none"), images, env)
     assert (fresh.images, fresh.chunks, fresh.selected, fresh.classify, fresh.filter_images) == (6, 3, 6, 6, 0)
     assert not (tmp_path / "none").exists()  # read only
     filtered = cfg.replace(filter_images=1)
-    assert cost.remaining_work(filtered, Store(filtered, tmp_path / "none"), images, env).filter_images == 1
+    assert remaining.remaining_work(filtered, Store(filtered, tmp_path / "none"), images, env).filter_images == 1
 
     with pytest.raises(_Interrupt):
         run(cfg, progress=True, root=tmp_path, fail_after_chunks=1)
@@ -115,7 +116,7 @@ def test_full_on_every_image_resumes_to_the_same_table_and_estimates_what_is_lef
 
     store = Store(cfg, tmp_path)
     env = store.environment()
-    left = cost.remaining_work(cfg, store, images, env)
+    left = remaining.remaining_work(cfg, store, images, env)
     assert (left.images, left.chunks, left.selected, left.classify, left.filter_images) == (4, 2, 6, 0, 0)
     e0, e1 = (cost.estimate(cfg, 0, calibration=CAL, work=w) for w in (fresh, left))
     assert e0.total_fe - e1.total_fe == pytest.approx(2 * per + 6 * v("classify"), rel=1e-12)
@@ -129,7 +130,7 @@ def test_full_on_every_image_resumes_to_the_same_table_and_estimates_what_is_lef
     assert re.search(r"APEM full-tiny: +33%\|.*\| 2/6 \[", err)
     assert re.search(r" 4/6 \[\d\d:\d\d<\d\d:\d\d, ", err)
     pd.testing.assert_frame_equal(Results(cfg, store).table, ref, check_exact=True)
-    assert cost.remaining_work(cfg, store, images, env).empty
+    assert remaining.remaining_work(cfg, store, images, env).empty
     run(cfg, progress=True, root=tmp_path)  # nothing left: no estimate, no bar
     assert "estimate" not in capfd.readouterr().err
 

@@ -30,7 +30,7 @@ PAGES = {
                 "apem.explain.timm_canonizers", "apem.explain.captum_methods"],
     "claims": ["apem.claims", "apem.claims.base", "apem.claims.kinds", "apem.claims.zero", "apem.claims.family"],
     "stats": ["apem.stats", "apem.correlation"],
-    "experiment": ["apem.run", "apem.runner", "apem.runner.keys", "apem.runner.cells", "apem.runner.plan",
+    "experiment": ["apem.run", "apem.runner", "apem.runner.keys", "apem.runner.cells", "apem.runner.plan", "apem.runner.remaining",
                    "apem.runner.compute", "apem.runner.chunks", "apem.runner.distributed", "apem.runner.selection",
                    "apem.runner.housekeeping", "apem.store", "apem.config", "apem.data", "apem.models", "apem.maps",
                    "apem.filtering", "apem.seeds", "apem.cost", "apem.numerics", "apem.profile", "apem.alloc",

@@ -4,6 +4,7 @@ The public entry points are in :mod:`apem.run` (``results``, ``run``, ``Results`
 import top-down, without cycles; from the top:
 
 * :mod:`apem.runner.distributed` -- the chunks on a Ray cluster (workers compute, this process stores);
+* :mod:`apem.runner.remaining` -- what a store still lacks for a configuration, and the estimate announced;
 * :mod:`apem.runner.plan` -- what a configuration needs, what is missing, its table from the cells;
 * :mod:`apem.runner.housekeeping` -- ``apem store``: size, configurations, unused cells;
 * :mod:`apem.runner.chunks` -- the chunk loop: who computes, writing each chunk's cells as it arrives;

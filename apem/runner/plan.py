@@ -34,7 +34,7 @@ class Plan:
         return sum(ch.size for ch in self.chunks)
 
     def summary(self) -> dict:
-        """What :func:`apem.cost.announce` and ``--estimate-only --json`` report."""
+        """What :func:`apem.runner.remaining.announce` and ``--estimate-only --json`` report."""
         return {"images_selected": self.images_selected, "images_to_compute": self.images_to_compute,
                 "chunks_to_compute": len(self.chunks),
                 "maps_to_compute": self.missing.get("maps", 0), "maps_reused": self.needed.get("maps", 0) - self.missing.get("maps", 0),
