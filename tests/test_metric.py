@@ -613,6 +613,26 @@ def test_trace_lists_every_tested_step():
             assert res["eps"] == 5000 and tr[-1]["pass_"] <= 3
 
 
+def test_trace_calls_the_model_at_the_search_batch_size_and_returns_the_search_result():
+    """The trace is the search recorded: same padded batch size in every model call (a CPU model's last bits change
+    with the batch size), hence the same result; before, it forwarded batches of ``block`` (32 images per tested step)."""
+    from apem.metric.forward import resolve_batch_size
+
+    model, x, d = line_setup(5000, [(2995, 3005)])
+    sizes = []
+    model.register_forward_pre_hook(lambda m, a: sizes.append(len(a[0])))
+    for mode in SEARCH_MODES:
+        for batch in (None, 3):
+            spec = metric.SearchSpec(mode=mode, batch_size=batch)
+            sizes.clear()
+            tr = trace(model, x[0], d[0], spec=spec)
+            want = resolve_batch_size(batch, x.device)
+            perturbed = sizes[1:] if sizes[0] == 1 else sizes  # the image's clean pass (target, margin) comes first
+            assert perturbed and set(perturbed) == {want}, (mode, batch, sizes)
+            res = search(model, x, d, spec=spec)
+            assert tr[-1]["result"]["eps"] == int(res.eps[0]) and tr[-1]["result"]["n_forward"] == int(res.n_forward[0])
+
+
 def test_monotonicity_check_finds_flip_backs():
     model, x, d = line_setup(5000, [(250, 260)])
     mono, _, _ = line_setup(777, [])

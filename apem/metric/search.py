@@ -134,10 +134,11 @@ def trace(model, x, d, target=None, *, spec: SearchSpec | None = None, margin_in
     ``x`` (3, H, W) or (1, 3, H, W), ``d`` likewise. Returns a list of
     ``dict(eps, pred, margin, changed, pass_)`` (``pass_``: the lockstep round
     that tested it); the last entry also holds ``result``: the item's
-    ``eps``, ``censored``, ``undefined`` and ``n_forward``.
+    ``eps``, ``censored``, ``undefined`` and ``n_forward``: those of :func:`search` with the same
+    ``spec`` (the same padded batch size), bit for bit.
     """
     spec = SearchSpec.build(spec, **settings)
-    mode, block = spec.mode, spec.block
+    mode = spec.mode
     x = x if x.dim() == 4 else x[None]
     d = d if d.dim() == 4 else d[None]
     info, _ = _image_info(model, x, target, mode, margin_info, 64)
@@ -145,8 +146,8 @@ def trace(model, x, d, target=None, *, spec: SearchSpec | None = None, margin_in
         _, info = clean_pass(model, x, info.target, need_loss_grad=False)
     t = int(info.target[0])
     rec: list = []
-    res = search(model, x, d, info.target, spec=spec.replace(batch_size=max(2, int(block))), margin_info=info,
-                 _record=rec)
+    # the search's own batch size (padded calls): the trace's result is the search's, bit for bit
+    res = search(model, x, d, info.target, spec=spec, margin_info=info, _record=rec)
     out = [dict(eps=int(e), pred=int(p), margin=float(m), changed=int(p) != t, pass_=k)
            for k, (_, eb, pb, mg) in enumerate(rec) for e, p, m in zip(eb.tolist(), pb.tolist(), mg.tolist())]
     if out:
