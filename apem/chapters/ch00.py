@@ -27,7 +27,7 @@ import pandas as pd
 from apem import metric
 from apem.by_hand import (
     BATCH, BLOCK, IMAGE, PIXELS, SIDES, SIGNS, Toy, clip_drop, closed_forms, dip_for_window, dip_net,
-    direction_by_hand, disagreements, first_flip, linear_margin, maps_tensor, net_margin,
+    direction_by_hand, disagreements, first_flip, linear_margin, maps_tensor, net_margin, toy,
 )
 from apem import claims
 from apem.claims import fmt
@@ -433,3 +433,23 @@ def exercise_values(toy_: Toy, R, window, spec) -> dict:
             "ch00-net-exact": int(first_flip(net_margin(line, dip), int(spec.bound))),
             "ch00-m0": float(toy_.m0), "ch00-clip-drop": float(clip_drop(toy_, R)), "ch00-net-thesis": thesis_eps}
 
+
+
+def reference_values(params: str) -> dict:
+    """:func:`exercise_values` on the reference build: the parameter set ``params`` without overrides and the
+    chapter's default parameters (the numbers a solution quotes whatever a student re-ran)."""
+    from apem.book import find_chapter
+    from apem.book.params import chapter_parameters
+    from apem.config import load_config
+
+    d = {k: p.default for k, p in chapter_parameters(find_chapter(0)).items()}
+    spec = search_spec(load_config(params), mode=d["mode"], clip=d["clip"], bound=d["bound"])
+    return exercise_values(toy(d["weight_scale"], d["margin"]), d["relevance"], d["window"], spec)
+
+
+def hand_values(h: dict) -> dict:
+    """The closed form's quantities the text quotes (``ch00-hand-*`` glue names), from ``on_paper(R)``."""
+    below = math.floor(h["root"])
+    return {"ch00-hand-norm": exact(h["norm"], 2), "ch00-hand-weighted": exact(h["weighted"], 5),
+            "ch00-hand-slope": exact(h["slope"], 6), "ch00-hand-root": exact(h["root"], 2),
+            "ch00-hand-below": f"{below:,}", "ch00-hand-past": f"{below + 1:,}"}
