@@ -16,9 +16,12 @@ PARAMS ?= default
 book: $(STAMP)
 	$(PY) -m apem book --params $(PARAMS)
 
-## test: run the test suite
+# parallel test processes (pytest-xdist): one per core, at most 4; each module's tests stay in one process
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
+## test: run the test suite (in TEST_JOBS processes; TEST_JOBS=0 runs it in this one)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope
 
 ## test-fast: the tests that need no images, no model weights, no chapter execution and take under 3 s each (the edit loop)
 test-fast: $(STAMP)

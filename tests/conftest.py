@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+#: ``make test`` runs the suite in parallel processes (pytest-xdist, ``-n``): the cores are shared among them, so
+#: each process, and every kernel or command it starts ($APEM_THREADS, $OMP_NUM_THREADS), computes with
+#: ``cores / processes`` torch threads (2 at most). Two processes of 2 threads on 2 cores would slow torch 10-100x.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1:
+    os.environ.setdefault("APEM_THREADS", str(THREADS))
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
 
@@ -71,12 +79,24 @@ def smoke_results(tmp_path_factory, sample_dir):
 
     The smoke book (tests/test_book.py) and the exercises' commands (tests/test_exercises.py)
     read the same run, so the session computes it once and the developer's results/ is left alone.
+    Parallel test processes share one store (in the session's common temporary folder): the first
+    computes the run, the others wait for it, and the chapters' study cells one process computes
+    the others read (the store's cells are written atomically, so concurrent writers never mix).
     """
+    from filelock import FileLock
+
     from apem.config import load_config
     from apem.run import run
 
-    root = tmp_path_factory.mktemp("smoke-results")
-    run(load_config("smoke"), progress=False, root=root)
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        root = tmp_path_factory.mktemp("smoke-results")
+        run(load_config("smoke"), progress=False, root=root)
+        return root
+    root = tmp_path_factory.getbasetemp().parent / "smoke-results"  # this session's folder, shared by its workers
+    with FileLock(f"{root}.lock"):
+        if not (root / ".computed").exists():
+            run(load_config("smoke"), progress=False, root=root)
+            (root / ".computed").touch()
     return root
 
 

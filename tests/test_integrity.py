@@ -286,13 +286,14 @@ def test_every_cell_batch_records_its_numeric_environment(reference, tmp_path):
     run(cfg, progress=False, root=tmp_path)
     import torch
 
-    from apem.numerics import NumericEnv
+    from apem.numerics import NumericEnv, resolve_threads
 
     manifests = _manifests(tmp_path)
     assert manifests
     for m in manifests:
         env = NumericEnv.from_record(m["environment"])
-        assert env.torch == torch.__version__.split("+")[0] and env.device_type == "cpu" and env.threads == 2
+        assert env.torch == torch.__version__.split("+")[0] and env.device_type == "cpu"
+        assert env.threads == resolve_threads(None, None)  # no store record: $APEM_THREADS, else the default 2
         assert env.tf32_matmul is False and env.dtype == "float32"
 
 
