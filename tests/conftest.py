@@ -79,24 +79,15 @@ def smoke_results(tmp_path_factory, sample_dir):
 
     The smoke book (tests/test_book.py) and the exercises' commands (tests/test_exercises.py)
     read the same run, so the session computes it once and the developer's results/ is left alone.
-    Parallel test processes share one store (in the session's common temporary folder): the first
-    computes the run, the others wait for it, and the chapters' study cells one process computes
-    the others read (the store's cells are written atomically, so concurrent writers never mix).
+    Parallel test processes (``make test``) each compute their own: a chapter executed by one process
+    while another extends the same store once waited for the other's lock, and the wait's message
+    landed on the page.
     """
-    from filelock import FileLock
-
     from apem.config import load_config
     from apem.run import run
 
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        root = tmp_path_factory.mktemp("smoke-results")
-        run(load_config("smoke"), progress=False, root=root)
-        return root
-    root = tmp_path_factory.getbasetemp().parent / "smoke-results"  # this session's folder, shared by its workers
-    with FileLock(f"{root}.lock"):
-        if not (root / ".computed").exists():
-            run(load_config("smoke"), progress=False, root=root)
-            (root / ".computed").touch()
+    root = tmp_path_factory.mktemp("smoke-results")
+    run(load_config("smoke"), progress=False, root=root)
     return root
 
 
