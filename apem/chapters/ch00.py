@@ -1,19 +1,15 @@
 r"""Chapter 0, APEM by hand: the tables, notes and figure of the page, from the numbers the page computes.
 
-The page (``notebooks/00_apem_by_hand.md``) builds the models (:mod:`apem.by_hand`),
-works the closed form out in exact fractions in its own cells, runs apem's search
-(:func:`apem.metric.evaluate_maps`, :func:`apem.metric.search`, :func:`apem.metric.trace`)
-and declares its claims; this module only lays those numbers out:
+The page builds the models (:mod:`apem.by_hand`), works the closed form out in exact fractions, runs apem's
+search (:func:`apem.metric.search`, ...) and declares its claims; this module only lays those numbers out:
 
 * :func:`search_spec`: the configuration's search settings with the chapter's ``mode``, ``clip`` and ``bound``;
-* :func:`model_table`, :func:`hand_table`, :func:`side_by_side`, :func:`gallery`,
-  :func:`agreement`, :func:`net_table`: tables (the weights as exact fractions, 1/64, 1/128, ...);
+* :func:`model_table`, :func:`hand_table`, :func:`side_by_side`, :func:`gallery`, :func:`agreement`, :func:`net_table`;
 * :func:`gallery_note`, :func:`net_note`, :func:`censoring_note`: prose generated from the numbers;
 * :func:`margin_figure`: the margin along the step for both models, with the steps the thesis's search tested;
-* :func:`regions_toy`, :data:`REGION_MAPS`, :func:`region_eps`, :func:`less`, :func:`region_claim`,
-  :func:`region_table`, :func:`region_note`: the
-  thesis's section 5.1 (a map that misses a relevant region, or marks an irrelevant one) on a model built for it;
-* :func:`exercise_values`: the numbers the exercises' solutions quote (glued as ``ch00-...``).
+* :func:`regions_toy`, :data:`REGION_MAPS`, :func:`region_eps`, :func:`less`, :func:`region_claim`, :func:`region_table`,
+  :func:`region_note`: section 5.1 (a map missing a relevant region, or marking an irrelevant one) on its own model;
+* :func:`hand_values`, :func:`exercise_values`, :func:`reference_values`: the numbers the text and solutions quote.
 """
 
 from __future__ import annotations
@@ -436,8 +432,7 @@ def exercise_values(toy_: Toy, R, window, spec) -> dict:
 
 
 def reference_values(params: str) -> dict:
-    """:func:`exercise_values` on the reference build: the parameter set ``params`` without overrides and the
-    chapter's default parameters (the numbers a solution quotes whatever a student re-ran)."""
+    """:func:`exercise_values` on the reference build: ``params`` without overrides, the chapter's defaults."""
     from apem.book import find_chapter
     from apem.book.params import chapter_parameters
     from apem.config import load_config
