@@ -101,12 +101,14 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        from apem.models import MODELS, PRESETS
+        from apem.models import PRESETS, check_model_name
 
         _check_types(self)
 
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
+        try:
+            check_model_name(self.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
         try:  # the search settings are checked where they are defined, by SearchSpec
@@ -354,9 +356,10 @@ def _validate_methods(methods: dict) -> None:
     from apem.explain.base import check_params
 
     for name, params in methods.items():
-        if name not in explain.METHODS:
-            raise ConfigError(f"unknown method {name!r}; known methods: {sorted(explain.METHODS)}")
-        defaults = explain.method_params(name)
+        try:
+            defaults = explain.method_params(name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         unknown = sorted(set(params) - set(defaults))
         if unknown:
             raise ConfigError(f"method {name!r}: unknown parameter(s) {unknown}; it takes {sorted(defaults)}")

