@@ -255,7 +255,10 @@ class Method:
         # gradients are needed even when the caller runs under no_grad or inference_mode
         with model_state_kept(net), torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone() if x.is_inference() else x.detach()
-            a = self._attribute(net, x, target, default_layer)
+            try:
+                a = self._attribute(net, x, target, default_layer)
+            except ModuleNotFoundError as e:  # the lean install: LRP and captum come with apem[methods]
+                raise ImportError(f"method {self.name!r} needs the package {e.name!r}: pip install 'apem[methods]'") from None
         a = a.detach().to(x.device)
         if a.shape != x.shape:  # pragma: no cover - a bug in a method
             raise RuntimeError(f"{self.name}: attribution shape {tuple(a.shape)} != input shape {tuple(x.shape)}")
@@ -279,10 +282,16 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def method_class(name: str) -> type[Method]:
-    """The registered class of method ``name`` (ValueError naming the known ones otherwise)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown explanation method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name]
+    """The class of method ``name``: a registered name, or ``captum:ClassName``, ``zennit:composite`` or
+    ``module:function`` (:func:`apem.explain.external.external_class`); ValueError naming the known ones otherwise."""
+    if name in METHODS:
+        return METHODS[name]
+    if ":" in str(name):
+        from apem.explain.external import external_class
+
+        return external_class(str(name))
+    raise ValueError(f"unknown explanation method {name!r}; choose one of {sorted(METHODS)}, "
+                     "captum:ClassName, zennit:composite or module:function")
 
 
 def method_params(name: str) -> dict:

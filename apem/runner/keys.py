@@ -68,14 +68,24 @@ def model_parts(cfg, env) -> dict:
 
 
 def method_parts(cfg, name: str) -> dict:
-    """A method with every parameter that moves its numbers (defaults filled in)."""
+    """A method with every parameter that moves its numbers (defaults filled in).
+
+    A method named by where it lives (:mod:`apem.explain.external`) adds what else moves them: the
+    library's version (``captum:``, ``zennit:``) or a digest of the user's module (``module:function``).
+    """
     from apem import explain
+    from apem.explain.base import method_class
 
     p = explain.method_params(name)
     p.update(cfg.methods[name])
     if "batch_size" in p and "batch_size" not in cfg.methods[name]:
         p["batch_size"] = "auto" if cfg.batch_size is None else cfg.batch_size  # resolved per device (in the key)
-    return {"method": name, "params": p}
+    parts = {"method": name, "params": p}
+    cls = method_class(name)
+    for extra in ("library", "code"):
+        if getattr(cls, extra, None):
+            parts[extra] = getattr(cls, extra)
+    return parts
 
 
 def maps_parts(cfg, name: str, env) -> dict:
