@@ -43,13 +43,16 @@ class DataError(RuntimeError):
     """An image set cannot be found or read."""
 
 
+#: The 1,000 ImageNet-1k wnids, one per line, sorted (timm's ``ImageNetInfo().label_names()``, the
+#: torchvision order; a test checks they agree), kept here so the lean install reads labels without timm.
+WNIDS_FILE = Path(__file__).with_name("imagenet_wnids.txt")
+
+
 @lru_cache(maxsize=1)
 def wnids() -> tuple[str, ...]:
     """The 1,000 ImageNet-1k wnids, sorted: position = class index."""
-    from timm.data import ImageNetInfo
-
-    names = tuple(ImageNetInfo().label_names())
-    assert len(names) == 1000 and list(names) == sorted(names)
+    names = tuple(WNIDS_FILE.read_text().split())
+    assert len(names) == 1000 and list(names) == sorted(names) and all(_WNID.match(n) for n in names)
     return names
 
 

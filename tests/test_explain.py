@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from apem import explain
+from apem import explain, thesis
 from apem.seeds import seed_of
 from apem.metric.clean import loss_gradient
 from apem.models import Normalize
@@ -489,7 +489,7 @@ def test_attribution_error_is_a_value_error():
 
 
 def test_registry_names_and_defaults():
-    assert set(explain.THESIS_METHODS) <= set(explain.METHODS)
+    assert set(thesis.THESIS_METHODS) <= set(explain.METHODS)
     assert explain.method_params("smoothgrad") == {
         "n": 100, "sigma": 0.2, "noise_target": "sample", "batch_size": 32, "seed": 0, "offset": 0, "noise_keys": None, "objective": "loss",
     }

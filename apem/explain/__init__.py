@@ -53,7 +53,6 @@ from apem.explain.gradient import Gradient, SmoothGrad, smoothgrad_noise
 from apem.explain.lrp import LRP, LRPEpsilon, RULES as LRP_RULES, layer_rule, lrp_attribution, lrp_composite, lrp_layer_map, lrp_relevance
 from apem.explain.captum_methods import GradCAM, GuidedBackprop, InputXGradient, IntegratedGradients
 from apem.explain.timm_canonizers import canonizer_classes, conv_bn_pairs, lrp_canonizers
-from apem.thesis import THESIS_METHODS
 
 __all__ = [
     "METHODS",
@@ -85,5 +84,4 @@ __all__ = [
     "canonizer_classes",
     "conv_bn_pairs",
     "lrp_canonizers",
-    "THESIS_METHODS",
 ]
