@@ -86,6 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "maps_to_compute, searches_to_compute, ..., seconds, cells_bytes), nothing else")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("score", help="APEM of a model and explanation method(s) on a folder of images: print the "
+                                     "table, write it as parquet (results are stored: a re-run computes nothing)")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (default), vgg16, timm:NAME or torchvision:NAME")
+    p.add_argument("--weights", default="default",
+                   help="'default' (the offline file or the local cache; never downloaded), a state-dict path, or "
+                        "'none' (random weights, explicitly)")
+    p.add_argument("--preset", default="standard", choices=["standard", "thesis"], help="preprocessing preset")
+    p.add_argument("--method", action="append", required=True, metavar="NAME",
+                   help="an explanation method: gradient, smoothgrad, lrp_epsilon, ..., captum:ClassName, "
+                        "zennit:composite or module:function (repeat for several; parameters with "
+                        "-p methods '{NAME: {KEY: VALUE}}')")
+    p.add_argument("--data", default=None, help="image folder (default: $APEM_DATA); labelled as apem.data reads it")
+    p.add_argument("--ground-truth", default=None, help="ground-truth file for a flat folder")
+    p.add_argument("-n", type=int, default=20, help="correctly classified images to score (default 20)")
+    p.add_argument("--misclassified", type=int, default=0, metavar="M",
+                   help="misclassified images to score too, a group of their own (default 0)")
+    p.add_argument("--stage", type=int, default=3, choices=[1, 2, 3],
+                   help="the thesis's visualisation stage that makes the maps (default 3, its final map)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="the per-image table as parquet (default: apem-scores-<configuration digest>.parquet)")
+    add_run_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no time estimate and no progress bar")
+    p.set_defaults(func=cmd_score)
+
     p = sub.add_parser("table", help="print the summary table of a configuration (computing it if needed)")
     p.add_argument("config")
     add_run_args(p)
@@ -115,7 +140,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="compute the chunks on a Ray cluster: alone, a local Ray with this machine's cores; 'auto' "
                         "or HOST:PORT (ray://HOST:PORT) joins a running cluster. Same store, same numbers "
-                        "(README: Running at scale)")
+                        "(the book's page 'Running at scale')")
 
 
 def _config(args):
@@ -176,6 +201,33 @@ def cmd_run(args) -> int:
                  f"shuffled searches {p['shuffled_searches_to_compute']} computed, "
                  f"{p['shuffled_searches_reused']} reused)")
     print(f"\n{done}; wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def score_config(args):
+    """The configuration ``apem score`` runs: the runner's, with the command's model, methods and images."""
+    from apem.config import Config, parse_overrides
+
+    fields = dict(name="score", model=args.model, weights=args.weights, preset=args.preset, data=args.data,
+                  ground_truth=args.ground_truth, n_correct=args.n, n_misclassified=args.misclassified, stages=[args.stage],
+                  methods={m: {} for m in args.method}, shuffles=0, filter_images=0)
+    fields.update(parse_overrides(args.param))
+    return Config.from_dict(fields, "apem score")
+
+
+def cmd_score(args) -> int:
+    """``apem score``: the runner on a configuration built from the options, its table printed and written."""
+    from apem.run import Results, run
+
+    cfg = score_config(args)
+    t0 = time.perf_counter()
+    store = run(cfg, progress=not args.no_progress, root=args.results, threads=args.threads, ray=args.ray)
+    res = Results(cfg, store)
+    _print_summary(cfg, res)
+    out = args.out or f"apem-scores-{cfg.digest()}.parquet"
+    res.table.to_parquet(out, index=False)
+    print(f"\n{len(res.table)} rows (image x method) written to {out}; computed {len(store.computed)} chunk(s) in "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -102,3 +102,11 @@ def test_pyproject_core_dependencies_are_the_lean_set_and_extras_cover_requireme
     tests_only = {"pytest", "pytest-timeout", "pytest-xdist", "hypothesis"}
     assert pinned - tests_only <= everything, sorted(pinned - tests_only - everything)
     assert everything <= pinned, sorted(everything - pinned)
+
+
+def test_the_shipped_wnid_list_is_timms_class_order():
+    from timm.data import ImageNetInfo
+
+    from apem import data
+
+    assert data.wnids() == tuple(ImageNetInfo().label_names())

@@ -263,3 +263,32 @@ def test_unknown_method_names_are_one_line(name, message):
 def test_a_method_missing_a_required_parameter_names_it():
     with pytest.raises(ValueError, match="needs it.*give low, high"):
         explain.get_method("zennit:EpsilonGammaBox")
+
+
+# ----------------------------------------------------------------------------- apem score
+
+
+def test_apem_score_prints_the_table_writes_parquet_and_a_rerun_computes_nothing(few_samples, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import pandas as pd
+
+    from apem.cli import main
+
+    (tmp_path / "my_maps.py").write_text("def brightness(model, x, target):\n    return x.mean(1, keepdim=True)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["score", "--model", "timm:resnet18", "--weights", "none", "--method", "captum:Saliency", "--method",
+            "my_maps:brightness", "--data", str(few_samples), "-n", "0", "--misclassified", "2", "--results",
+            str(tmp_path / "r"), "--threads", "1", "--no-progress", "-p", "search_bound", "2001", "--out", "s.parquet"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    t = pd.read_parquet(tmp_path / "s.parquet")
+    assert sorted(t.method.unique()) == ["captum:Saliency", "my_maps:brightness"] and set(t.stage) == {3}
+    assert len(t) == 4 and set(t.group) == {"misclassified"}  # random weights: no image is classified correctly
+    assert "APEM per method and stage" in first and "computed 1 chunk(s)" in first
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert "computed 0 chunk(s)" in again
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "s.parquet"), t)
+    assert main(args[:5] + ["--method", "captum:NoSuch"] + args[9:]) == 2
+    assert "unknown captum method 'NoSuch'" in capsys.readouterr().err
