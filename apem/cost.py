@@ -57,7 +57,7 @@ COSTS: dict[str, Cost] = {
     "stage maps": Cost(1.0 / 9, "FE per map", _BENCH + ": ~1 FE per image for its 9 maps"),
     "search bisect": Cost(4.3, "forwards per map and direction", _BENCH + "; bench_search.py: 8.0-8.5 per map"),
     "search thesis": Cost(18.0, "forwards per map and direction",
-                          _BENCH + "; bench_search.py: 35.3 forwards per map (README, Benchmarks)"),
+                          _BENCH + "; bench_search.py: 35.3 forwards per map (benchmarks/README.md)"),
     "search linear": Cost(64.0, "forwards per map and direction",
                           "not measured: the scan forwards 32 steps per pass up to the flip, and the thesis's median "
                           "epsilons (16-81, Table 4.4) take one to three passes"),

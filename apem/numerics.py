@@ -80,7 +80,7 @@ def resolve_threads(threads: int | None, recorded: "NumericEnv | None" = None) -
     3. ``$APEM_THREADS``;
     4. :data:`DEFAULT_THREADS`.
 
-    The order ``apem run --help`` and the README give. A non-integer ``$APEM_THREADS`` or a
+    The order ``apem run --help`` and the book's page *Running experiments* give. A non-integer ``$APEM_THREADS`` or a
     count below 1 raises :class:`EnvironmentMismatch` (``$APEM_THREADS`` is read, and
     checked, only when neither of the first two decides).
     """

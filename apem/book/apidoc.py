@@ -23,11 +23,12 @@ import importlib.util
 #: the modules the reference documents, by page (``book/api/<page>.md``); tests/test_api_reference.py
 #: checks that each page names exactly these and that each imports
 PAGES = {
+    "scoring": ["apem.scoring"],
     "metric": ["apem.metric", "apem.metric.directions", "apem.metric.clean", "apem.metric.margin",
                "apem.metric.engines", "apem.metric.bisect", "apem.metric.spec", "apem.metric.forward",
                "apem.metric.search", "apem.metric.evaluate", "apem.metric.score", "apem.metric.monotonicity"],
     "explain": ["apem.explain", "apem.explain.base", "apem.explain.gradient", "apem.explain.lrp",
-                "apem.explain.timm_canonizers", "apem.explain.captum_methods"],
+                "apem.explain.timm_canonizers", "apem.explain.captum_methods", "apem.explain.external"],
     "claims": ["apem.claims", "apem.claims.base", "apem.claims.kinds", "apem.claims.zero", "apem.claims.family"],
     "stats": ["apem.stats", "apem.correlation"],
     "experiment": ["apem.run", "apem.runner", "apem.runner.keys", "apem.runner.cells", "apem.runner.plan", "apem.runner.remaining",
@@ -46,7 +47,7 @@ PAGES = {
     "figures": ["apem.figures.plots", "apem.figures.charts"],
     "book": ["apem.book", "apem.book.params", "apem.book.display", "apem.book.noise", "apem.book.exercises",
              "apem.book.runtimes", "apem.book.coverage", "apem.book.apidoc"],
-    "chapters": ["apem.chapters"] + [f"apem.chapters.ch{n:02d}" for n in range(13)],
+    "chapters": ["apem.chapters"] + [f"apem.chapters.ch{n:02d}" for n in range(14)],
 }
 
 
