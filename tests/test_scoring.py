@@ -292,3 +292,28 @@ def test_apem_score_prints_the_table_writes_parquet_and_a_rerun_computes_nothing
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "s.parquet"), t)
     assert main(args[:5] + ["--method", "captum:NoSuch"] + args[9:]) == 2
     assert "unknown captum method 'NoSuch'" in capsys.readouterr().err
+
+
+def test_apem_score_hands_its_configuration_and_ray_to_the_runner(monkeypatch):
+    import apem.run
+    from apem.cli import build_parser
+
+    args = build_parser().parse_args(["score", "--method", "gradient", "--method", "captum:Saliency", "--ray",
+                                      "head:6379", "--weights", "none", "-n", "5", "--misclassified", "2",
+                                      "--stage", "2", "-p", "search_mode", "thesis"])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(cfg, **kw):
+        seen.update(kw, cfg=cfg)
+        raise Stop
+
+    monkeypatch.setattr(apem.run, "run", fake_run)
+    with pytest.raises(Stop):
+        args.func(args)
+    cfg = seen["cfg"]
+    assert seen["ray"] == "head:6379" and cfg.methods == {"gradient": {}, "captum:Saliency": {}}
+    assert (cfg.n_correct, cfg.n_misclassified, cfg.stages, cfg.shuffles, cfg.search_mode) == (5, 2, (2,), 0, "thesis")
+    assert cfg.weights == "none" and cfg.filter_images == 0
