@@ -27,7 +27,8 @@ runner, the command line and :func:`apem.score` like the built-in methods.
     which is repeated over the three; ``target`` is a LongTensor (N,) (the
     model's prediction when the caller gives none). Its keyword parameters with
     defaults are the method's parameters. The module is imported by name (the
-    current directory is searched too).
+    current directory is searched too; with ``--ray`` on a cluster, every worker
+    must be able to import it: the same folder or an installed package).
 
 Parameter values are what a YAML file or ``-p`` can hold: numbers, booleans,
 text, null, and lists of those. The store keys a method by its name, its
