@@ -123,6 +123,15 @@ def _load_state_dict(path: Path) -> dict:
     return sd
 
 
+def _load_into(net: nn.Module, path: Path, name: str) -> None:
+    sd = _load_state_dict(path)
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path} does not fit {name}: {first[:300]}") from None
+
+
 def map_state_dict_in_order(source: dict, target: dict, source_name: str = "weights") -> "OrderedDict[str, torch.Tensor]":
     """Rename ``source``'s tensors to ``target``'s keys, pairing them in order.
 
@@ -195,12 +204,7 @@ def _build_vgg16(weights):
             "with internet run `python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "
             f"(it stores them in {vgg16_weights_path()}), or give a state-dict file (--weights PATH / weights: PATH)"
         )
-    sd = _load_state_dict(path)
-    try:
-        net.load_state_dict(sd)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"{path} does not fit torchvision's VGG-16: {first[:300]}") from None
+    _load_into(net, path, "torchvision's VGG-16")
     return net, str(path)
 
 
@@ -274,15 +278,6 @@ def _timm_cached_file(cfg: dict) -> tuple[Path | None, list[str]]:
             return path, looked
         looked.append(f"torch hub cache: {path}")
     return None, looked
-
-
-def _load_into(net: nn.Module, path: Path, name: str) -> None:
-    sd = _load_state_dict(path)
-    try:
-        net.load_state_dict(sd)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"{path} does not fit {name}: {first[:300]}") from None
 
 
 def _build_library_model(name: str, weights):
