@@ -16,12 +16,13 @@ PARAMS ?= default
 book: $(STAMP)
 	$(PY) -m apem book --params $(PARAMS)
 
-# parallel test processes (pytest-xdist): one per core, at most 4; each module's tests stay in one process
+# parallel test processes (pytest-xdist): one per core, at most 4; each module's tests stay in one process, the
+# longest modules handed out first (tests/conftest.py: LONGEST_FIRST)
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 ## test: run the test suite (in TEST_JOBS processes; TEST_JOBS=0 runs it in this one)
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope --no-loadscope-reorder
 
 ## test-fast: the tests that need no images, no model weights, no chapter execution and take under 3 s each (the edit loop)
 test-fast: $(STAMP)

@@ -107,8 +107,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: reads images, loads a model, executes chapters or takes over 3 s (left out by --fast)")
 
 
+#: the modules that take longest, started first (``make test`` runs ``--no-loadscope-reorder``, so xdist hands out
+#: modules in this order): a long module started last keeps one process busy while the others idle
+LONGEST_FIRST = ("test_exercises.py", "test_book.py", "test_ray.py", "test_chapters_09_12.py",
+                 "test_chapters_05_08.py", "test_chapters_01_04.py", "test_cells.py", "test_runner.py")
+
+
+def _longest_first(items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its own order
+
+
 def pytest_collection_modifyitems(config, items):
     if not config.getoption("--fast"):
+        _longest_first(items)
         return
     keep, drop = [], []
     for item in items:
