@@ -1,16 +1,19 @@
 """Chapter 13 (APEM on your own model): the ``apem score`` command line, run and read, and the exercises' values.
 
 The page builds its command from its parameters (:func:`score_command`) and runs it in a
-scratch folder where the user's module lives (:func:`run_score`); the command's table is the
-runner's results table, read back from the parquet file it writes.
+scratch folder where the user's module lives (:func:`run_score`), through the command line's
+own entry point in the page's process (what ``apem score ...`` in a shell runs, without
+starting Python again); the command's table is the runner's results table, read back from
+the parquet file it writes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pandas as pd
@@ -20,11 +23,11 @@ from apem.book.exercises import counts_sentence, means_sentence
 
 
 def score_command(cfg, methods: dict, n: int, out: Path) -> list[str]:
-    """``python -m apem score`` for ``methods`` (name -> parameters) on ``n`` correct images of ``cfg``'s draw.
+    """The arguments of ``apem score`` for ``methods`` (name -> parameters) on ``n`` correct images of ``cfg``'s draw.
 
     The model, preprocessing, search, seed and pool are ``cfg``'s, so the draw is the configuration's.
     """
-    cmd = [sys.executable, "-m", "apem", "score", "--model", cfg.model, "--weights", cfg.weights, "--preset", cfg.preset]
+    cmd = ["score", "--model", cfg.model, "--weights", cfg.weights, "--preset", cfg.preset]
     for m in methods:
         cmd += ["--method", m]
     cmd += ["-n", str(n), "-p", "methods", json.dumps(methods), "-p", "search_mode", cfg.search_mode,
@@ -35,21 +38,30 @@ def score_command(cfg, methods: dict, n: int, out: Path) -> list[str]:
 
 
 def shown(command: list[str]) -> str:
-    """The command as a reader types it: ``apem score ...`` with its JSON quoted, without ``--out``."""
-    args = command[3:command.index("--out")] if "--out" in command else command[3:]
+    """The command as a reader types it: ``$ apem score ...`` with its JSON quoted, without ``--out``."""
+    args = command[: command.index("--out")] if "--out" in command else command
     return "$ apem " + " ".join(f"'{a}'" if a.startswith("{") else a for a in args)
 
 
 def run_score(command: list[str], workdir: Path) -> tuple[str, pd.DataFrame]:
-    """Run ``command`` in ``workdir`` (on the Python path, for ``module:function`` methods).
+    """Run ``apem`` with ``command`` in ``workdir`` (where the user's ``module:function`` lives), in this process.
 
     Returns its printed table (the store's path left out) and the per-(image, method) table it wrote.
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"apem score failed: {done.stderr.strip()[-800:]}")
-    printed = done.stdout.split("\n\n", 1)[-1].replace(str(workdir) + os.sep, "")
+    from apem.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    sys.path.insert(0, str(workdir))
+    try:
+        os.chdir(workdir)
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = main(command)
+    finally:
+        os.chdir(here)
+        sys.path.remove(str(workdir))
+    if rc:
+        raise RuntimeError(f"apem score failed: {err.getvalue().strip()[-800:]}")
+    printed = out.getvalue().split("\n\n", 1)[-1].replace(str(workdir) + os.sep, "")
     return printed, pd.read_parquet(Path(workdir) / command[command.index("--out") + 1])
 
 
