@@ -109,7 +109,7 @@ def check_classifier(net: nn.Module, x: torch.Tensor) -> int:
 
 def _maps_from(method, model, x: torch.Tensor, target, stage: int, quantize: bool, method_params: dict | None):
     """Relevance maps of ``x`` by ``method`` (a name, a :class:`~apem.explain.base.Method` or a callable)."""
-    from apem.explain.base import Method, check_finite, get_method
+    from apem.explain.base import Method, as_attribution, check_finite, get_method
     from apem.maps import stage_map
 
     if isinstance(method, str):
@@ -122,12 +122,7 @@ def _maps_from(method, model, x: torch.Tensor, target, stage: int, quantize: boo
         raise TypeError(f"method must be a name or a callable (model, x, target) -> attribution, got {type(method).__name__}")
     a = fn(model, x, target)
     if not isinstance(fn, Method):  # a Method checks its own output
-        a = torch.as_tensor(a).to(x.device)
-        if a.ndim == 4 and a.shape[1] == 1 and a.shape[0] == len(x) and a.shape[2:] == x.shape[2:]:
-            a = a.expand_as(x)
-        if tuple(a.shape) != tuple(x.shape):
-            raise ValueError(f"{name} returned an attribution of shape {tuple(a.shape)} for images of shape "
-                             f"{tuple(x.shape)}")
+        a = as_attribution(a, x, name)
         check_finite(name, a)
     return stage_map(a.to(x.dtype), x, stage, quantize=quantize)
 

@@ -75,6 +75,18 @@ def check_finite(name: str, attribution: torch.Tensor) -> None:
         )
 
 
+def as_attribution(a, x: torch.Tensor, name: str) -> torch.Tensor:
+    """A user function's output as an attribution of ``x``'s shape: one channel (N, 1, H, W) is repeated over
+    ``x``'s channels; any other shape is a ValueError naming ``name`` and both shapes."""
+    a = torch.as_tensor(a).to(device=x.device)
+    if a.ndim == 4 and a.shape[0] == len(x) and a.shape[1] == 1 and a.shape[2:] == x.shape[2:]:
+        a = a.expand_as(x)
+    if tuple(a.shape) != tuple(x.shape):
+        raise ValueError(f"{name} returned an attribution of shape {tuple(a.shape)} for images of shape "
+                         f"{tuple(x.shape)}: expected {tuple(x.shape)} or {(len(x), 1, *x.shape[2:])}")
+    return a.to(x.dtype)
+
+
 @contextmanager
 def model_state_kept(model: nn.Module):
     """Restore every parameter's ``requires_grad`` and the ``training`` flags on exit.

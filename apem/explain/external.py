@@ -47,9 +47,8 @@ from functools import lru_cache
 
 import torch
 
-from apem.explain.base import Method, objective_model, resolve_target
+from apem.explain.base import Method, as_attribution, objective_model, resolve_target
 
-PREFIXES = ("captum:", "zennit:")
 _SCALARS = (type(None), bool, int, float, str)
 
 
@@ -219,15 +218,8 @@ def _function_class(module: str, fn_name: str) -> type[Method]:
 
     def _attribute(self, model, x, target, default_layer):
         target = resolve_target(model, x, target)
-        a = fn(model, x, target, **{k: v for k, v in self.params.items() if k != "objective"})
-        if not isinstance(a, torch.Tensor):
-            a = torch.as_tensor(a)
-        if a.ndim == 4 and a.shape[0] == len(x) and a.shape[1] == 1 and a.shape[2:] == x.shape[2:]:
-            a = a.expand_as(x)
-        if tuple(a.shape) != tuple(x.shape):
-            raise ValueError(f"{name} returned shape {tuple(a.shape)} for images of shape {tuple(x.shape)}: expected "
-                             f"{tuple(x.shape)} or {(len(x), 1, *x.shape[2:])}")
-        return a.to(device=x.device, dtype=x.dtype)
+        return as_attribution(fn(model, x, target, **{k: v for k, v in self.params.items() if k != "objective"}), x,
+                              name)
 
     return type(f"Function_{fn_name}", (Method,), {
         "name": name, "objective": "loss", "spec": spec, "code": code, "_attribute": _attribute,
