@@ -78,7 +78,7 @@ class Config:
     # perturbed images per forward pass of the epsilon search; None: 2 on the CPU (its cache-bound
     # forward is fastest per image in small batches), 256 on an accelerator (apem.metric.AUTO_BATCH)
     search_batch_size: int | None = None
-    chunk_size: int = 4  # images per resumable chunk
+    chunk_size: int = 4  # images per resumable chunk on the CPU (a GPU takes multiples: apem.runner.plan.chunk_images)
 
     # ------------------------------------------------------------------ loading
     def __post_init__(self):

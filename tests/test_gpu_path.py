@@ -427,6 +427,70 @@ def test_forward_and_clean_pass_ask_for_the_memory_cap(monkeypatch):
     assert calls[-1] == (auto, net, "cpu", "backward", (3, 6, 6))
 
 
+def test_the_direction_budget_is_256_on_the_cpu_and_by_memory_on_cuda(fake_cuda_memory):
+    assert forward.direction_budget("cpu") == forward.MAX_DIRECTIONS["cpu"] == 256
+    # 0.5 * 8 GiB over 5 x (3 x 224 x 224) float32 elements (3,010,560 bytes) = 1,426 directions
+    assert forward.direction_budget("cuda") == (4 * 2**30) // (5 * 3 * 224 * 224 * 4) == 1426
+    assert forward.direction_budget("cuda", (3, 224, 224), torch.float64) == 713
+    assert forward.direction_budget("cuda", (3, 8, 8)) == forward.MAX_DIRECTIONS_ACCELERATOR  # capped
+
+
+def test_evaluate_maps_holds_the_device_budget_of_directions_when_not_told(monkeypatch):
+    """``max_directions=None``: the device's budget (256 on the CPU: 128 maps' minus and plus per group); the maps
+    searched in groups of two give the epsilons of all six searched in the same passes."""
+    asked, groups = [], []
+    monkeypatch.setattr(evaluate, "direction_budget", lambda dev, shape, dtype: asked.append((dev.type, shape)) or 4)
+    real = evaluate._plain_chunk
+    monkeypatch.setattr(evaluate, "_plain_chunk", lambda model, x, maps, *a: groups.append(len(maps)) or real(model, x, maps, *a))
+    net, x, maps, ii = problem()
+    got = metric.evaluate_maps(net, x, maps, image_index=ii, bound=600, block=8)
+    told = metric.evaluate_maps(net, x, maps, image_index=ii, bound=600, block=8, max_directions=256)
+    assert asked == [("cpu", (3, 6, 6))] and groups == [2, 2, 2, 6]  # all six maps in the same passes: same numbers
+    for k in ("eps_minus", "eps_plus", "censored_minus", "censored_plus", "n_forward"):
+        assert torch.equal(got[k], told[k]), k
+
+
+def test_a_gpu_chunk_takes_as_many_images_as_the_direction_budget_holds(monkeypatch):
+    """``chunk_images``: ``chunk_size`` on the CPU; on CUDA multiples of it, by the direction budget, at most 256.
+
+    That a chunk's size never changes a cell is ``test_cells``' "another chunk size" (chunks of 3 and of 2
+    give the same table, bit for bit)."""
+    from apem.config import Config
+    from apem.runner import plan
+
+    cfg = Config()  # 3 methods x 3 stages: 18 directions per image
+    cpu, gpu = SimpleNamespace(device_type="cpu"), SimpleNamespace(device_type="cuda")
+    assert plan.chunk_images(cfg, cpu) == cfg.chunk_size == 4
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for budget, images in ((1000, 52), (10**6, 256), (20, 4), (18 * 9, 8)):
+        monkeypatch.setattr(forward, "direction_budget", lambda device, b=budget: b)
+        assert plan.chunk_images(cfg, gpu) == images, budget
+        assert plan.chunk_images(cfg.replace(chunk_size=32), gpu) == max(32, images // 32 * 32), budget
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a Ray driver for a GPU cluster: the cap
+    assert plan.chunk_images(cfg, gpu) == plan.MAX_CHUNK_IMAGES_ACCELERATOR
+    monkeypatch.setattr(plan, "CHUNK_IMAGES", 7)
+    assert plan.chunk_images(cfg, cpu) == plan.chunk_images(cfg, gpu) == 7
+
+
+@cuda
+def test_a_gpu_chunk_of_many_images_gives_the_cells_of_small_chunks(tmp_path, sample_dir, monkeypatch):
+    """On the device: one chunk of six images (its maps searched in the same passes) = three chunks of two."""
+    from apem.config import Config
+    from apem.run import Results, run
+    from apem.runner import plan
+
+    cfg = Config(name="gpu-chunks", pool=16, n_correct=4, n_misclassified=2, stages=(2, 3), shuffles=2,
+                 methods={"gradient": {}, "smoothgrad": {"n": 2, "sigma": 0.2}}, search_bound=2001, chunk_size=2,
+                 filter_images=0, device="cuda")
+    tables = []
+    for size in (2, None):
+        monkeypatch.setattr(plan, "CHUNK_IMAGES", size)
+        store = run(cfg, root=tmp_path / f"chunks-{size}", progress=False)
+        assert store.plan.summary()["chunks_to_compute"] == (3 if size else 1)
+        tables.append(Results(cfg, store).table)
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+
+
 @cuda
 def test_memory_probe_on_cuda():
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 32 * 32, 10)).cuda()

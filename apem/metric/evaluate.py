@@ -8,7 +8,7 @@ from apem.metric.clean import prepare_images
 from apem.numerics import no_tf32
 from apem.profile import step
 from apem.metric.directions import directions, normalised, permute, shuffle_permutations, side_seed
-from apem.metric.forward import fixed_directions, Forward, group_any, PerStepShuffles
+from apem.metric.forward import direction_budget, fixed_directions, Forward, group_any, PerStepShuffles
 from apem.metric.search import as_index, run_engine, search
 from apem.metric.spec import SearchSpec
 
@@ -29,7 +29,7 @@ def check_maps(maps):
 
 @no_tf32()
 def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None, image_index=None, grad=None,
-                  seeds=None, progress=False, margin_info=None, hints=None, max_directions=256, plain=True,
+                  seeds=None, progress=False, margin_info=None, hints=None, max_directions=None, plain=True,
                   **settings) -> dict:
     r"""Epsilons of relevance maps: :math:`\epsilon^-` from ``maps``, :math:`\epsilon^+` from ``1 - maps``.
 
@@ -43,7 +43,8 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
     adds the shuffled baseline (thesis 5.2) with per-map ``seeds`` (M,) (default
     ``arange(M)``). ``hints``: optional ``(eps_minus, eps_plus)`` expected
     values (``bisect`` starts there). ``max_directions`` bounds how many
-    (M, 3, H, W) direction tensors are held at once. ``plain=False`` runs only the
+    (3, H, W) direction tensors are held at once, and so how many maps share the same passes (None:
+    :func:`~apem.metric.forward.direction_budget` of the device, 256 on the CPU, by memory on CUDA). ``plain=False`` runs only the
     shuffled baseline (the runner stores it apart from the epsilons: a new shuffle
     count searches no map again); the result then has only its keys and
     ``n_image_passes``.
@@ -70,6 +71,8 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
                                                  slope=slope, batch_size=batch_size)
     if not plain and not shuffles:
         raise ValueError("plain=False asks for the shuffled baseline only: give shuffles > 0")
+    if max_directions is None:
+        max_directions = direction_budget(dev, tuple(x.shape[1:]), grad.dtype)
     out = {k: [] for k in ("eps", "censored", "undefined", "reason", "n_forward")}
     bar = _progress_bar(progress, 2 * M * ((1 if plain else 0) + (1 if shuffles else 0)), f"apem {mode}")
     chunk = max(1, int(max_directions) // 2)
@@ -89,7 +92,10 @@ def evaluate_maps(model, x, maps, target=None, *, spec: SearchSpec | None = None
     if shuffles:
         seeds = torch.arange(M) if seeds is None else torch.as_tensor(seeds).long().cpu()
         outs = {k: [] for k in ("eps", "censored", "n_forward")}
-        chunk = max(1, int(max_directions) // (2 * int(shuffles)))
+        # fixed shuffles hold S directions per map side; per-step ones only the side's map (their draws are made
+        # for each forwarded batch)
+        held = 2 * (int(shuffles) if shuffle_mode == "fixed" else 1)
+        chunk = max(1, int(max_directions) // held)
         for s in range(0, M, chunk):
             sl = slice(s, min(s + chunk, M))
             with step("search: shuffles", sl.stop - sl.start):

@@ -127,6 +127,35 @@ def resolve_method_batch(batch_size, device, *, model=None, shape=None) -> int:
     return resolve_batch_size(batch_size, device)
 
 
+#: Directions (one (3, H, W) tensor per map side or shuffled member) a search holds at once on the CPU: what
+#: :func:`apem.metric.evaluate.evaluate_maps` searches together in the same passes when not told.
+MAX_DIRECTIONS = {"cpu": 256}
+#: The most an accelerator holds at once, whatever its memory (16,384 directions of (3, 224, 224) in float32
+#: are 9.9 GB, and 5x that at the peak, :data:`DIRECTION_PEAK`).
+MAX_DIRECTIONS_ACCELERATOR = 16384
+#: Peak bytes per direction element while directions are made, in units of the element's size: the
+#: direction itself, the repeated map it is drawn from, its product with the gradient's sign, and a fixed
+#: shuffle's permutation index (int64: twice a float32).
+DIRECTION_PEAK = 5
+
+
+def direction_budget(device, shape=MODEL_INPUT, dtype=torch.float32) -> int:
+    """How many directions of ``shape`` a search holds at once on ``device`` (:data:`MAX_DIRECTIONS` on the CPU).
+
+    On CUDA: :data:`MEMORY_FRACTION` of the available memory over the peak bytes of one direction
+    (:data:`DIRECTION_PEAK`), at most :data:`MAX_DIRECTIONS_ACCELERATOR`. The searches of more maps than
+    that run one group after the other; an item's epsilon is the same either way (:class:`Forward`).
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return MAX_DIRECTIONS.get(dev.type, MAX_DIRECTIONS["cpu"])
+    numel = 1
+    for v in shape:
+        numel *= int(v)
+    per = DIRECTION_PEAK * numel * torch.empty(0, dtype=dtype).element_size()
+    return memory_capped(MAX_DIRECTIONS_ACCELERATOR, available_memory(dev), per)
+
+
 def wants_channels_last(model) -> bool:
     """True when ``model``'s convolution weights are channels-last (as :mod:`apem.models` sets them on the CPU):
     its inputs are then converted to channels-last too."""

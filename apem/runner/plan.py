@@ -2,9 +2,9 @@
 
 :func:`plan` looks up every cell a configuration reads (per selected image, method and
 stage: its maps, its search, its shuffled search) and groups the images that miss the
-same cells into chunks of ``chunk_size`` (selection order), each with its
-:class:`apem.runner.compute.Work`; :func:`assemble` builds the configuration's table
-from the cells once they are all present.
+same cells into chunks (of ``chunk_size`` on the CPU, larger on a GPU: :func:`chunk_images`),
+in selection order, each with its :class:`apem.runner.compute.Work`; :func:`assemble` builds
+the configuration's table from the cells once they are all present.
 """
 
 from __future__ import annotations
@@ -44,6 +44,41 @@ class Plan:
                 "shuffled_searches_reused": self.needed.get("shuffle", 0) - self.missing.get("shuffle", 0)}
 
 
+#: The most images in one chunk on an accelerator (a chunk is also what a crash loses, what one Ray worker
+#: takes, and what the progress bar counts).
+MAX_CHUNK_IMAGES_ACCELERATOR = 256
+#: Images per chunk when set (benchmarks and tests); None: :func:`chunk_images` decides.
+CHUNK_IMAGES = None
+
+
+def chunk_images(cfg, env) -> int:
+    """Images per chunk: ``cfg.chunk_size`` on the CPU; on an accelerator as many as memory allows.
+
+    One chunk's maps are searched together, every map's minus and plus direction in the same
+    lockstep passes (:func:`apem.metric.evaluate.evaluate_maps`), and each pass forwards at most
+    the search batch (256 on an accelerator) per model call, padding the last call. With
+    ``chunk_size`` images (4 in ``params/default.yaml``: 72 directions) most passes of a GPU
+    would forward a mostly padded batch; here a chunk takes as many multiples of ``chunk_size`` as
+    the device's direction budget (:func:`apem.metric.forward.direction_budget`) holds for its
+    ``2 x methods x stages`` directions per image, at most :data:`MAX_CHUNK_IMAGES_ACCELERATOR`.
+    A cell's numbers do not depend on its chunk (:mod:`apem.runner.chunks`), so this changes
+    speed only. ``env``: the store's :class:`apem.numerics.NumericEnv` (its device type).
+    """
+    if CHUNK_IMAGES is not None:
+        return max(1, int(CHUNK_IMAGES))
+    if env.device_type == "cpu":
+        return cfg.chunk_size
+    import torch
+
+    from apem.metric.forward import direction_budget
+
+    budget = MAX_CHUNK_IMAGES_ACCELERATOR * 2 * len(cfg.methods) * len(cfg.stages)
+    if env.device_type == "cuda" and torch.cuda.is_available():  # else a Ray driver without the workers' GPU
+        budget = direction_budget("cuda")
+    images = min(MAX_CHUNK_IMAGES_ACCELERATOR, budget // (2 * len(cfg.methods) * len(cfg.stages)))
+    return max(1, images // cfg.chunk_size) * cfg.chunk_size
+
+
 def indexes(cfg, cells: Cells, env, verify: bool = True) -> dict:
     """``(kind, method) -> (key parts, {(image_key, stage): Entry})`` for every cell kind ``cfg`` reads
     (``verify``: see :meth:`apem.runner.cells.Cells.index`)."""
@@ -52,6 +87,8 @@ def indexes(cfg, cells: Cells, env, verify: bool = True) -> dict:
 
 def plan(cfg, cells: Cells, sel: pd.DataFrame, env, read_maps: bool = True) -> Plan:
     """The chunks that compute what ``cfg``'s images miss; stored maps that searches need are read here.
+
+    Chunks of :func:`chunk_images` images (``cfg.chunk_size`` on the CPU).
 
     ``read_maps=False`` (an estimate): nothing is read, and nothing is checked or removed either
     (a damaged batch counts as present; the run itself finds it).
@@ -77,9 +114,10 @@ def plan(cfg, cells: Cells, sel: pd.DataFrame, env, read_maps: bool = True) -> P
         if w.maps or w.search or w.shuffle:
             groups.setdefault(w.signature(), []).append(i)
     chunks = []
+    size = chunk_images(cfg, env)
     for rows in groups.values():
-        for s in range(0, len(rows), cfg.chunk_size):
-            pick = rows[s : s + cfg.chunk_size]
+        for s in range(0, len(rows), size):
+            pick = rows[s : s + size]
             chunks.append((pick, works[pick[0]]))
     chunks.sort(key=lambda c: c[0][0])
     out = []

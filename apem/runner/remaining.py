@@ -12,7 +12,7 @@ import sys
 
 from apem.cost import Estimate, Work, calibrate, estimate, shuffled_share
 from apem.runner.cells import Cells
-from apem.runner.plan import filter_lack, plan
+from apem.runner.plan import chunk_images, filter_lack, plan
 from apem.runner.selection import filter_pick, load_inputs, prediction_cache, select_images
 
 
@@ -55,7 +55,7 @@ def remaining_work(cfg, store, images, env, predictions=None) -> Work:
         summary = {"images_selected": n_sel, "images_to_compute": n_sel, "maps_to_compute": n, "maps_reused": 0,
                    "searches_to_compute": n, "searches_reused": 0,
                    "shuffled_searches_to_compute": round(n * shuffled_share(cfg)), "shuffled_searches_reused": 0}
-        return Work(images=n_sel, chunks=len(range(0, n_sel, cfg.chunk_size)), selected=n_sel, classify=classify,
+        return Work(images=n_sel, chunks=len(range(0, n_sel, chunk_images(cfg, env))), selected=n_sel, classify=classify,
                     filter_images=cfg.filter_images, exact=exact, plan=summary)
     pl = plan(cfg, Cells(store.root), sel, env, read_maps=False)
     cells: dict = {}
