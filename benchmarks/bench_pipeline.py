@@ -103,7 +103,7 @@ def _chapter_call(k: int, params: str, overrides: dict):
     raise ValueError(f"no study timed for chapter {k}")
 
 
-def _counting_models() -> None:
+def counting_models() -> None:
     """Every model apem loads from here on counts its forwarded images into the open Recorder."""
     import apem.models as models
 
@@ -124,7 +124,7 @@ def profile_run(params: str, overrides: dict, threads: int, chapters=(), root: P
     """Run the configuration on a fresh store with the recorder open; time the chapters' studies after it."""
     from apem.run import run
 
-    _counting_models()
+    counting_models()
     cfg = load_config(params, **overrides)
     root = Path(root or tempfile.mkdtemp(prefix="apem-bench-"))
     import apem.store

@@ -25,7 +25,7 @@ _BADGE = {"held": "✅ held", "not held": "❌ not held", "inconclusive": "➖ i
           "not applicable": "⚪ not applicable"}
 
 
-def _claims_meta(output: dict) -> dict | None:
+def claims_meta(output: dict) -> dict | None:
     """The ``apem_claims`` record of one output: at the top of its metadata (``display(..., metadata=)``),
     or under a MIME type (a ``_repr_markdown_`` that returns ``(data, metadata)``)."""
     meta = output.get("metadata") or {}
@@ -54,7 +54,7 @@ def verdicts_by_statement(folder: str | Path) -> dict[str, list[dict]]:
         seen: set[str] = set()
         for cell in nb.get("cells", []):
             for o in cell.get("outputs", []) or []:
-                rec = _claims_meta(o)
+                rec = claims_meta(o)
                 if not rec:
                     continue
                 found = set()
